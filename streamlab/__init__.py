@@ -1,0 +1,137 @@
+"""streamlab: Redis Streams event processing with retries, a DLQ, exporters and replay.
+
+Workers import the core (events, client, consumer, metrics, config). The pandas exporters
+(`streamlab.frames`) and replay (`streamlab.replay`) are re-exported here too, but imported
+only when first used, so a worker does not pay for pandas at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from streamlab.client import RedisStreamsClient, StreamsClient, connect
+from streamlab.config import ConsumerSettings, StreamlabSettings, load_settings
+from streamlab.consumer import Backoff, Consumer, ConsumerConfig, RunStats
+from streamlab.embedded import EmbeddedServer
+from streamlab.errors import (
+    ConfigError,
+    DecodeError,
+    GroupNotFoundError,
+    MissingDependencyError,
+    Reject,
+    Retry,
+    ServerStartError,
+    StreamlabError,
+    StreamNotFoundError,
+    WrongTypeError,
+)
+from streamlab.events import (
+    AuthContext,
+    Failure,
+    GroupInfo,
+    StreamEvent,
+    StreamInfo,
+    StreamMessage,
+    decode_event,
+    encode_event,
+)
+from streamlab.metrics import Metrics, NullMetrics, PrometheusMetrics
+
+if TYPE_CHECKING:
+    from streamlab.frames import (
+        consumers_to_dataframe,
+        dlq_summary,
+        dlq_to_dataframe,
+        export_parquet,
+        failures_over_time,
+        groups_to_dataframe,
+        pending_to_dataframe,
+        stream_to_dataframe,
+    )
+    from streamlab.replay import (
+        ReplayReport,
+        ReplaySelection,
+        replay_dlq,
+        replay_outcome,
+        select_dlq,
+        try_handler,
+    )
+
+_LAZY = {
+    "frames": (
+        "consumers_to_dataframe",
+        "dlq_summary",
+        "dlq_to_dataframe",
+        "export_parquet",
+        "failures_over_time",
+        "groups_to_dataframe",
+        "pending_to_dataframe",
+        "stream_to_dataframe",
+    ),
+    "replay": (
+        "ReplayReport",
+        "ReplaySelection",
+        "replay_dlq",
+        "replay_outcome",
+        "select_dlq",
+        "try_handler",
+    ),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = [
+    # events and wire format
+    "AuthContext",
+    "Failure",
+    "GroupInfo",
+    "StreamEvent",
+    "StreamInfo",
+    "StreamMessage",
+    "decode_event",
+    "encode_event",
+    # client
+    "RedisStreamsClient",
+    "StreamsClient",
+    "connect",
+    # consumer
+    "Backoff",
+    "Consumer",
+    "ConsumerConfig",
+    "RunStats",
+    # metrics and config
+    "ConsumerSettings",
+    "Metrics",
+    "NullMetrics",
+    "PrometheusMetrics",
+    "StreamlabSettings",
+    "load_settings",
+    # servers
+    "EmbeddedServer",
+    # errors
+    "ConfigError",
+    "DecodeError",
+    "GroupNotFoundError",
+    "MissingDependencyError",
+    "Reject",
+    "Retry",
+    "ServerStartError",
+    "StreamNotFoundError",
+    "StreamlabError",
+    "WrongTypeError",
+    # exporters (streamlab.frames) and replay (streamlab.replay), imported on first use
+    *_LAZY_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"streamlab.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,343 @@
+"""The streams client: the Redis commands streamlab needs, with typed replies.
+
+`RedisStreamsClient` wraps a redis-py client created with ``decode_responses=False`` (payloads
+may be binary; known fields are decoded in `streamlab.events`). Raw replies become
+`StreamMessage` / `StreamInfo` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Protocol, runtime_checkable
+
+import redis
+
+from streamlab.errors import ConfigError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.events import (
+    GroupInfo,
+    StreamEvent,
+    StreamInfo,
+    StreamMessage,
+    decode_entries,
+    decode_message,
+    encode_event,
+)
+from streamlab.keys import dlq_key
+from streamlab.metrics import Metrics, NullMetrics
+from streamlab.scripts import Scripts
+
+__all__ = ["RedisStreamsClient", "StreamsClient", "connect", "seconds"]
+
+Fields = Mapping[str, Any]
+
+
+def seconds(value: float | timedelta | None) -> float | None:
+    """A duration given as seconds or a timedelta, as float seconds."""
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A redis-py client suited to streamlab: bytes replies and no socket read timeout.
+
+    redis-py 8 defaults to ``socket_timeout=5``, which aborts a blocking XREADGROUP longer
+    than that; streamlab's reads bound their own blocking time instead.
+    """
+    kwargs.setdefault("socket_timeout", None)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    kwargs.setdefault("health_check_interval", 30)
+    if kwargs.get("decode_responses"):
+        raise ConfigError("decode_responses=True breaks binary payloads; leave it False")
+    return redis.Redis.from_url(url, **kwargs)
+
+
+@contextmanager
+def _translate(stream: str, group: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except redis.ResponseError as exc:
+        text = str(exc)
+        if text.startswith("NOGROUP"):
+            raise GroupNotFoundError(
+                f"consumer group {group!r} does not exist on stream {stream!r} "
+                "(create it with ensure_group)"
+            ) from exc
+        if text.startswith("WRONGTYPE"):
+            raise WrongTypeError(f"key {stream!r} exists but is not a stream") from exc
+        raise
+
+
+@runtime_checkable
+class StreamsClient(Protocol):
+    """The stream operations workers use; `RedisStreamsClient` implements them on Redis."""
+
+    def add_to_stream(
+        self, stream: str, event: StreamEvent | Fields, *, maxlen: int | None = None
+    ) -> str:
+        """Add one event; return its stream id."""
+        ...
+
+    def add_many(
+        self, stream: str, events: Iterable[StreamEvent | Fields], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Add events in pipelined batches; return their stream ids in order."""
+        ...
+
+    def read_from_stream(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int,
+        *,
+        block: float | timedelta | None = None,
+    ) -> list[StreamMessage]:
+        """Read new messages for ``consumer`` in ``group``."""
+        ...
+
+    def ack_message(self, stream: str, group: str, message_id: str) -> int:
+        """Acknowledge one message; return how many were acked (0 or 1)."""
+        ...
+
+    def get_stream_info(self, stream: str) -> StreamInfo:
+        """Length, first and last ids, and groups of ``stream``."""
+        ...
+
+    def ensure_group(self, stream: str, group: str, start_id: str = "0") -> bool:
+        """Create ``group`` (and the stream) if missing; return True when created."""
+        ...
+
+    def read_dlq(
+        self, stream: str, *, start: str = "-", count: int | None = None
+    ) -> list[StreamMessage]:
+        """Read the DLQ of ``stream`` from ``start`` (oldest first)."""
+        ...
+
+
+class RedisStreamsClient:
+    """`StreamsClient` on a redis-py client.
+
+    ``metrics`` receives produced counts. ``dlq_names`` maps a stream to a DLQ name other than
+    the default ``<stream>_dlq``.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        *,
+        metrics: Metrics | None = None,
+        dlq_names: Mapping[str, str] | None = None,
+    ) -> None:
+        kwargs = getattr(redis_client, "connection_pool", None)
+        conn_kwargs = getattr(kwargs, "connection_kwargs", {}) if kwargs else {}
+        if conn_kwargs.get("decode_responses"):
+            raise ConfigError(
+                "the redis client was created with decode_responses=True, which breaks binary "
+                "payloads; create it with decode_responses=False (streamlab.connect does)"
+            )
+        self.redis = redis_client
+        self.metrics: Metrics = metrics or NullMetrics()
+        self.dlq_names = dict(dlq_names or {})
+        self.scripts = Scripts(redis_client)
+        timeout = conn_kwargs.get("socket_timeout")
+        self._socket_timeout: float | None = float(timeout) if timeout else None
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStreamsClient:
+        """A client on a new connection made by `connect`."""
+        return cls(connect(url, **kwargs))
+
+    def dlq_stream(self, stream: str) -> str:
+        """The DLQ stream name of ``stream``."""
+        return dlq_key(stream, self.dlq_names.get(stream))
+
+    # -- producing ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _fields(event: StreamEvent | Fields) -> Fields:
+        return encode_event(event) if isinstance(event, StreamEvent) else event
+
+    def add_to_stream(
+        self, stream: str, event: StreamEvent | Fields, *, maxlen: int | None = None
+    ) -> str:
+        """Add one event (or raw entry fields); return its stream id.
+
+        ``maxlen`` trims the stream approximately (``MAXLEN ~``), which keeps XADD O(1).
+        """
+        with _translate(stream):
+            entry_id = self.redis.xadd(stream, dict(self._fields(event)), maxlen=maxlen)
+        self.metrics.produced(stream, 1)
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def add_many(
+        self,
+        stream: str,
+        events: Iterable[StreamEvent | Fields],
+        *,
+        maxlen: int | None = None,
+        batch_size: int = 1000,
+    ) -> list[str]:
+        """Add events (or raw entry fields) in pipelined batches; return their ids in order."""
+        trim: tuple[str, ...] = ("MAXLEN", "~", str(maxlen)) if maxlen else ()
+        ids: list[str] = []
+        pipe = self.redis.pipeline(transaction=False)
+        pending = 0
+        for event in events:
+            flat: list[Any] = []
+            for name, value in self._fields(event).items():
+                flat.append(name)
+                flat.append(value)
+            pipe.execute_command("XADD", stream, *trim, "*", *flat)
+            pending += 1
+            if pending >= batch_size:
+                ids.extend(self._flush(stream, pipe))
+                pending = 0
+        if pending:
+            ids.extend(self._flush(stream, pipe))
+        return ids
+
+    def _flush(self, stream: str, pipe: Any) -> list[str]:
+        with _translate(stream):
+            replies = pipe.execute()
+        self.metrics.produced(stream, len(replies))
+        return [r.decode() for r in replies]
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def ensure_group(self, stream: str, group: str, start_id: str = "0") -> bool:
+        """Create ``group`` on ``stream`` (creating the stream too) unless it exists.
+
+        Returns True when the group was created, False when it already existed (BUSYGROUP).
+        """
+        try:
+            with _translate(stream, group):
+                self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("BUSYGROUP"):
+                return False
+            raise
+        return True
+
+    def read_from_stream(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int,
+        *,
+        block: float | timedelta | None = None,
+    ) -> list[StreamMessage]:
+        """Read up to ``count`` new messages for ``consumer`` in ``group``.
+
+        ``block`` (seconds or timedelta) waits for messages when none are there. A block
+        longer than the connection's socket timeout is split into shorter waits so that it
+        returns normally instead of raising TimeoutError.
+        """
+        wait = seconds(block)
+        deadline = time.monotonic() + wait if wait else 0.0
+        while True:
+            chunk: int | None = None
+            if wait:
+                remaining = max(deadline - time.monotonic(), 0.001)
+                if self._socket_timeout:
+                    remaining = min(remaining, max(self._socket_timeout - 1.0, 0.5))
+                chunk = max(int(remaining * 1000), 1)
+            with _translate(stream, group):
+                reply = self.redis.xreadgroup(group, consumer, {stream: ">"}, count, chunk)
+            messages = self._messages(stream, reply)
+            if messages or not wait or time.monotonic() >= deadline:
+                return messages
+
+    @staticmethod
+    def _messages(stream: str, reply: Any) -> list[StreamMessage]:
+        if not reply:
+            return []
+        # RESP2 gives [[name, entries]], RESP3 {name: [entries]}.
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        if entries and isinstance(entries[0], list) and len(entries) == 1:
+            entries = entries[0]
+        return decode_entries(stream, entries)
+
+    def ack_message(self, stream: str, group: str, message_id: str) -> int:
+        """Acknowledge one message; return how many were acked (0 or 1)."""
+        return self.ack_many(stream, group, [message_id])
+
+    def ack_many(self, stream: str, group: str, message_ids: Sequence[str]) -> int:
+        """Acknowledge messages in one XACK; return how many were pending."""
+        if not message_ids:
+            return 0
+        with _translate(stream, group):
+            return int(self.redis.xack(stream, group, *message_ids))
+
+    # -- inspecting --------------------------------------------------------------------------
+
+    def get_stream_info(self, stream: str) -> StreamInfo:
+        """Length, first and last ids, and every group with its lag (which may be None)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(stream)
+        pipe.xrange(stream, "-", "+", count=1)
+        pipe.xrevrange(stream, "+", "-", count=1)
+        pipe.xinfo_groups(stream)
+        try:
+            with _translate(stream):
+                length, first, last, groups = pipe.execute()
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc):
+                raise StreamNotFoundError(f"stream {stream!r} does not exist") from exc
+            raise
+        return StreamInfo(
+            stream=stream,
+            length=int(length),
+            first_id=first[0][0].decode() if first else None,
+            last_id=last[0][0].decode() if last else None,
+            groups=[_group_info(g) for g in groups],
+        )
+
+    def range(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[StreamMessage]:
+        """Entries of ``stream`` between ``start`` and ``end`` (XRANGE), decoded."""
+        with _translate(stream):
+            entries = self.redis.xrange(stream, start, end, count=count)
+        return decode_entries(stream, entries)
+
+    def read_dlq(
+        self, stream: str, *, start: str = "-", count: int | None = None
+    ) -> list[StreamMessage]:
+        """Read the DLQ of ``stream``, oldest first, from ``start`` (inclusive).
+
+        ``start`` is a stream id or ``"-"``. The seed passed ``"$"``, which means "only newer
+        entries" and so reads nothing from XRANGE; it is taken as ``"-"`` here.
+        """
+        if start in ("$", "0", ""):
+            start = "-"
+        return self.range(self.dlq_stream(stream), start, "+", count)
+
+    def message(self, stream: str, entry_id: str, delivery_count: int = 1) -> StreamMessage | None:
+        """One entry by id, or None when it is not in the stream."""
+        entries = self.redis.xrange(stream, entry_id, entry_id, count=1)
+        if not entries:
+            return None
+        eid, raw = entries[0]
+        return decode_message(stream, eid, raw, delivery_count)
+
+
+def _group_info(raw: Mapping[Any, Any]) -> GroupInfo:
+    def get(name: str) -> Any:
+        value = raw.get(name, raw.get(name.encode()))
+        return value.decode() if isinstance(value, bytes) else value
+
+    lag = get("lag")
+    read = get("entries-read")
+    return GroupInfo(
+        name=get("name"),
+        consumers=int(get("consumers") or 0),
+        pending=int(get("pending") or 0),
+        last_delivered_id=get("last-delivered-id") or "0-0",
+        lag=None if lag is None else int(lag),
+        entries_read=None if read is None else int(read),
+    )

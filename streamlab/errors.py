@@ -1,0 +1,61 @@
+"""The exceptions streamlab raises: one base class, a small tree under it."""
+
+from __future__ import annotations
+
+
+class StreamlabError(Exception):
+    """Base class of every error streamlab raises on purpose."""
+
+
+class ConfigError(StreamlabError, ValueError):
+    """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot."""
+
+
+class DecodeError(StreamlabError, ValueError):
+    """A stream entry cannot be decoded into a `StreamEvent`.
+
+    ``field`` names the offending entry field and ``entry_id`` the stream id, when known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, entry_id: str | None = None):
+        self.field = field
+        self.entry_id = entry_id
+        where = []
+        if entry_id is not None:
+            where.append(f"entry {entry_id}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{message}")
+
+
+class StreamNotFoundError(StreamlabError, LookupError):
+    """The stream key does not exist."""
+
+
+class GroupNotFoundError(StreamlabError, LookupError):
+    """The consumer group does not exist on the stream (Redis NOGROUP)."""
+
+
+class WrongTypeError(StreamlabError, TypeError):
+    """The key exists but holds something other than a stream."""
+
+
+class MissingDependencyError(StreamlabError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ServerStartError(StreamlabError, RuntimeError):
+    """The embedded Redis/Valkey server could not be started."""
+
+
+class Retry(StreamlabError):  # noqa: N818 - raised by handlers as a verb, like dramatiq's Retry
+    """Raised by a handler to ask for a retry, optionally after a specific delay in seconds."""
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None):
+        self.delay = delay
+        super().__init__(message)
+
+
+class Reject(StreamlabError):  # noqa: N818 - raised by handlers as a verb
+    """Raised by a handler to dead-letter a message at once, without further retries."""

@@ -1,0 +1,337 @@
+"""Events and stream entries: the models and the one place that encodes and decodes them.
+
+Wire format: one stream-entry field per attribute, nested values as JSON strings, times in
+RFC 3339. Decoding is tolerant: it accepts the platform's field names (``event_id``,
+``repo_name``), fills what is missing with sensible defaults and keeps unknown fields verbatim
+in ``StreamEvent.extra`` so that nothing written by another service is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic_core
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streamlab.errors import DecodeError
+
+__all__ = [
+    "DLQ_FIELDS",
+    "REPLAY_FIELDS",
+    "AuthContext",
+    "Failure",
+    "GroupInfo",
+    "StreamEvent",
+    "StreamInfo",
+    "StreamMessage",
+    "decode_event",
+    "decode_message",
+    "encode_event",
+    "entry_time",
+    "format_time",
+]
+
+# Field names of the failure record added to a DLQ entry, next to the original fields.
+DLQ_FIELDS = (
+    "dlq_error",
+    "dlq_error_type",
+    "dlq_traceback",
+    "dlq_attempts",
+    "dlq_source_stream",
+    "dlq_source_id",
+    "dlq_group",
+    "dlq_consumer",
+    "dlq_failed_at",
+)
+# Field names of the replay marker stamped on an event re-injected from the DLQ.
+REPLAY_FIELDS = ("replay_id", "replay_of", "replay_count", "replayed_at", "replay_group")
+
+# Platform services write these names; streamlab reads them as its own.
+_ALIASES = {"event_id": "id", "repo_name": "repository", "repo": "repository", "tenant": "tenant_id"}
+_JSON_FIELDS = frozenset({"payload", "auth_context"})
+_KNOWN = frozenset(
+    {"id", "event_type", "repository", "tenant_id", "payload", "auth_context", "timestamp"}
+    | {"retry_count"}
+)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuthContext(BaseModel):
+    """Who sent an event: tenant, principal and, for GitHub apps, installation and app ids.
+
+    Unknown keys are kept (``extra="allow"``) because other services add their own.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    tenant_id: str = ""
+    principal_id: str = ""
+    principal_type: str = ""
+    installation_id: int | str | None = None
+    app_id: int | str | None = None
+    permissions: list[str] | dict[str, Any] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class StreamEvent(BaseModel):
+    """A webhook event as it travels through a stream.
+
+    ``extra`` holds entry fields streamlab does not know (for example the platform's
+    ``sender_name`` or ``metadata``), verbatim, so that re-encoding writes them back unchanged.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=_new_id)
+    event_type: str
+    repository: str = ""
+    tenant_id: str = ""
+    payload: Any = None
+    auth_context: AuthContext | None = None
+    timestamp: AwareDatetime = Field(default_factory=_now)
+    retry_count: int = Field(default=0, ge=0)
+    extra: dict[str, str | bytes] = Field(default_factory=dict)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _assume_utc(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 with microseconds always present (``isoformat`` drops them when zero)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def entry_time(entry_id: str | bytes) -> datetime:
+    """The time encoded in a stream id (its milliseconds part), as a UTC datetime."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return datetime.fromtimestamp(int(text.split("-", 1)[0]) / 1000, UTC)
+
+
+def encode_event(event: StreamEvent) -> dict[str, str | bytes]:
+    """Turn an event into stream-entry fields (the inverse of `decode_event`)."""
+    fields: dict[str, str | bytes] = {
+        "id": event.id,
+        "event_type": event.event_type,
+        "repository": event.repository,
+        "tenant_id": event.tenant_id,
+        "payload": pydantic_core.to_json(event.payload),
+        "timestamp": format_time(event.timestamp),
+        "retry_count": str(event.retry_count),
+    }
+    if event.auth_context is not None:
+        fields["auth_context"] = event.auth_context.model_dump_json()
+    for name, value in event.extra.items():
+        fields.setdefault(name, value)
+    return fields
+
+
+def _text(name: str, value: bytes | str, entry_id: str | None) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise DecodeError("value is not valid UTF-8", field=name, entry_id=entry_id) from None
+
+
+def decode_event(
+    fields: Mapping[str, bytes | str] | Mapping[bytes, bytes],
+    *,
+    entry_id: str | None = None,
+    extra_retries: int = 0,
+) -> StreamEvent:
+    """Decode stream-entry fields into a `StreamEvent`.
+
+    Raises `DecodeError` naming the field and the entry id when a value is not UTF-8, a JSON
+    field is not valid JSON, a required field (``event_type``) is missing or a value has the
+    wrong type. A missing ``timestamp`` is taken from the entry id. ``extra_retries`` is added to
+    the wire ``retry_count`` (the consumer passes deliveries so far minus one).
+    """
+    data: dict[str, Any] = {}
+    extra: dict[str, str | bytes] = {}
+    for raw_key, raw_value in fields.items():
+        key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
+        name = _ALIASES.get(key, key)
+        if name not in _KNOWN or name in data:
+            if isinstance(raw_value, bytes):
+                try:
+                    extra[key] = raw_value.decode()
+                except UnicodeDecodeError:
+                    extra[key] = raw_value
+            else:
+                extra[key] = raw_value
+            continue
+        text = _text(key, raw_value, entry_id)
+        if name in _JSON_FIELDS:
+            try:
+                data[name] = json.loads(text) if text else None
+            except ValueError as exc:
+                raise DecodeError(f"invalid JSON: {exc}", field=key, entry_id=entry_id) from None
+        else:
+            data[name] = text
+    if "event_type" not in data:
+        raise DecodeError("required field is missing", field="event_type", entry_id=entry_id)
+    if "timestamp" not in data and entry_id is not None:
+        data["timestamp"] = entry_time(entry_id)
+    if not data.get("tenant_id") and isinstance(data.get("auth_context"), dict):
+        data["tenant_id"] = data["auth_context"].get("tenant_id") or ""
+    if extra:
+        data["extra"] = extra
+    try:
+        event = StreamEvent.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(part) for part in err["loc"])
+        raise DecodeError(err["msg"], field=loc, entry_id=entry_id) from None
+    if extra_retries:
+        event.retry_count += extra_retries
+    return event
+
+
+class Failure(BaseModel):
+    """The failure record of a dead-lettered entry (its ``dlq_*`` fields)."""
+
+    error: str
+    error_type: str
+    traceback: str = ""
+    attempts: int = 0
+    source_stream: str = ""
+    source_id: str = ""
+    group: str = ""
+    consumer: str = ""
+    failed_at: AwareDatetime = Field(default_factory=_now)
+
+    def to_fields(self) -> dict[str, str]:
+        """The ``dlq_*`` fields to add to the original entry's fields."""
+        return {
+            "dlq_error": self.error,
+            "dlq_error_type": self.error_type,
+            "dlq_traceback": self.traceback,
+            "dlq_attempts": str(self.attempts),
+            "dlq_source_stream": self.source_stream,
+            "dlq_source_id": self.source_id,
+            "dlq_group": self.group,
+            "dlq_consumer": self.consumer,
+            "dlq_failed_at": format_time(self.failed_at),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, bytes | str]) -> Failure | None:
+        """Parse the ``dlq_*`` fields of an entry; None when it has no failure record."""
+        if "dlq_error_type" not in fields and "dlq_error" not in fields:
+            return None
+        values: dict[str, Any] = {}
+        for name in DLQ_FIELDS:
+            if name in fields:
+                raw = fields[name]
+                values[name[4:]] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        values.setdefault("error", "")
+        values.setdefault("error_type", "")
+        return cls.model_validate(values)
+
+
+@dataclass(slots=True)
+class StreamMessage:
+    """One stream entry as read from Redis.
+
+    ``event`` is None when the entry cannot be decoded; ``decode_error`` then says why.
+    ``fields`` are the raw entry fields (names decoded, values as bytes), always present.
+    ``delivery_count`` is how many times the entry was delivered to its group (1 when new).
+    """
+
+    stream: str
+    id: str
+    event: StreamEvent | None
+    fields: dict[str, bytes]
+    delivery_count: int = 1
+    decode_error: DecodeError | None = None
+
+    @property
+    def time(self) -> datetime:
+        """When the entry was added, from its stream id."""
+        return entry_time(self.id)
+
+    @property
+    def failure(self) -> Failure | None:
+        """The failure record when this is a DLQ entry, else None."""
+        return Failure.from_fields(self.fields)
+
+
+def decode_message(
+    stream: str,
+    entry_id: bytes | str,
+    raw_fields: Mapping[bytes, bytes] | None,
+    delivery_count: int = 1,
+) -> StreamMessage:
+    """Build a `StreamMessage` from a raw redis-py entry, never raising on bad content."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    fields = {
+        (k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else k): v
+        for k, v in (raw_fields or {}).items()
+    }
+    try:
+        event = decode_event(fields, entry_id=eid, extra_retries=max(delivery_count - 1, 0))
+    except DecodeError as exc:
+        return StreamMessage(stream, eid, None, fields, delivery_count, exc)
+    return StreamMessage(stream, eid, event, fields, delivery_count)
+
+
+def decode_entries(
+    stream: str, entries: Iterable[tuple[bytes, Mapping[bytes, bytes] | None]]
+) -> list[StreamMessage]:
+    """Decode a list of raw ``(id, fields)`` entries from XRANGE/XREADGROUP."""
+    return [decode_message(stream, eid, raw) for eid, raw in entries]
+
+
+@dataclass(slots=True)
+class GroupInfo:
+    """One consumer group of a stream, from XINFO GROUPS. ``lag`` may be None (Redis)."""
+
+    name: str
+    consumers: int
+    pending: int
+    last_delivered_id: str
+    lag: int | None
+    entries_read: int | None
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    """A stream's length, first and last entries, and its consumer groups."""
+
+    stream: str
+    length: int
+    first_id: str | None
+    last_id: str | None
+    groups: list[GroupInfo] = field(default_factory=list)
+
+    @property
+    def first_time(self) -> datetime | None:
+        """Time of the first entry, from its id."""
+        return entry_time(self.first_id) if self.first_id else None
+
+    @property
+    def last_time(self) -> datetime | None:
+        """Time of the last entry, from its id."""
+        return entry_time(self.last_id) if self.last_id else None

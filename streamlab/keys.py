@@ -1,0 +1,47 @@
+"""Key layout: every derived key name comes from the stream name here, and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.crc import key_slot
+
+from streamlab.errors import ConfigError
+
+__all__ = ["DLQ_SUFFIX", "check_same_slot", "dlq_key", "is_cluster"]
+
+DLQ_SUFFIX = "_dlq"
+
+
+def dlq_key(stream: str, override: str | None = None) -> str:
+    """The DLQ stream of ``stream``: ``override`` when given, else ``<stream>_dlq``.
+
+    On Redis Cluster name the stream with a hash tag (``{webhook_events}``) so that
+    ``{webhook_events}_dlq`` lands in the same slot.
+    """
+    return override if override else f"{stream}{DLQ_SUFFIX}"
+
+
+def is_cluster(redis_client: Any) -> bool:
+    """True when ``redis_client`` talks to a Redis Cluster."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(redis_client, RedisCluster)
+
+
+def check_same_slot(*keys: str) -> None:
+    """Raise `ConfigError` unless all keys hash to one cluster slot.
+
+    Atomic multi-key steps (dead-letter, replay) run as one Lua script, which Redis Cluster
+    only allows within one slot. Checking at configuration time turns a CROSSSLOT error at
+    run time into a message that names the keys and the fix.
+    """
+    slots = {key: key_slot(key.encode()) for key in keys}
+    if len(set(slots.values())) > 1:
+        listing = ", ".join(f"{k!r} (slot {s})" for k, s in slots.items())
+        first = keys[0].strip("{}")
+        raise ConfigError(
+            f"keys {listing} are in different cluster slots, so they cannot be updated "
+            f"atomically; name the stream with a hash tag, e.g. '{{{first}}}', so that its "
+            f"DLQ '{{{first}}}{DLQ_SUFFIX}' shares its slot"
+        )

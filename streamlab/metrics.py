@@ -1,0 +1,174 @@
+"""Metrics as a hook the client and consumer call; a Prometheus implementation.
+
+Nothing is registered at import: `PrometheusMetrics` takes the `CollectorRegistry` to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from streamlab.client import RedisStreamsClient
+
+__all__ = ["PROCESSING_BUCKETS", "Metrics", "NullMetrics", "PrometheusMetrics"]
+
+# Webhook handlers take milliseconds to a minute (API calls, clones); the buckets span both.
+PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics(Protocol):
+    """What the client and consumer report. Counts come in batches to keep the hot path lean."""
+
+    def produced(self, stream: str, n: int) -> None:
+        """``n`` entries were added to ``stream``."""
+
+    def consumed(self, stream: str, group: str, n: int) -> None:
+        """``n`` messages were handled successfully and acked."""
+
+    def failed(self, stream: str, group: str, n: int) -> None:
+        """``n`` handler calls failed (each failure counts, retried or not)."""
+
+    def retried(self, stream: str, group: str, n: int) -> None:
+        """``n`` failed messages were scheduled for a retry."""
+
+    def dead_lettered(self, stream: str, group: str, n: int) -> None:
+        """``n`` messages were moved to the DLQ."""
+
+    def reclaimed(self, stream: str, group: str, n: int) -> None:
+        """``n`` messages were taken over from a dead or stuck consumer."""
+
+    def lost(self, stream: str, group: str, n: int) -> None:
+        """``n`` pending entries were gone (deleted or trimmed) when claimed."""
+
+    def observe(self, stream: str, group: str, seconds: float) -> None:
+        """One handler call took ``seconds``."""
+
+    def watch(self, client: RedisStreamsClient, stream: str) -> None:
+        """Report the lag of ``stream``'s groups, read from Redis at scrape time."""
+
+
+class NullMetrics:
+    """The default hook: records nothing."""
+
+    def produced(self, stream: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def consumed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def failed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def retried(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def dead_lettered(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def reclaimed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def lost(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        pass
+
+    def observe(self, stream: str, group: str, seconds: float) -> None:  # noqa: D102
+        pass
+
+    def watch(self, client: RedisStreamsClient, stream: str) -> None:  # noqa: D102
+        pass
+
+
+class _LagCollector(Collector):
+    """``queue_consumer_lag`` read from XINFO GROUPS when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.watched: dict[tuple[int, str], tuple[RedisStreamsClient, str]] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        # Without describe() the registry would call collect(), and so Redis, at registration.
+        return [GaugeMetricFamily("queue_consumer_lag", "Entries not yet delivered to the group")]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "queue_consumer_lag",
+            "Entries not yet delivered to the group",
+            labels=["stream", "group"],
+        )
+        for client, stream in list(self.watched.values()):
+            try:
+                info = client.get_stream_info(stream)
+            except Exception:  # noqa: S112 - a scrape must not fail because one stream is gone
+                continue
+            for group in info.groups:
+                if group.lag is not None:
+                    family.add_metric([stream, group.name], group.lag)
+        yield family
+
+
+class PrometheusMetrics:
+    """Prometheus metrics with the seed's names, labelled by stream and group.
+
+    ``queue_messages_produced_total``, ``queue_messages_consumed_total``,
+    ``queue_messages_failed_total``, ``queue_consumer_lag``,
+    ``queue_processing_duration_seconds``, plus ``queue_messages_retried_total``,
+    ``queue_messages_dead_lettered_total``, ``queue_messages_reclaimed_total`` and
+    ``queue_messages_lost_total``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.produced_total = Counter(
+            "queue_messages_produced", "Messages produced", ["stream"], registry=registry
+        )
+        labels = ["stream", "group"]
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        self.consumed_total = counter("queue_messages_consumed", "Messages handled and acked")
+        self.failed_total = counter("queue_messages_failed", "Handler failures")
+        self.retried_total = counter("queue_messages_retried", "Failures scheduled for retry")
+        self.dead_lettered_total = counter("queue_messages_dead_lettered", "Moved to the DLQ")
+        self.reclaimed_total = counter("queue_messages_reclaimed", "Taken from dead consumers")
+        self.lost_total = counter("queue_messages_lost", "Pending entries deleted or trimmed")
+        self.processing_seconds = Histogram(
+            "queue_processing_duration_seconds",
+            "Handler duration",
+            labels,
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self._lag = _LagCollector()
+        registry.register(self._lag)
+
+    def produced(self, stream: str, n: int) -> None:  # noqa: D102
+        self.produced_total.labels(stream).inc(n)
+
+    def consumed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        self.consumed_total.labels(stream, group).inc(n)
+
+    def failed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        self.failed_total.labels(stream, group).inc(n)
+
+    def retried(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        self.retried_total.labels(stream, group).inc(n)
+
+    def dead_lettered(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        self.dead_lettered_total.labels(stream, group).inc(n)
+
+    def reclaimed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        self.reclaimed_total.labels(stream, group).inc(n)
+
+    def lost(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+        self.lost_total.labels(stream, group).inc(n)
+
+    def observe(self, stream: str, group: str, seconds: float) -> None:  # noqa: D102
+        self.processing_seconds.labels(stream, group).observe(seconds)
+
+    def watch(self, client: RedisStreamsClient, stream: str) -> None:  # noqa: D102
+        self._lag.watched[(id(client), stream)] = (client, stream)
