@@ -1,8 +1,8 @@
 """streamlab: Redis Streams event processing with retries, a DLQ, exporters and replay.
 
-Workers import the core (events, client, consumer, metrics, config). The pandas exporters
-(`streamlab.frames`) and replay (`streamlab.replay`) are re-exported here too, but imported
-only when first used, so a worker does not pay for pandas at start-up.
+Everything public is re-exported here. The consumer, config, pandas exporters
+(`streamlab.frames`) and replay (`streamlab.replay`) are imported only when first used, so
+``import streamlab`` stays cheap and a worker does not pay for pandas at start-up.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from streamlab.client import RedisStreamsClient, StreamsClient, connect
-from streamlab.config import ConsumerSettings, StreamlabSettings, load_settings
-from streamlab.consumer import Backoff, Consumer, ConsumerConfig, RunStats
 from streamlab.embedded import EmbeddedServer
 from streamlab.errors import (
     ConfigError,
@@ -39,6 +37,9 @@ from streamlab.events import (
 from streamlab.metrics import Metrics, NullMetrics, PrometheusMetrics
 
 if TYPE_CHECKING:
+    from streamlab.backoff import Backoff
+    from streamlab.config import ConsumerSettings, StreamlabSettings, load_settings
+    from streamlab.consumer import Consumer, ConsumerConfig, RunStats
     from streamlab.frames import (
         consumers_to_dataframe,
         dlq_summary,
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "config": ("ConsumerSettings", "StreamlabSettings", "load_settings"),
+    "backoff": ("Backoff",),
+    "consumer": ("Consumer", "ConsumerConfig", "RunStats"),
     "frames": (
         "consumers_to_dataframe",
         "dlq_summary",
@@ -120,7 +124,20 @@ __all__ = [
     "StreamlabError",
     "WrongTypeError",
     # exporters (streamlab.frames) and replay (streamlab.replay), imported on first use
-    *_LAZY_NAMES,
+    "consumers_to_dataframe",
+    "dlq_summary",
+    "dlq_to_dataframe",
+    "export_parquet",
+    "failures_over_time",
+    "groups_to_dataframe",
+    "pending_to_dataframe",
+    "stream_to_dataframe",
+    "ReplayReport",
+    "ReplaySelection",
+    "replay_dlq",
+    "replay_outcome",
+    "select_dlq",
+    "try_handler",
 ]
 
 

@@ -139,7 +139,8 @@ class RedisStreamsClient:
                 "the redis client was created with decode_responses=True, which breaks binary "
                 "payloads; create it with decode_responses=False (streamlab.connect does)"
             )
-        self.redis = redis_client
+        # Any: redis-py's overloads (sync/async, RESP2/3) type replies as unions we narrow here.
+        self.redis: Any = redis_client
         self.metrics: Metrics = metrics or NullMetrics()
         self.dlq_names = dict(dlq_names or {})
         self.scripts = Scripts(redis_client)

@@ -18,7 +18,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import redis
 
@@ -110,7 +110,7 @@ class EmbeddedServer:
         self._folder = tempfile.TemporaryDirectory(prefix="streamlab-server-")
         self.dir = Path(self._folder.name)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[..., None] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @property
     def url(self) -> str:

@@ -49,7 +49,7 @@ class ServerStartError(StreamlabError, RuntimeError):
     """The embedded Redis/Valkey server could not be started."""
 
 
-class Retry(StreamlabError):  # noqa: N818 - raised by handlers as a verb, like dramatiq's Retry
+class Retry(StreamlabError):
     """Raised by a handler to ask for a retry, optionally after a specific delay in seconds."""
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None):
@@ -57,5 +57,5 @@ class Retry(StreamlabError):  # noqa: N818 - raised by handlers as a verb, like 
         super().__init__(message)
 
 
-class Reject(StreamlabError):  # noqa: N818 - raised by handlers as a verb
+class Reject(StreamlabError):
     """Raised by a handler to dead-letter a message at once, without further retries."""

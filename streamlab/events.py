@@ -52,7 +52,12 @@ DLQ_FIELDS = (
 REPLAY_FIELDS = ("replay_id", "replay_of", "replay_count", "replayed_at", "replay_group")
 
 # Platform services write these names; streamlab reads them as its own.
-_ALIASES = {"event_id": "id", "repo_name": "repository", "repo": "repository", "tenant": "tenant_id"}
+_ALIASES = {
+    "event_id": "id",
+    "repo_name": "repository",
+    "repo": "repository",
+    "tenant": "tenant_id",
+}
 _JSON_FIELDS = frozenset({"payload", "auth_context"})
 _KNOWN = frozenset(
     {"id", "event_type", "repository", "tenant_id", "payload", "auth_context", "timestamp"}

@@ -55,31 +55,31 @@ class Metrics(Protocol):
 class NullMetrics:
     """The default hook: records nothing."""
 
-    def produced(self, stream: str, n: int) -> None:  # noqa: D102
+    def produced(self, stream: str, n: int) -> None:
         pass
 
-    def consumed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def consumed(self, stream: str, group: str, n: int) -> None:
         pass
 
-    def failed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def failed(self, stream: str, group: str, n: int) -> None:
         pass
 
-    def retried(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def retried(self, stream: str, group: str, n: int) -> None:
         pass
 
-    def dead_lettered(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def dead_lettered(self, stream: str, group: str, n: int) -> None:
         pass
 
-    def reclaimed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def reclaimed(self, stream: str, group: str, n: int) -> None:
         pass
 
-    def lost(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def lost(self, stream: str, group: str, n: int) -> None:
         pass
 
-    def observe(self, stream: str, group: str, seconds: float) -> None:  # noqa: D102
+    def observe(self, stream: str, group: str, seconds: float) -> None:
         pass
 
-    def watch(self, client: RedisStreamsClient, stream: str) -> None:  # noqa: D102
+    def watch(self, client: RedisStreamsClient, stream: str) -> None:
         pass
 
 
@@ -102,7 +102,7 @@ class _LagCollector(Collector):
         for client, stream in list(self.watched.values()):
             try:
                 info = client.get_stream_info(stream)
-            except Exception:  # noqa: S112 - a scrape must not fail because one stream is gone
+            except Exception:
                 continue
             for group in info.groups:
                 if group.lag is not None:
@@ -146,29 +146,29 @@ class PrometheusMetrics:
         self._lag = _LagCollector()
         registry.register(self._lag)
 
-    def produced(self, stream: str, n: int) -> None:  # noqa: D102
+    def produced(self, stream: str, n: int) -> None:
         self.produced_total.labels(stream).inc(n)
 
-    def consumed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def consumed(self, stream: str, group: str, n: int) -> None:
         self.consumed_total.labels(stream, group).inc(n)
 
-    def failed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def failed(self, stream: str, group: str, n: int) -> None:
         self.failed_total.labels(stream, group).inc(n)
 
-    def retried(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def retried(self, stream: str, group: str, n: int) -> None:
         self.retried_total.labels(stream, group).inc(n)
 
-    def dead_lettered(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def dead_lettered(self, stream: str, group: str, n: int) -> None:
         self.dead_lettered_total.labels(stream, group).inc(n)
 
-    def reclaimed(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def reclaimed(self, stream: str, group: str, n: int) -> None:
         self.reclaimed_total.labels(stream, group).inc(n)
 
-    def lost(self, stream: str, group: str, n: int) -> None:  # noqa: D102
+    def lost(self, stream: str, group: str, n: int) -> None:
         self.lost_total.labels(stream, group).inc(n)
 
-    def observe(self, stream: str, group: str, seconds: float) -> None:  # noqa: D102
+    def observe(self, stream: str, group: str, seconds: float) -> None:
         self.processing_seconds.labels(stream, group).observe(seconds)
 
-    def watch(self, client: RedisStreamsClient, stream: str) -> None:  # noqa: D102
+    def watch(self, client: RedisStreamsClient, stream: str) -> None:
         self._lag.watched[(id(client), stream)] = (client, stream)

@@ -1,0 +1,467 @@
+"""The consumer: read in a group, run a handler, ack, retry with backoff, reclaim, dead-letter.
+
+All decisions live in `streamlab.policy` (no I/O); this module only talks to Redis around
+them. Per batch there is one read and one pipelined write (acks, retries and dead letters
+together), so the hot path costs two round trips however many messages a batch holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import FrameType
+from typing import Any, NamedTuple, Self
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streamlab.backoff import Backoff
+from streamlab.client import RedisStreamsClient, _translate
+from streamlab.events import StreamMessage, decode_message
+from streamlab.keys import check_same_slot, dlq_key, is_cluster
+from streamlab.metrics import Metrics, NullMetrics
+from streamlab.policy import (
+    RETRY_CONSUMER,
+    TRACEBACK_LIMIT,
+    Action,
+    Decision,
+    after_failure,
+    before_handler,
+    dlq_minid,
+    failure_record,
+    max_delay,
+    retry_idle_ms,
+    sort_claimed,
+)
+
+__all__ = ["Consumer", "ConsumerConfig", "Handler", "RunStats", "default_consumer_name"]
+
+Handler = Callable[[StreamMessage], object]
+ACK = Decision(Action.ACK)
+# How long one blocking read may last inside `run`, so that a stop request is seen promptly.
+_POLL = 1.0
+
+
+class PendingRow(NamedTuple):
+    """One XPENDING row."""
+
+    id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+
+def default_consumer_name() -> str:
+    """``<hostname>-<pid>``: unique per worker process, stable for its lifetime."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ConsumerConfig(BaseModel):
+    """How a consumer reads, retries and dead-letters. Unknown keys are rejected.
+
+    ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
+    another consumer takes it over; it must be at least the longest backoff delay, because
+    retries wait out their backoff on the same clock. ``dlq_retention`` trims DLQ entries
+    older than it (MINID) whenever a message is dead-lettered. ``stream_maxlen`` is for
+    producers writing to this stream (``add_to_stream(..., maxlen=config.stream_maxlen)``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream: str = Field(min_length=1)
+    group: str = Field(min_length=1)
+    consumer: str = Field(default_factory=default_consumer_name, min_length=1)
+    block_duration: timedelta = timedelta(seconds=5)
+    batch_size: int = Field(default=10, ge=1)
+    max_retries: int = Field(default=3, ge=0)
+    backoff: Backoff = Field(default_factory=Backoff)
+    claim_min_idle: timedelta = timedelta(seconds=60)
+    claim_interval: timedelta = timedelta(milliseconds=100)
+    dlq_stream: str | None = None
+    dlq_maxlen: int | None = Field(default=None, ge=1)
+    dlq_retention: timedelta | None = None
+    stream_maxlen: int | None = Field(default=None, ge=1)
+    group_start_id: str = "0"
+    create_group: bool = True
+    traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.consumer == RETRY_CONSUMER:
+            raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
+        worst = max_delay(self.max_retries, self.backoff)
+        if worst > self.claim_min_idle.total_seconds():
+            raise ValueError(
+                f"the backoff schedule asks for a {worst:g} s delay but claim_min_idle is "
+                f"{self.claim_min_idle.total_seconds():g} s; raise claim_min_idle to at least "
+                "the longest delay (retries wait out their backoff on the claim clock)"
+            )
+        return self
+
+    @property
+    def dlq(self) -> str:
+        """The DLQ stream name."""
+        return dlq_key(self.stream, self.dlq_stream)
+
+
+@dataclass
+class RunStats:
+    """What one `Consumer.run` did."""
+
+    handled: int = 0
+    acked: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    lost: int = 0
+    skipped: int = 0
+    duration: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class Consumer:
+    """A consumer in a group; see `ConsumerConfig` and `run`.
+
+    ``client`` is a `RedisStreamsClient` (a plain redis-py client is wrapped). ``metrics``
+    defaults to the client's hook.
+    """
+
+    def __init__(
+        self,
+        client: RedisStreamsClient | redis.Redis,
+        config: ConsumerConfig,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.client = (
+            client if isinstance(client, RedisStreamsClient) else RedisStreamsClient(client)
+        )
+        self.config = config
+        self.redis = self.client.redis
+        self.metrics: Metrics = metrics or self.client.metrics or NullMetrics()
+        self.dlq = config.dlq_stream or self.client.dlq_stream(config.stream)
+        if is_cluster(self.redis):
+            check_same_slot(config.stream, self.dlq)
+        self.stats = RunStats()
+        self._in_hand: dict[str, StreamMessage] = {}
+        self._next_claim = 0.0
+        self._retry_due = float("inf")
+        self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
+        self._labels = (config.stream, config.group)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_messages(self, *, block: float | timedelta | None = None) -> list[StreamMessage]:
+        """Up to ``batch_size`` messages: retries now due, messages reclaimed from dead
+        consumers, then new ones (waiting up to ``block``, default ``block_duration``).
+
+        Settle each with `ack_message` or `nack_message`.
+        """
+        wait = self.config.block_duration if block is None else block
+        batch = self._read(wait)
+        self._in_hand.update((m.id, m) for m in batch)
+        return batch
+
+    def _read(self, block: float | timedelta | None) -> list[StreamMessage]:
+        batch = self._claim_due() if time.monotonic() >= self._next_claim else []
+        room = self.config.batch_size - len(batch)
+        if room > 0:
+            cfg = self.config
+            batch += self.client.read_from_stream(
+                cfg.stream, cfg.group, cfg.consumer, room, block=None if batch else block
+            )
+        return batch
+
+    def _claim_due(self) -> list[StreamMessage]:
+        cfg = self.config
+        rows = self._pending(idle=self._min_idle_ms, count=cfg.batch_size)
+        if len(rows) < cfg.batch_size:
+            self._next_claim = time.monotonic() + cfg.claim_interval.total_seconds()
+        if not rows:
+            return []
+        owners = {row.id: row.consumer for row in rows}
+        deliveries = {row.id: row.deliveries for row in rows}
+        ids: list[Any] = list(owners)
+        with _translate(cfg.stream, cfg.group):
+            entries: list[Any] = self.redis.xclaim(
+                cfg.stream, cfg.group, cfg.consumer, self._min_idle_ms, ids
+            )
+        batch = [
+            decode_message(cfg.stream, eid, raw, deliveries.get(eid.decode(), 0) + 1)
+            for eid, raw in entries
+            if raw is not None
+        ]
+        missing = set(owners) - {m.id for m in batch}
+        claimed = sort_claimed(owners, (m.id for m in batch), self._gone(missing))
+        if claimed.reclaimed:
+            self.stats.reclaimed += len(claimed.reclaimed)
+            self.metrics.reclaimed(*self._labels, len(claimed.reclaimed))
+        if claimed.lost:
+            self.stats.lost += len(claimed.lost)
+            self.metrics.lost(*self._labels, len(claimed.lost))
+        return batch
+
+    def _pending(
+        self,
+        *,
+        start: str = "-",
+        end: str = "+",
+        count: int = 100,
+        consumer: str | None = None,
+        idle: int | None = None,
+    ) -> list[PendingRow]:
+        cfg = self.config
+        with _translate(cfg.stream, cfg.group):
+            rows: list[dict[str, Any]] = self.redis.xpending_range(
+                cfg.stream, cfg.group, start, end, count, consumer, idle
+            )
+        return [
+            PendingRow(
+                r["message_id"].decode(),
+                r["consumer"].decode(),
+                int(r["time_since_delivered"]),
+                int(r["times_delivered"]),
+            )
+            for r in rows
+        ]
+
+    def _gone(self, ids: set[str]) -> list[str]:
+        """Which of ``ids`` are no longer in the stream (deleted or trimmed while pending).
+
+        XCLAIM drops such entries from the pending list; the others were claimed by another
+        consumer or acked meanwhile, which is no loss.
+        """
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        ordered = sorted(ids)
+        for entry_id in ordered:
+            pipe.xrange(self.config.stream, entry_id, entry_id, count=1)
+        return [i for i, found in zip(ordered, pipe.execute(), strict=True) if not found]
+
+    # -- settling ----------------------------------------------------------------------------
+
+    def ack_message(self, message_id: str) -> int:
+        """Acknowledge a message handled outside `run`."""
+        self._in_hand.pop(message_id, None)
+        return self._settle([(message_id, ACK)]).acked
+
+    def nack_message(self, message_id: str, error: BaseException | None = None) -> Action:
+        """Report a failed message: it is retried after its backoff, or dead-lettered when its
+        retries are spent. Returns the action taken."""
+        msg = self._in_hand.pop(message_id, None) or self._fetch(message_id)
+        decision = after_failure(
+            error, msg.delivery_count, self.config.max_retries, self.config.backoff
+        )
+        self._settle([(msg, decision)])
+        return decision.action
+
+    def _fetch(self, message_id: str) -> StreamMessage:
+        cfg = self.config
+        rows = self._pending(start=message_id, end=message_id, count=1)
+        count = rows[0].deliveries if rows else 1
+        msg = self.client.message(cfg.stream, message_id, count)
+        if msg is None:
+            raise KeyError(f"entry {message_id} is not in stream {cfg.stream!r}")
+        return msg
+
+    def _settle(self, outcomes: Sequence[tuple[StreamMessage | str, Decision]]) -> RunStats:
+        """Write the outcomes of a batch in one pipelined round trip; return what it did."""
+        cfg = self.config
+        done = RunStats()
+        acks: list[str] = []
+        retries: dict[int, list[str]] = defaultdict(list)
+        dead: list[StreamMessage] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for msg, decision in outcomes:
+            entry_id = msg if isinstance(msg, str) else msg.id
+            if decision.action in (Action.ACK, Action.SKIP):
+                acks.append(entry_id)
+                done.skipped += decision.action is Action.SKIP
+            elif decision.action is Action.RETRY:
+                retries[retry_idle_ms(decision.delay, cfg.claim_min_idle)].append(entry_id)
+                self._retry_due = min(self._retry_due, time.monotonic() + decision.delay)
+            elif isinstance(msg, StreamMessage):
+                dead.append(msg)
+                self._dead_letter(pipe, msg, decision)
+        if acks:
+            pipe.xack(cfg.stream, cfg.group, *acks)
+        for idle, ids in retries.items():
+            pipe.xclaim(cfg.stream, cfg.group, RETRY_CONSUMER, 0, ids, idle=idle, justid=True)
+        if not (acks or retries or dead):
+            return done
+        with _translate(cfg.stream, cfg.group):
+            replies = pipe.execute()
+        done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
+        done.acked = len(acks) - done.skipped
+        done.retried = sum(len(ids) for ids in retries.values())
+        self._count(done)
+        return done
+
+    def _dead_letter(self, pipe: Any, msg: StreamMessage, decision: Decision) -> None:
+        cfg = self.config
+        record = failure_record(
+            msg,
+            decision,
+            group=cfg.group,
+            consumer=cfg.consumer,
+            traceback_limit=cfg.traceback_limit,
+        )
+        fields: dict[str, bytes | str] = {**msg.fields, **record.to_fields()}
+        args: list[bytes | str | int] = [
+            cfg.group,
+            msg.id,
+            cfg.consumer,
+            cfg.dlq_maxlen or 0,
+            dlq_minid(cfg.dlq_retention),
+        ]
+        for name, value in fields.items():
+            args += (name, value)
+        self.client.scripts.dead_letter(keys=[cfg.stream, self.dlq], args=args, client=pipe)
+
+    def _count(self, done: RunStats) -> None:
+        stats = self.stats
+        stats.acked += done.acked
+        stats.skipped += done.skipped
+        stats.retried += done.retried
+        stats.dead_lettered += done.dead_lettered
+        if done.acked:
+            self.metrics.consumed(*self._labels, done.acked)
+        if done.retried:
+            self.metrics.retried(*self._labels, done.retried)
+        if done.dead_lettered:
+            self.metrics.dead_lettered(*self._labels, done.dead_lettered)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def process(self, batch: Sequence[StreamMessage], handler: Handler) -> None:
+        """Run ``handler`` on each message of ``batch`` and settle them all in one round trip.
+
+        If the handler raises a BaseException that is not an Exception (KeyboardInterrupt,
+        SystemExit), what was already decided is settled and the rest stays pending, to be
+        reclaimed later: nothing done is left unacknowledged and nothing undone is lost.
+        """
+        cfg = self.config
+        outcomes: list[tuple[StreamMessage | str, Decision]] = []
+        failed = 0
+        try:
+            for msg in batch:
+                decision = before_handler(msg, cfg.group, cfg.max_retries)
+                if decision.action is Action.HANDLE:
+                    decision = self._handle(msg, handler)
+                    failed += decision.action is not Action.ACK
+                outcomes.append((msg, decision))
+        finally:
+            self.stats.handled += len(outcomes)
+            if failed:
+                self.stats.failed += failed
+                self.metrics.failed(*self._labels, failed)
+            for _, decision in outcomes:
+                if decision.error_type:
+                    errors = self.stats.errors
+                    errors[decision.error_type] = errors.get(decision.error_type, 0) + 1
+            self._settle(outcomes)
+
+    def _after_failure(self, error: BaseException | None, msg: StreamMessage) -> Decision:
+        cfg = self.config
+        return after_failure(error, msg.delivery_count, cfg.max_retries, cfg.backoff)
+
+    def _handle(self, msg: StreamMessage, handler: Handler) -> Decision:
+        started = time.perf_counter()
+        try:
+            handler(msg)
+        except Exception as exc:
+            decision = after_failure(
+                exc, msg.delivery_count, self.config.max_retries, self.config.backoff
+            )
+        else:
+            decision = ACK
+        self.metrics.observe(*self._labels, time.perf_counter() - started)
+        return decision
+
+    def run(
+        self,
+        handler: Handler,
+        *,
+        burst: bool = False,
+        handle_signals: bool = True,
+        stop_event: threading.Event | None = None,
+    ) -> RunStats:
+        """Consume until stopped; return what this run did.
+
+        The handler receives each `StreamMessage`; returning acks it, raising retries it (or
+        dead-letters it once its retries are spent; `Reject` at once, `Retry(delay=...)` with its
+        own delay). SIGTERM and SIGINT (when ``handle_signals``) or ``stop_event`` finish the
+        messages in hand, settle them, and stop. ``burst=True`` returns once the stream is
+        drained and no retry is waiting, which suits tests, notebooks and cron jobs.
+        """
+        stop = stop_event or threading.Event()
+        self.stats = RunStats()
+        started = time.monotonic()
+        cfg = self.config
+        with self._signals(stop, enabled=handle_signals):
+            if cfg.create_group:
+                self.client.ensure_group(cfg.stream, cfg.group, cfg.group_start_id)
+            self.metrics.watch(self.client, cfg.stream)
+            while not stop.is_set():
+                batch = self._read(self._poll_block(burst))
+                if batch:
+                    self.process(batch, handler)
+                    continue
+                if burst:
+                    wait = self._work_left()
+                    if wait is None:
+                        break
+                    self._retry_due = time.monotonic() + wait
+        self.stats.duration = time.monotonic() - started
+        return self.stats
+
+    def _poll_block(self, burst: bool) -> float | None:
+        """How long the next read may wait for new messages."""
+        until_retry = self._retry_due - time.monotonic()
+        if until_retry <= 0:
+            self._retry_due = float("inf")
+            self._next_claim = 0.0
+            return None
+        wait = min(self.config.block_duration.total_seconds(), _POLL, until_retry)
+        if burst and until_retry == float("inf"):
+            return None
+        return max(wait, 0.001)
+
+    def _work_left(self) -> float | None:
+        """Seconds until the next retry or own leftover is due; None when nothing is left."""
+        cfg = self.config
+        waits: list[float] = []
+        for owner in (RETRY_CONSUMER, cfg.consumer):
+            rows = self._pending(consumer=owner)
+            waits += [(self._min_idle_ms - row.idle_ms) / 1000 for row in rows]
+        if not waits:
+            return None
+        return max(min(waits), 0.0)
+
+    @contextmanager
+    def _signals(self, stop: threading.Event, *, enabled: bool) -> Iterator[None]:
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,187 @@
+"""The consumer's decisions, without I/O: what to do with each message and when.
+
+The sync `Consumer` (and the asyncio consumer to come) only move bytes to and from Redis
+around these functions, so the rules below are tested without a server.
+
+How retries work: a failed message stays pending in its group (nothing is lost if the worker
+dies right then). It is handed to the placeholder consumer ``streamlab:retry`` with
+``XCLAIM ... IDLE (claim_min_idle - delay) JUSTID``, so it becomes claimable exactly when its
+backoff has elapsed, by the same query that finds messages held by dead consumers
+(``XPENDING ... IDLE claim_min_idle``). The group's delivery counter is the attempt count, and
+other groups on the stream never see the retry.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from streamlab.backoff import Backoff, compute_backoff
+from streamlab.errors import Reject, Retry
+from streamlab.events import Failure, StreamMessage
+
+__all__ = [
+    "RETRY_CONSUMER",
+    "Action",
+    "Claimed",
+    "Decision",
+    "after_failure",
+    "before_handler",
+    "dlq_minid",
+    "failure_record",
+    "max_delay",
+    "retry_idle_ms",
+    "sort_claimed",
+]
+
+RETRY_CONSUMER = "streamlab:retry"
+TRACEBACK_LIMIT = 4000
+
+
+class Action(enum.Enum):
+    """What happens to a message."""
+
+    HANDLE = "handle"
+    ACK = "ack"
+    SKIP = "skip"  # ack without handling: replayed for another group
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An action with its delay (for RETRY) or its failure (for DEAD_LETTER)."""
+
+    action: Action
+    delay: float = 0.0
+    error: BaseException | None = None
+    error_type: str = ""
+    message: str = ""
+
+
+HANDLE = Decision(Action.HANDLE)
+SKIP = Decision(Action.SKIP)
+
+
+def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision:
+    """Decide what to do with a message before its handler runs.
+
+    Undecodable entries go to the DLQ at once (retrying cannot fix them). A message replayed
+    for another group is skipped. A message delivered more often than its attempts allow was
+    held by consumers that died on it (a poison message that kills workers): dead-letter it.
+    """
+    if msg.event is None:
+        err = msg.decode_error
+        return Decision(
+            Action.DEAD_LETTER, error=err, error_type="DecodeError", message=str(err or "")
+        )
+    replay_group = msg.fields.get("replay_group")
+    if replay_group and replay_group.decode("utf-8", "replace") != group:
+        return SKIP
+    if msg.delivery_count > max_retries + 1:
+        return Decision(
+            Action.DEAD_LETTER,
+            error_type="ConsumerDied",
+            message=f"delivered {msg.delivery_count - 1} times without an ack or a nack: "
+            "the consumers holding it died or hung",
+        )
+    return HANDLE
+
+
+def after_failure(
+    error: BaseException | None, delivery_count: int, max_retries: int, backoff: Backoff
+) -> Decision:
+    """Retry with backoff, or dead-letter once ``max_retries`` retries have failed.
+
+    Attempt ``n`` is delivery ``n``: after the first failure comes retry 1, and the message
+    goes to the DLQ when attempt ``max_retries + 1`` fails. `Reject` dead-letters at once;
+    `Retry` may carry its own delay.
+    """
+    error_type = type(error).__name__ if error is not None else "Nack"
+    text = str(error) if error is not None else "negatively acknowledged"
+    if isinstance(error, Reject) or delivery_count > max_retries:
+        return Decision(Action.DEAD_LETTER, error=error, error_type=error_type, message=text)
+    delay = compute_backoff(delivery_count, backoff)
+    if isinstance(error, Retry) and error.delay is not None:
+        delay = max(error.delay, 0.0)
+    return Decision(Action.RETRY, delay=delay, error=error, error_type=error_type, message=text)
+
+
+def max_delay(max_retries: int, backoff: Backoff) -> float:
+    """The longest delay the schedule asks for over ``max_retries`` retries (jitter included)."""
+    if max_retries < 1:
+        return 0.0
+    worst = max(compute_backoff(n, backoff, rand=lambda: 1.0) for n in range(1, max_retries + 1))
+    return worst
+
+
+def retry_idle_ms(delay: float, claim_min_idle: timedelta) -> int:
+    """The IDLE to set on a retry so that it becomes claimable after ``delay`` seconds.
+
+    Delays longer than ``claim_min_idle`` are cut to it (configuration rejects such schedules;
+    a handler's `Retry` delay is capped here).
+    """
+    threshold = int(claim_min_idle.total_seconds() * 1000)
+    return max(threshold - int(delay * 1000), 0)
+
+
+def failure_record(
+    msg: StreamMessage,
+    decision: Decision,
+    *,
+    group: str,
+    consumer: str,
+    now: datetime | None = None,
+    traceback_limit: int = TRACEBACK_LIMIT,
+) -> Failure:
+    """The failure fields of a DLQ entry (traceback bounded to its last ``traceback_limit``)."""
+    trace = ""
+    # A decode error's traceback points into streamlab, not at a bug of the user's: leave it out.
+    error = decision.error
+    if (
+        error is not None
+        and error.__traceback__ is not None
+        and decision.error_type != "DecodeError"
+    ):
+        trace = "".join(traceback.format_exception(error))[-traceback_limit:]
+    return Failure(
+        error=decision.message,
+        error_type=decision.error_type,
+        traceback=trace,
+        attempts=msg.delivery_count,
+        source_stream=msg.stream,
+        source_id=msg.id,
+        group=group,
+        consumer=consumer,
+        failed_at=now or datetime.now(UTC),
+    )
+
+
+def dlq_minid(retention: timedelta | None, now: datetime | None = None) -> str:
+    """The MINID that trims DLQ entries older than ``retention`` ('' when unbounded)."""
+    if retention is None:
+        return ""
+    cutoff = (now or datetime.now(UTC)) - retention
+    return f"{int(cutoff.timestamp() * 1000)}-0"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """Bookkeeping of one claim: retries that came due, messages taken from other consumers,
+    and pending entries that were gone from the stream (deleted or trimmed)."""
+
+    retries: frozenset[str]
+    reclaimed: frozenset[str]
+    lost: frozenset[str]
+
+
+def sort_claimed(
+    owners: Mapping[str, str], claimed_ids: Iterable[str], gone_ids: Iterable[str]
+) -> Claimed:
+    """Split a claim by previous owner: ``streamlab:retry`` means a retry, else a reclaim."""
+    got = set(claimed_ids)
+    retries = frozenset(i for i in got if owners.get(i) == RETRY_CONSUMER)
+    return Claimed(retries, frozenset(got - retries), frozenset(gone_ids))
