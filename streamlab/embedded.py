@@ -142,9 +142,11 @@ class EmbeddedServer:
             "--logfile", str(self.dir / "server.log"),
             *self.args,
         ]  # fmt: skip
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        output = self.dir / "stdout.log"
+        with output.open("ab") as sink:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+            )
         if self._finalizer is None:
             self._finalizer = weakref.finalize(self, _terminate, self._proc, self._folder)
         deadline = time.monotonic() + timeout
@@ -152,10 +154,9 @@ class EmbeddedServer:
         try:
             while True:
                 if self._proc.poll() is not None:
-                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                     log = self.dir / "server.log"
-                    tail = log.read_text()[-2000:] if log.exists() else ""
-                    raise ServerStartError(f"{self.binary} exited at start: {err}{tail}")
+                    tail = (log.read_text() if log.exists() else "") + output.read_text()
+                    raise ServerStartError(f"{self.binary} exited at start: {tail[-2000:]}")
                 try:
                     if probe.ping():
                         return self
@@ -179,8 +180,6 @@ class EmbeddedServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
     def restart(self, *, kill: bool = False) -> Self:
         """Stop and start again on the same port and folder (the AOF, if any, is replayed)."""

@@ -1,0 +1,168 @@
+"""The ``streamlab`` command.
+
+``streamlab demo`` runs the whole flow on a private embedded server (no Redis needed).
+``info``, ``pending`` and ``dlq`` are the seed's redis-cli debugging set with typed output;
+``--json`` prints machine-readable results. The URL comes from ``--url`` or ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from streamlab.errors import StreamlabError
+
+__all__ = ["main"]
+
+
+def _print(data: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def _client(url: str | None) -> Any:
+    from streamlab.client import RedisStreamsClient
+
+    url = url or os.environ.get("REDIS_URL")
+    if not url:
+        raise StreamlabError("no server: pass --url or set REDIS_URL")
+    return RedisStreamsClient.from_url(url)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamlab.demo import run_demo, server_url
+
+    with server_url(args.url) as url:
+        where = url if args.url else f"embedded server at {url}"
+        if not args.json:
+            print(f"streamlab demo: {args.events} webhook events on {where}")
+        # A private server starts empty; on someone else's server use a fresh stream name.
+        stream = None if args.url else "webhook_events"
+        result = run_demo(url, events=args.events, seed=args.seed, stream=stream)
+    stats = result.stats
+    summary = {
+        "stream": result.stream,
+        "produced": result.produced,
+        "acked": stats.acked,
+        "retried": stats.retried,
+        "dead_lettered": stats.dead_lettered,
+        "dlq_length": result.dlq_length,
+        "pending": result.pending,
+        "failures": stats.failed,
+        "dlq_errors": dict(result.dlq_errors),
+        "seconds": round(result.seconds, 2),
+    }
+    if args.json:
+        _print(summary, True)
+        return 0
+    print(f"  produced       {result.produced:>7}")
+    print(f"  acked          {stats.acked:>7}")
+    print(f"  retried        {stats.retried:>7}   (transient failures, retried with backoff)")
+    print(f"  dead-lettered  {stats.dead_lettered:>7}   -> {result.dlq}")
+    print(f"  still pending  {result.pending:>7}")
+    for error_type, count in result.dlq_errors.most_common():
+        print(f"    {count:>5} x {error_type}")
+    print(f"  done in {result.seconds:.1f} s")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _client(args.url).get_stream_info(args.stream)
+    data = dataclasses.asdict(info)
+    if args.json:
+        _print(data, True)
+        return 0
+    print(f"{info.stream}: {info.length} entries, first {info.first_id}, last {info.last_id}")
+    for group in info.groups:
+        _print(dataclasses.asdict(group), False)
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    client = _client(args.url)
+    rows = client.redis.xpending_range(args.stream, args.group, "-", "+", args.count)
+    data = [
+        {
+            "id": r["message_id"].decode(),
+            "consumer": r["consumer"].decode(),
+            "idle_ms": r["time_since_delivered"],
+            "deliveries": r["times_delivered"],
+        }
+        for r in rows
+    ]
+    _print(data, args.json)
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    client = _client(args.url)
+    data = []
+    for msg in client.read_dlq(args.stream, count=args.count):
+        failure = msg.failure
+        event = msg.event
+        data.append(
+            {
+                "id": msg.id,
+                "event_type": event.event_type if event else None,
+                "repository": event.repository if event else None,
+                "error_type": failure.error_type if failure else None,
+                "error": failure.error if failure else None,
+                "attempts": failure.attempts if failure else None,
+            }
+        )
+    _print(data, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``streamlab`` command."""
+    parser = argparse.ArgumentParser(prog="streamlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--url", default=None, help="redis:// URL (default: REDIS_URL)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    demo = command("demo", "produce, consume, retry and dead-letter on an embedded server")
+    demo.add_argument("--events", type=int, default=3000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    info = command("info", "stream length, first/last ids and groups with lag")
+    info.add_argument("stream")
+    info.set_defaults(func=cmd_info)
+    pending = command("pending", "pending entries of a group (XPENDING)")
+    pending.add_argument("stream")
+    pending.add_argument("group")
+    pending.add_argument("--count", type=int, default=100)
+    pending.set_defaults(func=cmd_pending)
+    dlq = command("dlq", "dead-lettered entries with their failures")
+    dlq.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
+    dlq.add_argument("--count", type=int, default=100)
+    dlq.set_defaults(func=cmd_dlq)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``streamlab`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except StreamlabError as exc:
+        print(f"streamlab: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The `streamlab` command, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+from streamlab.client import RedisStreamsClient
+from streamlab.demo import BROKEN_REPOSITORY
+from streamlab.events import Failure
+from streamlab.samples import sample_events
+
+
+def streamlab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_demo_on_its_own_embedded_server_accounts_for_every_event() -> None:
+    run = streamlab("demo", "--events", "400", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    broken = sum(
+        1
+        for e in sample_events(400)
+        if e.repository == BROKEN_REPOSITORY and e.event_type.endswith("pull_request")
+    )
+    assert broken > 0
+    assert result["produced"] == 400
+    assert result["dead_lettered"] == result["dlq_length"] == broken
+    assert result["acked"] == 400 - broken
+    assert result["pending"] == 0
+    assert result["retried"] > 3 * broken  # the transient failures were retried too
+    assert result["dlq_errors"] == {"SchemaError": broken}
+
+
+def test_demo_text_output_on_an_external_server_uses_a_fresh_stream(redis_url: str) -> None:
+    run = streamlab("demo", "--events", "200", "--url", redis_url)
+    assert run.returncode == 0, run.stderr
+    assert "produced" in run.stdout
+    assert "webhook_events:demo-" in run.stdout
+
+
+def test_info_pending_and_dlq_commands(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.add_many(stream_name, sample_events(5))
+    [first, *_] = streams_client.read_from_stream(stream_name, "g", "c1", 2)
+    fields = {**first.fields, **Failure(error="boom", error_type="ValueError").to_fields()}
+    streams_client.redis.xadd(streams_client.dlq_stream(stream_name), fields)
+
+    info = json.loads(streamlab("info", stream_name, "--url", redis_url, "--json").stdout)
+    assert info["length"] == 5
+    assert info["groups"][0]["pending"] == 2
+    assert info["groups"][0]["lag"] == 3
+
+    pending = json.loads(streamlab("pending", stream_name, "g", "--url", redis_url, "--json").stdout)
+    assert [(p["consumer"], p["deliveries"]) for p in pending] == [("c1", 1), ("c1", 1)]
+
+    dlq = json.loads(streamlab("dlq", stream_name, "--url", redis_url, "--json").stdout)
+    assert [(d["error_type"], d["error"]) for d in dlq] == [("ValueError", "boom")]
+
+
+def test_missing_url_is_a_clear_error() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", "info", "s"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 2
+    assert "REDIS_URL" in run.stderr

@@ -1,0 +1,38 @@
+"""The private server: both binaries start, AOF survives a kill, nothing is left behind."""
+
+import shutil
+
+import pytest
+
+from streamlab.embedded import EmbeddedServer, find_server_binary, server_version
+from streamlab.errors import ServerStartError
+
+BINARIES = ["valkey"] + (["redis"] if shutil.which("redis-server") else [])
+
+
+@pytest.mark.parametrize("prefer", BINARIES)
+def test_each_binary_starts_on_a_free_port(prefer: str) -> None:
+    binary = find_server_binary(prefer)
+    assert prefer in binary
+    assert server_version(binary) >= (7, 0, 0)
+    with EmbeddedServer(binary=binary) as server:
+        client = server.client()
+        assert client.ping()
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        client.close()
+    assert server.pid is None
+    assert not server.dir.exists()
+
+
+def test_aof_keeps_the_stream_across_a_sigkill() -> None:
+    with EmbeddedServer(appendonly=True) as server:
+        client = server.client()
+        client.xadd("s", {"event_type": "x"})
+        server.restart(kill=True)
+        assert client.xlen("s") == 1
+        client.close()
+
+
+def test_a_bad_argument_is_a_clear_start_error() -> None:
+    with pytest.raises(ServerStartError, match="exited at start"):
+        EmbeddedServer(args=["--no-such-option", "1"]).start()
