@@ -8,11 +8,10 @@ in ``StreamEvent.extra`` so that nothing written by another service is dropped.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic_core
@@ -65,6 +64,9 @@ _KNOWN = frozenset(
 )
 
 
+_ZERO = timedelta(0)
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -105,20 +107,16 @@ class StreamEvent(BaseModel):
     tenant_id: str = ""
     payload: Any = None
     auth_context: AuthContext | None = None
-    timestamp: AwareDatetime = Field(default_factory=_now)
+    timestamp: datetime = Field(default_factory=_now)
     retry_count: int = Field(default=0, ge=0)
     extra: dict[str, str | bytes] = Field(default_factory=dict)
 
-    @field_validator("timestamp", mode="before")
-    @classmethod
-    def _assume_utc(cls, value: Any) -> Any:
-        if isinstance(value, datetime) and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
-
     @field_validator("timestamp", mode="after")
     @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
+    def _utc(cls, value: datetime) -> datetime:
+        """Naive times are taken as UTC; aware ones are converted to UTC."""
+        if value.tzinfo is None or value.utcoffset() == _ZERO:
+            return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
 
@@ -151,15 +149,6 @@ def encode_event(event: StreamEvent) -> dict[str, str | bytes]:
     return fields
 
 
-def _text(name: str, value: bytes | str, entry_id: str | None) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        raise DecodeError("value is not valid UTF-8", field=name, entry_id=entry_id) from None
-
-
 def decode_event(
     fields: Mapping[str, bytes | str] | Mapping[bytes, bytes],
     *,
@@ -175,26 +164,26 @@ def decode_event(
     """
     data: dict[str, Any] = {}
     extra: dict[str, str | bytes] = {}
-    for raw_key, raw_value in fields.items():
+    for raw_key, value in fields.items():
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
         name = _ALIASES.get(key, key)
         if name not in _KNOWN or name in data:
-            if isinstance(raw_value, bytes):
-                try:
-                    extra[key] = raw_value.decode()
-                except UnicodeDecodeError:
-                    extra[key] = raw_value
-            else:
-                extra[key] = raw_value
-            continue
-        text = _text(key, raw_value, entry_id)
-        if name in _JSON_FIELDS:
+            extra[key] = _keep(value)
+        elif name in _JSON_FIELDS:
+            # pydantic-core's Rust parser: about twice as fast as json.loads on payloads.
             try:
-                data[name] = json.loads(text) if text else None
+                data[name] = pydantic_core.from_json(value) if value else None
             except ValueError as exc:
                 raise DecodeError(f"invalid JSON: {exc}", field=key, entry_id=entry_id) from None
+        elif isinstance(value, bytes):
+            try:
+                data[name] = value.decode()
+            except UnicodeDecodeError:
+                raise DecodeError(
+                    "value is not valid UTF-8", field=key, entry_id=entry_id
+                ) from None
         else:
-            data[name] = text
+            data[name] = value
     if "event_type" not in data:
         raise DecodeError("required field is missing", field="event_type", entry_id=entry_id)
     if "timestamp" not in data and entry_id is not None:
@@ -212,6 +201,16 @@ def decode_event(
     if extra_retries:
         event.retry_count += extra_retries
     return event
+
+
+def _keep(value: bytes | str) -> str | bytes:
+    """An unknown field's value: text when it is UTF-8, else the bytes themselves."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 class Failure(BaseModel):

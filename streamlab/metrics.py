@@ -143,6 +143,7 @@ class PrometheusMetrics:
             buckets=PROCESSING_BUCKETS,
             registry=registry,
         )
+        self._histograms: dict[tuple[str, str], Histogram] = {}
         self._lag = _LagCollector()
         registry.register(self._lag)
 
@@ -168,7 +169,12 @@ class PrometheusMetrics:
         self.lost_total.labels(stream, group).inc(n)
 
     def observe(self, stream: str, group: str, seconds: float) -> None:
-        self.processing_seconds.labels(stream, group).observe(seconds)
+        # Called once per message: keep the labelled child instead of looking it up each time.
+        child = self._histograms.get((stream, group))
+        if child is None:
+            child = self.processing_seconds.labels(stream, group)
+            self._histograms[stream, group] = child
+        child.observe(seconds)
 
     def watch(self, client: RedisStreamsClient, stream: str) -> None:
         self._lag.watched[(id(client), stream)] = (client, stream)
