@@ -1,0 +1,524 @@
+"""Settings from env and YAML, their precedence, durations, and the errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import redis
+
+from streamlab.backoff import Backoff
+from streamlab.client import connect
+from streamlab.config import (
+    BackoffSettings,
+    ConsumerSettings,
+    StreamlabSettings,
+    format_duration,
+    load_settings,
+    parse_duration,
+)
+from streamlab.consumer import ConsumerConfig
+from streamlab.errors import ConfigError
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
+SEED = FIXTURES / "seed.yaml"
+FULL = FIXTURES / "full.yaml"
+STREAM_ENV = "STREAMLAB_STREAMS__WEBHOOK_EVENTS__"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No settings leak in from the environment the suite runs in (CI may set REDIS_URL)."""
+    for name in list(os.environ):
+        if name.upper().startswith("STREAMLAB_") or name.upper() == "REDIS_URL":
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str, name: str = "streamlab.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- sources and precedence ---------------------------------------------------------------
+
+
+def test_defaults_without_any_source() -> None:
+    settings = load_settings()
+    assert settings.streams == {}
+    assert settings.redis_url() == "redis://localhost:6379/0"
+    assert settings.dlq.retention is None
+
+
+def test_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLAB_REDIS__ADDR", "redis.internal:6380")
+    monkeypatch.setenv("STREAMLAB_REDIS__DB", "4")
+    monkeypatch.setenv(STREAM_ENV + "CONSUMER_GROUP", "workers")
+    monkeypatch.setenv(STREAM_ENV + "BLOCK_DURATION", "250ms")
+    monkeypatch.setenv(STREAM_ENV + "BATCH_SIZE", "25")
+    monkeypatch.setenv(STREAM_ENV + "BACKOFF__INITIAL", "2s")
+    monkeypatch.setenv("STREAMLAB_DLQ__RETENTION", "24h")
+
+    settings = StreamlabSettings()
+
+    assert settings.redis_url() == "redis://redis.internal:6380/4"
+    stream = settings.streams["webhook_events"]
+    assert stream.consumer_group == "workers"
+    assert stream.block_duration == timedelta(milliseconds=250)
+    assert stream.batch_size == 25
+    assert stream.backoff.initial == timedelta(seconds=2)
+    assert stream.max_retries == 3
+    assert settings.dlq.retention == timedelta(hours=24)
+
+
+def test_redis_url_env_maps_to_redis_url_and_wins_over_addr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "rediss://cache.example.com:6380/1")
+    monkeypatch.setenv("STREAMLAB_REDIS__ADDR", "ignored:6379")
+    assert load_settings().redis_url() == "rediss://cache.example.com:6380/1"
+
+    monkeypatch.setenv("STREAMLAB_REDIS__URL", "redis://preferred:6379/2")
+    assert load_settings().redis_url() == "redis://preferred:6379/2"
+
+
+def test_yaml_only_seed_layout() -> None:
+    settings = load_settings(SEED)
+
+    assert settings.redis_url() == "redis://localhost:6379/0"
+    stream = settings.streams["webhook_events"]
+    assert stream == ConsumerSettings(
+        consumer_group="webhook_workers",
+        max_length=10000,
+        block_duration=timedelta(seconds=5),
+        batch_size=10,
+        max_retries=3,
+    )
+    assert settings.dlq.stream_name == "webhook_events_dlq"
+    assert settings.dlq.max_length == 1000
+    assert settings.dlq.retention == timedelta(days=7)
+
+
+def test_yaml_with_every_optional_key() -> None:
+    settings = load_settings(FULL)
+
+    assert settings.redis_url() == "rediss://worker:s3cret@redis.example.com:6380/2"
+    hooks = settings.streams["webhook_events"]
+    assert hooks.claim_min_idle == timedelta(seconds=90)
+    assert hooks.backoff == BackoffSettings(
+        initial=timedelta(seconds=1),
+        multiplier=2,
+        max=timedelta(seconds=60),
+        first_immediate=True,
+        jitter=0.1,
+    )
+    assert hooks.dlq_stream == "webhook_events_failed"
+    orders = settings.streams["{orders}"]
+    assert orders.block_duration == timedelta(seconds=2.5)
+    assert orders.claim_min_idle == timedelta(minutes=2)
+    # Secrets never show in reprs or logs.
+    assert "s3cret" not in repr(settings)
+
+
+def test_streamlab_config_env_names_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STREAMLAB_CONFIG", str(SEED))
+    assert StreamlabSettings().streams["webhook_events"].consumer_group == "webhook_workers"
+
+    other = write(tmp_path, "streams:\n  orders:\n    consumer_group: order_workers\n")
+    assert list(load_settings(other).streams) == ["orders"], "an explicit path wins"
+
+
+def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"nope\.yaml.*load_settings.*does not exist"):
+        load_settings(missing)
+    monkeypatch.setenv("STREAMLAB_CONFIG", str(missing))
+    with pytest.raises(ConfigError, match=r"nope\.yaml.*STREAMLAB_CONFIG.*does not exist"):
+        load_settings()
+
+
+def test_env_overrides_yaml_key_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STREAM_ENV + "BATCH_SIZE", "50")
+    monkeypatch.setenv("STREAMLAB_REDIS__DB", "3")
+    monkeypatch.setenv("STREAMLAB_DLQ__RETENTION", "1h")
+
+    settings = load_settings(SEED)
+
+    stream = settings.streams["webhook_events"]
+    assert stream.batch_size == 50
+    assert stream.consumer_group == "webhook_workers", "the YAML's other keys stay"
+    assert stream.max_length == 10000
+    assert settings.redis_url() == "redis://localhost:6379/3"
+    assert settings.dlq.retention == timedelta(hours=1)
+    assert settings.dlq.max_length == 1000
+
+
+def test_arguments_override_env_and_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLAB_REDIS__DB", "3")
+    settings = load_settings(SEED, redis={"db": 5, "password": "pw"})
+    assert settings.redis_url() == "redis://:pw@localhost:6379/5"
+
+
+def test_settings_are_immutable() -> None:
+    settings = load_settings(SEED)
+    with pytest.raises(ValueError, match="frozen"):
+        settings.redis.db = 2
+
+
+# --- durations ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("5s", timedelta(seconds=5)),
+        ("1m30s", timedelta(seconds=90)),
+        ("168h", timedelta(days=7)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("1.5s", timedelta(seconds=1.5)),
+        ("1h2m3.5s", timedelta(hours=1, minutes=2, seconds=3.5)),
+        ("100us", timedelta(microseconds=100)),
+        ("100\u00b5s", timedelta(microseconds=100)),  # Go accepts both micro signs
+        ("100\u03bcs", timedelta(microseconds=100)),
+        ("3000ns", timedelta(microseconds=3)),
+        (" 5s ", timedelta(seconds=5)),
+        (5, timedelta(seconds=5)),
+        (2.5, timedelta(seconds=2.5)),
+        ("5", timedelta(seconds=5)),
+        ("0.25", timedelta(milliseconds=250)),
+        (0, timedelta(0)),
+        ("PT5S", timedelta(seconds=5)),
+        ("PT1M30S", timedelta(seconds=90)),
+        ("P7D", timedelta(days=7)),
+        (timedelta(minutes=3), timedelta(minutes=3)),
+    ],
+)
+def test_duration_forms(raw: object, expected: timedelta) -> None:
+    assert parse_duration(raw) == expected
+    # The same through a settings field.
+    assert BackoffSettings.model_validate({"initial": raw, "max": "1000h"}).initial == expected
+
+
+@pytest.mark.parametrize("raw", ["5s", "1m30s", "168h", "250ms", "1.5s", "100us", "0s", "1h1s"])
+def test_format_duration_round_trips(raw: str) -> None:
+    value = parse_duration(raw)
+    assert format_duration(value) == raw
+    assert parse_duration(format_duration(value)) == value
+
+
+def test_durations_from_env_and_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "streams:\n  s:\n    consumer_group: g\n    block_duration: 2\n"
+        "    claim_min_idle: PT2M\n    backoff: {initial: 500ms, max: 1m}\n",
+    )
+    monkeypatch.setenv("STREAMLAB_STREAMS__S__BACKOFF__MAX", "1m30s")
+    stream = load_settings(path).streams["s"]
+    assert stream.block_duration == timedelta(seconds=2)
+    assert stream.claim_min_idle == timedelta(minutes=2)
+    assert stream.backoff.initial == timedelta(milliseconds=500)
+    assert stream.backoff.max == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize("raw", ["5 parsecs", "5x", "", "s", "-5s", -1, True, None, [5]])
+def test_bad_durations_are_rejected(raw: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(raw)
+
+
+def test_bad_duration_in_yaml_names_key_file_and_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(FIXTURES / "bad_duration.yaml")
+    message = str(info.value)
+    assert "streams.webhook_events.block_duration" in message
+    assert "'5 parsecs'" in message
+    assert "bad_duration.yaml" in message
+    assert "'5s'" in message, "the message shows the accepted forms"
+
+
+def test_bad_duration_in_env_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STREAM_ENV + "CONSUMER_GROUP", "g")
+    monkeypatch.setenv(STREAM_ENV + "BLOCK_DURATION", "5 parsecs")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "streams.webhook_events.block_duration" in str(info.value)
+    assert STREAM_ENV + "BLOCK_DURATION" in str(info.value)
+
+
+# --- unknown keys and other errors -----------------------------------------------------------
+
+
+def test_misspelled_top_level_yaml_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(FIXTURES / "bad_top_level_key.yaml")
+    message = str(info.value)
+    assert "reddis: unknown key" in message
+    assert "did you mean 'redis'" in message
+    assert "bad_top_level_key.yaml" in message
+
+
+def test_misspelled_nested_yaml_keys_are_all_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(FIXTURES / "bad_nested_key.yaml")
+    message = str(info.value)
+    assert "2 errors" in message
+    assert "streams.webhook_events.batch_sise: unknown key" in message
+    assert "did you mean 'batch_size'" in message
+    assert "streams.webhook_events.backoff.inital: unknown key" in message
+    assert "did you mean 'initial'" in message
+    assert "bad_nested_key.yaml" in message
+
+
+def test_the_seed_readme_layout_with_dlq_under_streams_is_read() -> None:
+    settings = load_settings(FIXTURES / "seed_readme_layout.yaml")
+    assert set(settings.streams) == {"webhook_events"}
+    assert settings.dlq.stream_name == "webhook_events_dlq"
+    assert settings.dlq.max_length == 1000
+    assert settings.dlq.retention == timedelta(hours=168)
+    config = settings.consumer_config("webhook_events", consumer="w1")
+    assert (config.dlq, config.dlq_maxlen) == ("webhook_events_dlq", 1000)
+
+
+def test_dlq_given_both_under_streams_and_at_the_top_is_an_error(tmp_path: Path) -> None:
+    text = (FIXTURES / "seed_readme_layout.yaml").read_text()
+    path = tmp_path / "both.yaml"
+    path.write_text(text + "dlq:\n  stream_name: other\n")
+    with pytest.raises(ConfigError, match="given twice"):
+        load_settings(path)
+
+
+def test_unknown_env_vars_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLAB_REDIS__ADRR", "x:1")
+    monkeypatch.setenv("STREAMLAB_BOGUS", "1")
+    monkeypatch.setenv(STREAM_ENV + "BATCH_SISE", "5")
+    monkeypatch.setenv("STREAMLAB_REDIS__DB__X", "5")
+    with pytest.raises(ConfigError) as info:
+        load_settings(SEED)
+    message = str(info.value)
+    assert "STREAMLAB_REDIS__ADRR: 'adrr' is not a key of redis; did you mean 'addr'?" in message
+    assert "STREAMLAB_BOGUS: 'bogus' is not a key of the top level" in message
+    assert STREAM_ENV + "BATCH_SISE" in message
+    assert "did you mean 'batch_size'" in message
+    assert "STREAMLAB_REDIS__DB__X" in message
+    assert "redis.db is a single value" in message
+
+
+def test_env_vars_that_are_not_settings_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLAB_SERVER", "valkey")  # read by streamlab.embedded
+    monkeypatch.setenv("STREAMLAB_CONFIG", str(SEED))
+    monkeypatch.setenv("STREAMLAB_STREAMS", '{"orders": {"consumer_group": "o"}}')
+    assert load_settings().streams["orders"].consumer_group == "o"
+
+
+def test_missing_consumer_group_names_the_stream(tmp_path: Path) -> None:
+    path = write(tmp_path, "streams:\n  orders:\n    batch_size: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "streams.orders.consumer_group: required key is missing" in str(info.value)
+    assert "streamlab.yaml" in str(info.value)
+
+
+def test_bad_values_name_key_and_reason(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "redis:\n  addr: 'localhost:notaport'\n  db: -1\n"
+        "streams:\n  s:\n    consumer_group: g\n    batch_size: 0\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert "3 errors" in message
+    assert "redis.addr: expected 'host:port'" in message
+    assert "redis.db: Input should be greater than or equal to 0 (got -1)" in message
+    assert "streams.s.batch_size: Input should be greater than or equal to 1" in message
+
+
+def test_zero_block_duration_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"block_duration \(0 would block forever\) must be"):
+        load_settings(streams={"s": {"consumer_group": "g", "block_duration": "0s"}})
+
+
+def test_backoff_longer_than_claim_min_idle_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="raise claim_min_idle"):
+        load_settings(
+            streams={"s": {"consumer_group": "g", "max_retries": 8, "claim_min_idle": "10s"}}
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("streams: [a, b\n", "invalid YAML"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+    ],
+)
+def test_unreadable_yaml(tmp_path: Path, text: str, match: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_settings(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_redis_url_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://localhost:6379")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "redis.url: URL scheme must be redis://" in str(info.value)
+    assert "environment variable REDIS_URL" in str(info.value)
+
+
+# --- redis_url -------------------------------------------------------------------------------
+
+
+def test_redis_url_quotes_credentials() -> None:
+    password = "p@ss:w/rd %#?&="
+    settings = load_settings(
+        redis={"addr": "db.example.com:6390", "username": "al ice", "password": password, "db": 2}
+    )
+    url = settings.redis_url()
+    assert url.startswith("redis://al%20ice:p%40ss%3Aw%2Frd%20%25%23%3F%26%3D@db.example.com")
+    kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
+    assert kwargs["username"] == "al ice"
+    assert kwargs["password"] == password
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("db.example.com", 6390, 2)
+
+
+@pytest.mark.parametrize(
+    ("redis_settings", "url"),
+    [
+        ({}, "redis://localhost:6379/0"),
+        ({"addr": "cache"}, "redis://cache:6379/0"),
+        ({"addr": "[::1]:6380"}, "redis://[::1]:6380/0"),
+        ({"username": "worker"}, "redis://worker@localhost:6379/0"),
+        ({"password": "pw", "db": 1}, "redis://:pw@localhost:6379/1"),
+        ({"url": "unix:///tmp/redis.sock", "addr": "x:1"}, "unix:///tmp/redis.sock"),
+        ({"url": ""}, "redis://localhost:6379/0"),
+    ],
+)
+def test_redis_url_composition(redis_settings: dict[str, object], url: str) -> None:
+    assert load_settings(redis=redis_settings).redis_url() == url
+
+
+def settings_for(url: str, **extra: object) -> StreamlabSettings:
+    """Settings that point at the server behind ``url`` through addr/password/db."""
+    parts = urlsplit(url)
+    return load_settings(
+        redis={
+            "addr": f"{parts.hostname}:{parts.port or 6379}",
+            "username": unquote(parts.username or ""),
+            "password": unquote(parts.password or ""),
+            "db": int(parts.path.strip("/") or 0),
+            **extra,
+        }
+    )
+
+
+def test_redis_url_connects_to_the_test_server(redis_url: str) -> None:
+    client = connect(settings_for(redis_url).redis_url())
+    try:
+        assert client.ping() is True
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def acl_user(redis_client: redis.Redis) -> Iterator[tuple[str, str]]:
+    """A throw-away ACL user whose password needs quoting in a URL."""
+    name = f"streamlab-test-{uuid.uuid4().hex[:8]}"
+    password = "p@ss:w/rd %#?"
+    try:
+        redis_client.acl_setuser(
+            name, enabled=True, passwords=[f"+{password}"], commands=["+ping", "+acl|whoami"]
+        )
+    except redis.ResponseError as exc:
+        pytest.skip(f"cannot create an ACL user on this server: {exc}")
+    try:
+        yield name, password
+    finally:
+        redis_client.acl_deluser(name)
+
+
+def test_redis_url_authenticates_with_quoted_password(
+    redis_url: str, acl_user: tuple[str, str]
+) -> None:
+    name, password = acl_user
+    settings = settings_for(redis_url, username=name, password=password)
+    client = connect(settings.redis_url())
+    try:
+        assert client.ping() is True
+        assert client.acl_whoami() == name
+    finally:
+        client.close()
+
+
+# --- consumer_config -------------------------------------------------------------------------
+
+
+def test_consumer_config_maps_every_field() -> None:
+    config = load_settings(FULL).consumer_config("webhook_events", consumer="worker-1")
+
+    assert config == ConsumerConfig(
+        stream="webhook_events",
+        group="webhook_workers",
+        consumer="worker-1",
+        block_duration=timedelta(seconds=5),
+        batch_size=10,
+        max_retries=3,
+        backoff=Backoff(
+            initial=timedelta(seconds=1),
+            multiplier=2.0,
+            max=timedelta(seconds=60),
+            first_immediate=True,
+            jitter=0.1,
+        ),
+        claim_min_idle=timedelta(seconds=90),
+        dlq_stream="webhook_events_failed",
+        dlq_maxlen=1000,
+        dlq_retention=timedelta(days=7),
+        stream_maxlen=10000,
+    )
+
+
+def test_consumer_config_defaults() -> None:
+    config = load_settings(SEED).consumer_config("webhook_events")
+    assert config.consumer == f"{socket.gethostname()}-{os.getpid()}"
+    assert config.backoff == Backoff(), "the settings' backoff defaults are the consumer's"
+    assert config.claim_min_idle == timedelta(seconds=60)
+    assert config.dlq_stream == "webhook_events_dlq"
+    assert config.dlq_retention == timedelta(days=7)
+
+
+def test_consumer_config_dlq_name_fallbacks() -> None:
+    streams = {"a": {"consumer_group": "g"}, "b": {"consumer_group": "g", "dlq_stream": "b_dead"}}
+    settings = load_settings(streams=streams)
+    assert settings.consumer_config("a").dlq_stream == "a_dlq"
+    assert settings.consumer_config("b").dlq_stream == "b_dead"
+    shared = load_settings(streams=streams, dlq={"stream_name": "all_dlq"})
+    assert shared.consumer_config("a").dlq_stream == "all_dlq"
+    assert shared.consumer_config("b").dlq_stream == "b_dead"
+
+
+def test_consumer_config_passes_optional_keys_only_when_set() -> None:
+    stream = {"consumer_group": "g", "group_start_id": "$", "claim_interval": "250ms"}
+    config = load_settings(streams={"s": stream}).consumer_config("s")
+    assert config.group_start_id == "$"
+    assert config.claim_interval == timedelta(milliseconds=250)
+    assert config.create_group is ConsumerConfig(stream="s", group="g").create_group
+
+
+def test_consumer_config_for_unknown_stream_names_configured_ones() -> None:
+    with pytest.raises(ConfigError, match=r"'orders' is not configured.*'webhook_events'"):
+        load_settings(SEED).consumer_config("orders")
+
+
+def test_consumer_config_wraps_its_validation_errors() -> None:
+    with pytest.raises(ConfigError, match=r"stream 'webhook_events'.*consumer"):
+        load_settings(SEED).consumer_config("webhook_events", consumer="streamlab:retry")
