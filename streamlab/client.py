@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import redis
+import redis.connection
 
 from streamlab.errors import ConfigError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import (
@@ -32,6 +33,8 @@ from streamlab.scripts import Scripts
 __all__ = ["RedisStreamsClient", "StreamsClient", "connect", "seconds"]
 
 Fields = Mapping[str, Any]
+# The read timeout redis-py gives connections that were not told one (5 s in redis-py 8).
+_REDIS_PY_TIMEOUT: float = getattr(redis.connection, "DEFAULT_SOCKET_TIMEOUT", 5.0)
 
 
 def seconds(value: float | timedelta | None) -> float | None:
@@ -144,7 +147,9 @@ class RedisStreamsClient:
         self.metrics: Metrics = metrics or NullMetrics()
         self.dlq_names = dict(dlq_names or {})
         self.scripts = Scripts(redis_client)
-        timeout = conn_kwargs.get("socket_timeout")
+        # redis.Redis.from_url(url) leaves socket_timeout out of connection_kwargs, yet its
+        # connections use redis-py's default (5 s): a long block must be split for them too.
+        timeout = conn_kwargs.get("socket_timeout", _REDIS_PY_TIMEOUT if kwargs else None)
         self._socket_timeout: float | None = float(timeout) if timeout else None
 
     @classmethod

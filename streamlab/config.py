@@ -400,8 +400,10 @@ class StreamlabSettings(BaseSettings):
     def _dlq_under_streams(cls, data: Any) -> Any:
         # The seed's README indents `dlq:` under `streams:`. A DLQ section (it has no
         # consumer_group, and DLQ keys) cannot be a stream, so read it as the top-level one.
-        streams = data.get("streams") if isinstance(data, Mapping) else None
-        dlq = streams.get("dlq") if isinstance(streams, Mapping) else None
+        if not isinstance(data, Mapping) or not isinstance(data.get("streams"), Mapping):
+            return data
+        streams: Mapping[str, Any] = data["streams"]
+        dlq = streams.get("dlq")
         keys = set(dlq) if isinstance(dlq, Mapping) else set()
         if "consumer_group" in keys or not keys & set(DLQSettings.model_fields):
             return data

@@ -289,7 +289,6 @@ class Consumer:
                 done.skipped += decision.action is Action.SKIP
             elif decision.action is Action.RETRY:
                 retries[retry_idle_ms(decision.delay, cfg.claim_min_idle)].append(entry_id)
-                self._retry_due = min(self._retry_due, time.monotonic() + decision.delay)
             elif isinstance(msg, StreamMessage):
                 dead.append(msg)
                 self._dead_letter(pipe, msg, decision)
@@ -301,6 +300,11 @@ class Consumer:
             return done
         with _translate(cfg.stream, cfg.group):
             replies = pipe.execute()
+        if retries:
+            # Stamped after the XCLAIMs ran: a stamp taken before could fall a millisecond
+            # short of Redis' due time, and a claim that finds nothing waits a whole poll.
+            soonest = (self._min_idle_ms - max(retries)) / 1000
+            self._retry_due = min(self._retry_due, time.monotonic() + soonest)
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
         done.acked = len(acks) - done.skipped
         done.retried = sum(len(ids) for ids in retries.values())

@@ -35,3 +35,8 @@ class Scripts:
     def dead_letter(self) -> Script:
         """See ``lua/dead_letter.lua``."""
         return self._register("dead_letter")
+
+    @cached_property
+    def replay(self) -> Script:
+        """See ``lua/replay.lua``."""
+        return self._register("replay")

@@ -7,7 +7,8 @@
 -- ARGV[2]  entry id
 -- ARGV[3]  consumer that must still own the entry ('' = any owner)
 -- ARGV[4]  DLQ MAXLEN, approximate ('0' = unbounded)
--- ARGV[5]  DLQ MINID for age-based retention, approximate ('' = none)
+-- ARGV[5]  DLQ MINID for age-based retention, exact ('' = none): '~' only drops whole
+--          radix nodes (up to 100 entries), so a quiet DLQ would keep old entries for weeks
 -- ARGV[6…] field, value pairs of the DLQ entry (original fields plus dlq_* fields)
 --
 -- Returns the new DLQ entry id, or false when the entry is no longer pending for that
@@ -31,7 +32,7 @@ for i = 6, #ARGV do
 end
 local id = redis.call(unpack(args))
 if ARGV[5] ~= '' then
-  redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[5])
+  redis.call('XTRIM', KEYS[2], 'MINID', ARGV[5])
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return id
