@@ -1,0 +1,60 @@
+-- replay.lua: re-inject one DLQ entry into its target stream and remove it from the DLQ (or
+-- mark it replayed), in one atomic step, so the event is never both replayed and still
+-- selectable, nor lost in between. The script is the arbiter between concurrent replays: the
+-- second one finds the entry gone (or marked) and reports it instead of adding it again.
+--
+-- KEYS[1]  DLQ stream
+-- KEYS[2]  target stream
+-- KEYS[3]  replayed-marker hash of the DLQ (dlq id -> "replay_id\nnew id\ntarget"), written
+--          only with keep_in_dlq, read always
+-- KEYS[4]  ledger hash of this replay run (dlq id -> "new id\nreplay group\ntarget"), read by
+--          replay_outcome; the caller sets its expiry once per batch
+-- ARGV[1]  DLQ entry id
+-- ARGV[2]  '1' = dry run: check everything, write nothing
+-- ARGV[3]  '1' = keep the entry in the DLQ and mark it, '0' = delete it (XDEL)
+-- ARGV[4]  replay run id
+-- ARGV[5]  replay group stamped on the event ('' = every group), recorded in the ledger
+-- ARGV[6…] field, value pairs of the entry to add (original fields, retry_count 0, marker)
+--
+-- Returns {status, detail}:
+--   {'ok', new id}         replayed
+--   {'dry', ''}            would be replayed (dry run)
+--   {'marked', marker}     already replayed and kept in the DLQ (marker hash value)
+--   {'done', ledger}       gone from the DLQ, replayed earlier by this same run (ledger value)
+--   {'gone', ''}           gone from the DLQ: replayed by another run, or deleted / trimmed
+--   {'wrongtype', type}    the target key exists and is not a stream
+--
+-- Scripts are not rolled back on error, so everything that could fail is checked before the
+-- first write: the target's type before XDEL, XDEL (the existence check when deleting, which
+-- saves an XRANGE) before XADD.
+local id = ARGV[1]
+local marker = redis.call('HGET', KEYS[3], id)
+if marker then
+  return {'marked', marker}
+end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  return {'wrongtype', kind}
+end
+local present
+if ARGV[2] == '1' or ARGV[3] == '1' then
+  present = #redis.call('XRANGE', KEYS[1], id, id, 'COUNT', 1) > 0
+else
+  present = redis.call('XDEL', KEYS[1], id) == 1
+end
+if not present then
+  local done = redis.call('HGET', KEYS[4], id)
+  if done then
+    return {'done', done}
+  end
+  return {'gone', ''}
+end
+if ARGV[2] == '1' then
+  return {'dry', ''}
+end
+local new_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[3], id, ARGV[4] .. '\n' .. new_id .. '\n' .. KEYS[2])
+end
+redis.call('HSET', KEYS[4], id, new_id .. '\n' .. ARGV[5] .. '\n' .. KEYS[2])
+return {'ok', new_id}

@@ -1,0 +1,53 @@
+"""Shared helpers of the replay tests (no tests here): fill a DLQ quickly with realistic entries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from streamlab.events import Failure, StreamEvent, encode_event
+
+
+def dlq_fields(
+    i: int,
+    source: str,
+    *,
+    event_type: str = "webhook.github.push",
+    tenant: str = "tenant-001",
+    repository: str = "acme/api",
+    error_type: str = "TimeoutError",
+    error: str = "upstream timed out",
+    group: str = "g",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Original fields of an event (retry_count 3) plus its failure record."""
+    event = StreamEvent(
+        id=f"evt-{i}",
+        event_type=event_type,
+        repository=repository,
+        tenant_id=tenant,
+        payload={"n": i, "text": "héllo"},
+        retry_count=3,
+    )
+    fields: dict[str, Any] = dict(encode_event(event))
+    fields.update(extra or {})
+    failure = Failure(
+        error=error,
+        error_type=error_type,
+        attempts=4,
+        source_stream=source,
+        source_id=f"{1000 + i}-0",
+        group=group,
+        consumer="worker-1",
+    )
+    fields.update(failure.to_fields())
+    return fields
+
+
+def fill_dlq(r: redis.Redis, dlq: str, entries: list[dict[str, Any]]) -> list[str]:
+    """XADD the entries to ``dlq`` in one pipeline; return their ids."""
+    pipe = r.pipeline(transaction=False)
+    for fields in entries:
+        pipe.xadd(dlq, fields)
+    return [i.decode() for i in pipe.execute()]
