@@ -71,8 +71,8 @@ def test_two_processes_replay_each_event_once(
     assert set(counts.values()) == {1}
     assert streams_client.redis.xlen(dlq) == 0
     first, second = (set(r["replayed"]) for r in reports)
-    assert first
-    assert second
+    # Which process wins which batch is up to the scheduler (on a loaded 2-core machine one
+    # may even win them all); what must hold is that each event went in exactly once.
     assert not first & second
     assert first | second == set(ids)
     assert set(reports[0]["skipped"]) == second

@@ -1,0 +1,171 @@
+"""The streams client against a real server: groups and their errors, long blocking reads,
+producing and decoding."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+import redis
+
+from streamlab.client import RedisStreamsClient
+from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.errors import GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.events import AuthContext, StreamEvent, StreamMessage, decode_event, encode_event
+from streamlab.samples import platform_entries, sample_events
+
+# -- groups: BUSYGROUP, NOGROUP, WRONGTYPE -----------------------------------------------------
+
+
+def test_ensure_group_creates_once_then_tolerates_busygroup(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    assert streams_client.ensure_group(stream_name, "g") is True  # creates the stream too
+    assert streams_client.ensure_group(stream_name, "g") is False
+    info = streams_client.get_stream_info(stream_name)
+    assert (info.length, [g.name for g in info.groups]) == (0, ["g"])
+
+
+def test_missing_group_raises_group_not_found(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    streams_client.add_to_stream(stream_name, StreamEvent(event_type="push"))
+    with pytest.raises(GroupNotFoundError, match="'nope'"):
+        streams_client.read_from_stream(stream_name, "nope", "c", 1)
+    assert streams_client.ack_message(stream_name, "nope", "1-0") == 0  # XACK: no error
+    for stream in (stream_name, f"{stream_name}-missing"):
+        cfg = ConsumerConfig(stream=stream, group="nope", consumer="c", create_group=False)
+        with pytest.raises(GroupNotFoundError):
+            Consumer(streams_client, cfg).run(lambda m: None, burst=True, handle_signals=False)
+    # Nothing was created on the way.
+    assert streams_client.redis.xinfo_groups(stream_name) == []
+    assert not streams_client.redis.exists(f"{stream_name}-missing")
+
+
+def test_key_of_another_type_raises_wrong_type(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    streams_client.redis.set(stream_name, b"not a stream")
+    with pytest.raises(WrongTypeError, match="not a stream"):
+        streams_client.read_from_stream(stream_name, "g", "c", 1)
+    with pytest.raises(WrongTypeError):
+        streams_client.ensure_group(stream_name, "g")
+    with pytest.raises(WrongTypeError):
+        streams_client.add_to_stream(stream_name, StreamEvent(event_type="push"))
+    assert streams_client.redis.get(stream_name) == b"not a stream"
+
+
+# -- blocking reads longer than redis-py's default socket timeout ------------------------------
+
+
+def test_blocking_reads_longer_than_the_socket_timeout_return_normally(
+    redis_url: str, stream_name: str
+) -> None:
+    """redis-py's default client has socket_timeout=5; a 6.5 s block must still just return."""
+
+    def default_client() -> RedisStreamsClient:
+        r = redis.Redis.from_url(redis_url)
+        conn = r.connection_pool.get_connection()
+        assert conn.socket_timeout == 5
+        r.connection_pool.release(conn)
+        return RedisStreamsClient(r)
+
+    empty, late, consumer = (f"{stream_name}-{k}" for k in ("empty", "late", "consumer"))
+    setup = default_client()
+    for s in (empty, late, consumer):
+        setup.ensure_group(s, "g")
+
+    def read_empty() -> tuple[float, list[StreamMessage]]:
+        started = time.monotonic()
+        got = default_client().read_from_stream(empty, "g", "c", 10, block=6.5)
+        return time.monotonic() - started, got
+
+    def read_late() -> tuple[float, list[StreamMessage]]:
+        timer = threading.Timer(5.5, setup.add_to_stream, (late, StreamEvent(event_type="late")))
+        started = time.monotonic()
+        timer.start()
+        try:
+            got = default_client().read_from_stream(late, "g", "c", 10, block=9)
+        finally:
+            timer.join()
+        return time.monotonic() - started, got
+
+    def read_consumer() -> tuple[float, list[StreamMessage]]:
+        cfg = ConsumerConfig(
+            stream=consumer, group="g", consumer="c", block_duration=timedelta(seconds=6)
+        )
+        started = time.monotonic()
+        got = Consumer(default_client(), cfg).read_messages()
+        return time.monotonic() - started, got
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(f) for f in (read_empty, read_late, read_consumer)]
+        (t_empty, got_empty), (t_late, got_late), (t_cons, got_cons) = (
+            f.result(timeout=30) for f in futures
+        )
+    assert got_empty == []
+    assert t_empty >= 6.5
+    assert [m.event.event_type for m in got_late if m.event] == ["late"]
+    assert 5.5 <= t_late < 9
+    assert got_cons == []
+    assert t_cons >= 6
+
+
+# -- producing and decoding --------------------------------------------------------------------
+
+
+def test_add_many_returns_ids_in_order_and_round_trips(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    events = list(sample_events(25, seed=3))
+    ids = streams_client.add_many(stream_name, events, batch_size=7)
+    assert len(ids) == 25
+    assert [m.id for m in streams_client.range(stream_name)] == ids
+    assert sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) == ids
+    back = [m.event for m in streams_client.range(stream_name)]
+    assert back == events
+    one = StreamEvent(
+        event_type="push",
+        payload={"nested": [1, {"a": None}], "text": "é ✓"},
+        tenant_id="t1",
+        auth_context=AuthContext(tenant_id="t1", permissions={"contents": "read"}),
+    )
+    new_id = streams_client.add_to_stream(stream_name, one, maxlen=1000)
+    [msg] = streams_client.range(stream_name, new_id, new_id)
+    assert msg.event == one
+    assert decode_event(encode_event(one)) == one
+
+
+def test_platform_entries_decode_with_their_own_field_names(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    entries = list(platform_entries(5, seed=1))
+    ids = streams_client.add_many(stream_name, entries)
+    messages = streams_client.range(stream_name)
+    assert [m.id for m in messages] == ids
+    for raw, msg in zip(entries, messages, strict=True):
+        event = msg.event
+        assert event is not None, msg.decode_error
+        assert event.id == raw["event_id"]
+        assert event.repository == raw["repo_name"]
+        assert event.auth_context is not None
+        assert event.tenant_id == event.auth_context.tenant_id != ""
+        assert event.extra == {"sender_name": raw["sender_name"], "metadata": raw["metadata"]}
+        # Re-encoding keeps the unknown fields verbatim.
+        assert encode_event(event)["metadata"] == raw["metadata"]
+
+
+def test_stream_info_of_a_missing_stream_raises(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    with pytest.raises(StreamNotFoundError, match="does not exist"):
+        streams_client.get_stream_info(stream_name)
+    ids = streams_client.add_many(stream_name, sample_events(3))
+    streams_client.ensure_group(stream_name, "g", start_id="0")
+    info = streams_client.get_stream_info(stream_name)
+    assert (info.length, info.first_id, info.last_id) == (3, ids[0], ids[-1])
+    [group] = info.groups
+    assert (group.name, group.pending, group.lag) == ("g", 0, 3)

@@ -1,0 +1,445 @@
+"""The consumer against a real server: backoff timing, group isolation, DLQ contents,
+undecodable entries, retention, the manual API and replay skips."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from streamlab.backoff import Backoff
+from streamlab.client import RedisStreamsClient, connect
+from streamlab.consumer import Consumer, ConsumerConfig, RunStats
+from streamlab.errors import Reject, Retry
+from streamlab.events import DLQ_FIELDS, StreamEvent, StreamMessage, encode_event
+from streamlab.policy import RETRY_CONSUMER, Action
+
+# A retry must never come early; it may come late by the time one claim poll and the
+# handler's bookkeeping take. Early slack covers Redis' millisecond idle-time rounding.
+EARLY = 0.05
+LATE = 0.4
+
+
+def event(n: int = 0, event_type: str = "push") -> StreamEvent:
+    return StreamEvent(
+        id=f"evt-{n}", event_type=event_type, repository="acme/api", payload={"n": n}
+    )
+
+
+def add(client: RedisStreamsClient, stream: str, n: int, event_type: str = "push") -> list[str]:
+    return client.add_many(stream, (event(i, event_type) for i in range(n)))
+
+
+def config(stream: str, group: str = "g", **kwargs: Any) -> ConsumerConfig:
+    kwargs.setdefault("consumer", "c1")
+    kwargs.setdefault("block_duration", timedelta(seconds=0.2))
+    return ConsumerConfig(stream=stream, group=group, **kwargs)
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def assert_schedule(times: list[float], expected: list[float]) -> None:
+    actual = gaps(times)
+    assert len(actual) == len(expected), actual
+    for got, want in zip(actual, expected, strict=True):
+        assert want - EARLY <= got <= want + LATE, f"gaps {actual} vs schedule {expected}"
+
+
+def run_failing(
+    url: str,
+    cfg: ConsumerConfig,
+    fail: Callable[[int], None],
+    calls_expected: int,
+    *,
+    burst: bool,
+) -> tuple[list[float], RunStats]:
+    """Run a consumer on one entry whose handler calls ``fail(attempt)``; record call times.
+
+    Not in burst mode, the handler sets the stop event on its last expected call.
+    """
+    times: list[float] = []
+    stop = threading.Event()
+
+    def handler(msg: StreamMessage) -> None:
+        times.append(time.monotonic())
+        if len(times) >= calls_expected:
+            stop.set()
+        fail(len(times))
+
+    consumer = Consumer(RedisStreamsClient(connect(url)), cfg)
+    stats = consumer.run(handler, burst=burst, handle_signals=False, stop_event=stop)
+    return times, stats
+
+
+def always(attempt: int) -> None:
+    raise ValueError(f"attempt {attempt} failed")
+
+
+def dlq_entries(client: RedisStreamsClient, stream: str) -> list[StreamMessage]:
+    return client.read_dlq(stream)
+
+
+def pending_count(r: redis.Redis, stream: str, group: str) -> int:
+    return int(r.xpending(stream, group)["pending"])
+
+
+# -- backoff -------------------------------------------------------------------------------
+
+
+def test_seed_backoff_schedule_is_honoured_in_burst_and_in_a_long_run(
+    redis_url: str, streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    # Seed default: first retry immediate, then 1 s, then 2 s, then the DLQ (max_retries=3).
+    streams = [f"{stream_name}-burst", f"{stream_name}-run"]
+    for s in streams:
+        add(streams_client, s, 1)
+    cfgs = [config(s, claim_min_idle=timedelta(seconds=5)) for s in streams]
+    with ThreadPoolExecutor(2) as pool:
+        burst, run = (
+            pool.submit(run_failing, redis_url, cfg, always, 4, burst=mode)
+            for cfg, mode in zip(cfgs, (True, False), strict=True)
+        )
+        results = [burst.result(timeout=30), run.result(timeout=30)]
+    for s, (times, stats) in zip(streams, results, strict=True):
+        assert_schedule(times, [0.0, 1.0, 2.0])
+        assert (stats.failed, stats.retried, stats.dead_lettered) == (4, 3, 1)
+        [dead] = dlq_entries(streams_client, s)
+        assert dead.fields["dlq_attempts"] == b"4"
+        assert pending_count(streams_client.redis, s, "g") == 0
+
+
+def test_custom_backoff_retry_delay_and_reject(
+    redis_url: str, streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    names = [f"{stream_name}-{k}" for k in ("custom", "retry", "reject")]
+    for s in names:
+        add(streams_client, s, 1)
+    custom = config(
+        names[0],
+        backoff=Backoff(initial=timedelta(seconds=0.2), multiplier=3),
+        claim_min_idle=timedelta(seconds=1),
+    )
+
+    def retry_then_succeed(attempt: int) -> None:
+        if attempt < 3:
+            raise Retry("later", delay=(0.5, 0.3)[attempt - 1])
+
+    def reject(attempt: int) -> None:
+        raise Reject("never valid")
+
+    jobs = [
+        (custom, always, 4),
+        (config(names[1], claim_min_idle=timedelta(seconds=2)), retry_then_succeed, 3),
+        (config(names[2], claim_min_idle=timedelta(seconds=2)), reject, 1),
+    ]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(run_failing, redis_url, cfg, fail, n, burst=True) for cfg, fail, n in jobs
+        ]
+        (c_times, c_stats), (r_times, r_stats), (j_times, j_stats) = (
+            f.result(timeout=30) for f in futures
+        )
+    # Backoff(initial=0.2, multiplier=3): immediate, 0.2 s, 0.6 s, then the DLQ.
+    assert_schedule(c_times, [0.0, 0.2, 0.6])
+    assert c_stats.dead_lettered == 1
+    # Retry(delay=...) overrides the schedule: 0.5 s then 0.3 s, then success.
+    assert_schedule(r_times, [0.5, 0.3])
+    assert (r_stats.retried, r_stats.acked, r_stats.dead_lettered) == (2, 1, 0)
+    assert dlq_entries(streams_client, names[1]) == []
+    # Reject: one call, straight to the DLQ.
+    assert len(j_times) == 1
+    assert (j_stats.retried, j_stats.dead_lettered) == (0, 1)
+    [dead] = dlq_entries(streams_client, names[2])
+    assert dead.fields["dlq_error_type"] == b"Reject"
+    assert dead.fields["dlq_attempts"] == b"1"
+    for s in names:
+        assert pending_count(streams_client.redis, s, "g") == 0
+
+
+# -- groups ------------------------------------------------------------------------------------
+
+
+def test_a_retry_for_group_a_never_reaches_group_b(
+    redis_url: str, streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    ids = add(streams_client, stream_name, 8)
+    failing = {ids[1], ids[4], ids[6]}
+    seen: dict[str, list[tuple[str, int]]] = {"A": [], "B": []}
+
+    def handler_for(group: str) -> Callable[[StreamMessage], None]:
+        def handler(msg: StreamMessage) -> None:
+            seen[group].append((msg.id, msg.delivery_count))
+            if group == "A" and msg.id in failing and msg.delivery_count == 1:
+                raise RuntimeError("A fails once")
+
+        return handler
+
+    # Both groups run at the same time, A's retries waiting 0.3 s while B reads.
+    cfgs = {
+        g: config(
+            stream_name,
+            g,
+            max_retries=1,
+            backoff=Backoff(initial=timedelta(seconds=0.3), first_immediate=False),
+            claim_min_idle=timedelta(seconds=1),
+        )
+        for g in ("A", "B")
+    }
+    for g in cfgs:
+        streams_client.ensure_group(stream_name, g)
+    with ThreadPoolExecutor(2) as pool:
+        futures = {
+            g: pool.submit(
+                Consumer(RedisStreamsClient(connect(redis_url)), cfg).run,
+                handler_for(g),
+                burst=True,
+                handle_signals=False,
+            )
+            for g, cfg in cfgs.items()
+        }
+        stats = {g: f.result(timeout=30) for g, f in futures.items()}
+    assert sorted(seen["B"]) == [(i, 1) for i in ids]
+    assert stats["B"].retried == 0
+    assert Counter(i for i, _ in seen["A"]) == {i: 2 if i in failing else 1 for i in ids}
+    assert sorted(x for x in seen["A"] if x[1] == 2) == sorted((i, 2) for i in failing)
+    assert stats["A"].retried == 3
+    for g in cfgs:
+        assert pending_count(streams_client.redis, stream_name, g) == 0
+
+
+# -- poison messages and the DLQ record ------------------------------------------------------
+
+
+def poison_handler(msg: StreamMessage) -> None:
+    if msg.event is not None and msg.event.event_type == "poison":
+        raise ValueError("cannot digest this")
+
+
+def test_poison_message_lands_in_the_dlq_once_with_its_failure_record(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    r = streams_client.redis
+    good = add(streams_client, stream_name, 3)
+    [poison_id] = add(streams_client, stream_name, 1, event_type="poison")
+    good += add(streams_client, stream_name, 2)
+    [(_, original)] = r.xrange(stream_name, poison_id, poison_id)
+    cfg = config(
+        stream_name,
+        max_retries=2,
+        backoff=Backoff(initial=timedelta(seconds=0.05)),
+        claim_min_idle=timedelta(seconds=1),
+        traceback_limit=300,
+    )
+    before = datetime.now(UTC)
+    stats = Consumer(streams_client, cfg).run(poison_handler, burst=True, handle_signals=False)
+
+    assert (stats.acked, stats.failed, stats.retried, stats.dead_lettered) == (5, 3, 2, 1)
+    assert stats.errors == {"ValueError": 3}
+    [dead] = streams_client.read_dlq(stream_name)
+    assert streams_client.read_dlq(stream_name, start="$") == [dead]
+    failure = dead.failure
+    assert failure is not None
+    assert failure.error == "cannot digest this"
+    assert failure.error_type == "ValueError"
+    assert "poison_handler" in failure.traceback
+    assert "ValueError: cannot digest this" in failure.traceback
+    assert 0 < len(failure.traceback) <= 300
+    assert failure.attempts == cfg.max_retries + 1
+    assert (failure.source_stream, failure.source_id) == (stream_name, poison_id)
+    assert (failure.group, failure.consumer) == ("g", "c1")
+    assert before <= failure.failed_at <= datetime.now(UTC)
+    # The original fields, byte for byte, next to the dlq_* fields.
+    [(_, raw)] = r.xrange(cfg.dlq, dead.id, dead.id)
+    assert {k: v for k, v in raw.items() if k.decode() not in DLQ_FIELDS} == original
+    assert {k.decode() for k in raw} - {k.decode() for k in original} == set(DLQ_FIELDS)
+    assert pending_count(r, stream_name, "g") == 0
+    assert r.xlen(stream_name) == 6  # the DLQ move acks; it does not delete the source entry
+
+
+# -- undecodable entries -----------------------------------------------------------------------
+
+
+BAD_ENTRIES: dict[str, tuple[dict[str, bytes], str]] = {
+    "bad-payload": ({"event_type": b"push", "payload": b"{not json"}, "payload"),
+    "bad-auth": ({"event_type": b"push", "auth_context": b'{"tenant_id": '}, "auth_context"),
+    "auth-not-object": ({"event_type": b"push", "auth_context": b"[1, 2]"}, "auth_context"),
+    "no-event-type": ({"repository": b"acme/api", "payload": b"{}"}, "event_type"),
+    "bad-retry-count": ({"event_type": b"push", "retry_count": b"abc"}, "retry_count"),
+    "binary-garbage": ({"event_type": b"\xff\xfe\x00\x9c garbage"}, "event_type"),
+}
+
+
+def test_undecodable_entries_go_to_the_dlq_at_once_and_never_block_the_group(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    r = streams_client.redis
+    good_ids: list[str] = []
+    bad_ids: dict[str, str] = {}
+    for name, (fields, _) in BAD_ENTRIES.items():
+        good_ids.append(streams_client.add_to_stream(stream_name, event(len(good_ids))))
+        bad_ids[r.xadd(stream_name, fields).decode()] = name
+    # Binary garbage in a field streamlab does not know is kept, not an error.
+    odd = {**encode_event(event(99)), "blob": b"\x00\xff\xfe"}
+    good_ids.append(streams_client.add_to_stream(stream_name, odd))
+    handled: list[StreamMessage] = []
+    stats = Consumer(streams_client, config(stream_name, batch_size=4)).run(
+        handled.append, burst=True, handle_signals=False
+    )
+
+    assert [m.id for m in handled] == good_ids
+    assert handled[-1].event is not None
+    assert handled[-1].event.extra["blob"] == b"\x00\xff\xfe"
+    assert (stats.dead_lettered, stats.retried, stats.acked) == (len(bad_ids), 0, len(good_ids))
+    assert stats.errors == {"DecodeError": len(bad_ids)}
+    dead = streams_client.read_dlq(stream_name)
+    assert sorted(m.fields["dlq_source_id"].decode() for m in dead) == sorted(bad_ids)
+    for msg in dead:
+        source = msg.fields["dlq_source_id"].decode()
+        fields, field_name = BAD_ENTRIES[bad_ids[source]]
+        assert msg.fields["dlq_error_type"] == b"DecodeError"
+        assert msg.fields["dlq_attempts"] == b"1"
+        error = msg.fields["dlq_error"].decode()
+        assert source in error
+        assert repr(field_name) in error, error
+        assert {k: v for k, v in msg.fields.items() if k not in DLQ_FIELDS} == fields
+    assert pending_count(r, stream_name, "g") == 0
+
+
+# -- DLQ retention and length ------------------------------------------------------------------
+
+
+def test_dlq_retention_trims_entries_older_than_it(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    r = streams_client.redis
+    cfg = config(stream_name, dlq_retention=timedelta(hours=1))
+    week_ago = int((datetime.now(UTC) - timedelta(days=7)).timestamp() * 1000)
+    r.xadd(cfg.dlq, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id=f"{week_ago}-0")
+    recent = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
+    recent_id = r.xadd(cfg.dlq, {"dlq_error": b"recent", "dlq_error_type": b"Old"}, id=recent)
+    add(streams_client, stream_name, 1)
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("no")
+
+    Consumer(streams_client, cfg).run(reject, burst=True, handle_signals=False)
+    dead = streams_client.read_dlq(stream_name)
+    assert [m.fields["dlq_error"] for m in dead] == [b"recent", b"no"]
+    assert dead[0].id == recent_id.decode()
+
+
+def test_dlq_maxlen_bounds_the_dlq(streams_client: RedisStreamsClient, stream_name: str) -> None:
+    # MAXLEN ~ trims whole radix-tree nodes, so the DLQ may exceed dlq_maxlen by up to one
+    # node (stream-node-max-entries); with many more entries than that it must stay bounded.
+    setting = "stream-node-max-entries"
+    node = int(streams_client.redis.config_get(setting)[setting])
+    maxlen = 10
+    total = maxlen + 2 * node + 20
+    streams_client.add_many(stream_name, (event(i) for i in range(total)))
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("no")
+
+    cfg = config(stream_name, dlq_maxlen=maxlen, batch_size=50)
+    stats = Consumer(streams_client, cfg).run(reject, burst=True, handle_signals=False)
+    assert stats.dead_lettered == total
+    length = streams_client.redis.xlen(cfg.dlq)
+    assert maxlen <= length <= maxlen + node
+    # What is kept is the newest.
+    [last] = streams_client.redis.xrevrange(cfg.dlq, count=1)
+    assert last[1][b"dlq_source_id"] == streams_client.redis.xrevrange(stream_name, count=1)[0][0]
+
+
+# -- the manual API ----------------------------------------------------------------------------
+
+
+def read_until(consumer: Consumer, want: int, timeout: float = 5.0) -> list[StreamMessage]:
+    got: list[StreamMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += consumer.read_messages(block=0.1)
+    return got
+
+
+def test_read_ack_nack_by_hand(streams_client: RedisStreamsClient, stream_name: str) -> None:
+    r = streams_client.redis
+    ids = add(streams_client, stream_name, 3)
+    streams_client.ensure_group(stream_name, "g")
+    cfg = config(
+        stream_name,
+        max_retries=1,
+        backoff=Backoff(initial=timedelta(seconds=0.2), first_immediate=False),
+        claim_min_idle=timedelta(seconds=1),
+    )
+    consumer = Consumer(streams_client, cfg)
+    batch = consumer.read_messages(block=1)
+    assert [(m.id, m.delivery_count) for m in batch] == [(i, 1) for i in ids]
+    assert consumer.ack_message(ids[0]) == 1
+    assert consumer.nack_message(ids[1], ValueError("boom")) is Action.RETRY
+    assert consumer.nack_message(ids[2]) is Action.RETRY
+    # Waiting retries are pending, owned by the retry placeholder, not by c1.
+    rows = r.xpending_range(stream_name, "g", "-", "+", 10)
+    assert {(x["message_id"].decode(), x["consumer"].decode()) for x in rows} == {
+        (ids[1], RETRY_CONSUMER),
+        (ids[2], RETRY_CONSUMER),
+    }
+    assert consumer.read_messages(block=0) == []  # not due before 0.2 s
+    again = read_until(consumer, 2)
+    assert sorted((m.id, m.delivery_count) for m in again) == [(ids[1], 2), (ids[2], 2)]
+    assert consumer.ack_message(ids[2]) == 1
+    # Retries spent (max_retries=1): the second nack dead-letters.
+    assert consumer.nack_message(ids[1], ValueError("boom again")) is Action.DEAD_LETTER
+    [dead] = streams_client.read_dlq(stream_name)
+    assert dead.fields["dlq_source_id"].decode() == ids[1]
+    assert dead.fields["dlq_attempts"] == b"2"
+    assert dead.fields["dlq_error"] == b"boom again"
+    assert pending_count(r, stream_name, "g") == 0
+    assert (consumer.stats.acked, consumer.stats.retried, consumer.stats.dead_lettered) == (
+        2,
+        2,
+        1,
+    )
+
+
+# -- replayed entries --------------------------------------------------------------------------
+
+
+class Ids(list[str]):
+    """Ids of the messages a handler was given."""
+
+    def append_id(self, msg: StreamMessage) -> None:
+        self.append(msg.id)
+
+
+def test_entry_replayed_for_another_group_is_acked_and_skipped(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    ids = add(streams_client, stream_name, 2)
+    replayed = {**encode_event(event(7)), "replay_group": "A", "replay_of": "1-1"}
+    ids.append(streams_client.add_to_stream(stream_name, replayed))
+    handled = {"A": Ids(), "B": Ids()}
+    stats: dict[str, RunStats] = {}
+    for group in ("A", "B"):
+        stats[group] = Consumer(streams_client, config(stream_name, group)).run(
+            handled[group].append_id, burst=True, handle_signals=False
+        )
+    assert handled["A"] == ids
+    assert handled["B"] == ids[:2]
+    assert (stats["B"].skipped, stats["B"].acked, stats["A"].skipped) == (1, 2, 0)
+    for group in ("A", "B"):
+        assert pending_count(streams_client.redis, stream_name, group) == 0
+
+
+def test_consumer_config_rejects_a_schedule_longer_than_claim_min_idle() -> None:
+    with pytest.raises(ValueError, match="claim_min_idle"):
+        ConsumerConfig(stream="s", group="g", claim_min_idle=timedelta(seconds=1))

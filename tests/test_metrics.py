@@ -1,0 +1,86 @@
+"""Prometheus metric values after a real run, and nothing registered at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+
+from streamlab.backoff import Backoff
+from streamlab.client import RedisStreamsClient
+from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.events import StreamEvent, StreamMessage
+from streamlab.metrics import PrometheusMetrics
+
+
+def test_metric_values_after_a_burst_run(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    client = RedisStreamsClient(streams_client.redis, metrics=metrics)
+    ids = client.add_many(stream_name, (StreamEvent(event_type="push") for _ in range(10)))
+    flaky, poison = ids[2], {ids[5], ids[8]}
+
+    def handler(msg: StreamMessage) -> None:
+        if msg.id in poison or (msg.id == flaky and msg.delivery_count == 1):
+            raise RuntimeError("no")
+
+    cfg = ConsumerConfig(
+        stream=stream_name,
+        group="g",
+        consumer="c",
+        max_retries=2,
+        backoff=Backoff(initial=timedelta(seconds=0.05)),
+        claim_min_idle=timedelta(seconds=1),
+    )
+    stats = Consumer(client, cfg).run(handler, burst=True, handle_signals=False)
+
+    # 7 succeed at once; the flaky one fails once then succeeds; the 2 poison ones fail on
+    # all 3 attempts (2 retries each) and are dead-lettered.
+    expected = {"consumed": 8, "failed": 1 + 2 * 3, "retried": 1 + 2 * 2, "dead_lettered": 2}
+    labels = {"stream": stream_name, "group": "g"}
+    for name, value in expected.items():
+        assert registry.get_sample_value(f"queue_messages_{name}_total", labels) == value, name
+    assert (stats.acked, stats.failed, stats.retried, stats.dead_lettered) == tuple(
+        expected.values()
+    )
+    produced = registry.get_sample_value("queue_messages_produced_total", {"stream": stream_name})
+    assert produced == 10
+    handler_calls = 7 + 2 + 2 * 3
+    assert registry.get_sample_value("queue_processing_duration_seconds_count", labels) == (
+        handler_calls
+    )
+    assert registry.get_sample_value("queue_consumer_lag", labels) == 0
+    assert registry.get_sample_value("queue_messages_reclaimed_total", labels) is None
+
+    client.add_to_stream(stream_name, StreamEvent(event_type="late"))
+    client.add_many(stream_name, (StreamEvent(event_type="late") for _ in range(2)))
+    assert registry.get_sample_value("queue_consumer_lag", labels) == 3
+    assert registry.get_sample_value("queue_messages_produced_total", {"stream": stream_name}) == 13
+
+
+def test_importing_streamlab_registers_nothing_on_the_default_registry() -> None:
+    code = """
+import prometheus_client
+before = set(prometheus_client.REGISTRY._names_to_collectors)
+import streamlab, streamlab.consumer, streamlab.metrics, streamlab.client, streamlab.policy
+from streamlab import PrometheusMetrics, Consumer
+print(sorted(set(prometheus_client.REGISTRY._names_to_collectors) - before))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_two_metrics_objects_on_separate_registries_do_not_clash() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    a, b = PrometheusMetrics(first), PrometheusMetrics(second)
+    a.consumed("s", "g", 2)
+    b.consumed("s", "g", 5)
+    labels = {"stream": "s", "group": "g"}
+    assert first.get_sample_value("queue_messages_consumed_total", labels) == 2
+    assert second.get_sample_value("queue_messages_consumed_total", labels) == 5

@@ -1,0 +1,96 @@
+"""A worker process for the fault tests: runs one `Consumer` on a real server.
+
+Usage: ``python tests/workers.py URL STREAM GROUP CONSUMER MODE [options]``
+
+Modes (the handler the worker runs):
+
+- ``block``: writes ``--ready`` once it holds a message, then blocks forever (to be SIGKILLed
+  while holding its whole batch);
+- ``poison``: SIGKILLs its own process on an entry whose ``event_type`` is ``poison``;
+  appends every other handled id to ``--out``;
+- ``slow``: sleeps ``--sleep`` seconds per message, then appends its id to ``--out``; writes
+  ``--ready`` after the first message (for SIGTERM tests).
+
+Every handled id is appended to ``--out`` (one line, flushed) when the handler returns. At
+exit the worker prints its `RunStats` as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from streamlab.client import RedisStreamsClient, connect
+from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.events import StreamMessage
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    for name in ("url", "stream", "group", "consumer"):
+        parser.add_argument(name)
+    parser.add_argument("mode", choices=("block", "poison", "slow"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--ready", type=Path)
+    parser.add_argument("--sleep", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=5)
+    parser.add_argument("--max-retries", type=int, default=3)
+    parser.add_argument("--claim-min-idle", type=float, default=5.0)
+    parser.add_argument("--burst", action="store_true")
+    return parser.parse_args(argv)
+
+
+def record(path: Path | None, entry_id: str) -> None:
+    if path is not None:
+        with path.open("a") as out:
+            out.write(entry_id + "\n")
+
+
+def make_handler(args: argparse.Namespace) -> Callable[[StreamMessage], None]:
+    def block(msg: StreamMessage) -> None:
+        if args.ready is not None:
+            args.ready.write_text(msg.id)
+        while True:
+            time.sleep(60)
+
+    def poison(msg: StreamMessage) -> None:
+        if msg.event is not None and msg.event.event_type == "poison":
+            os.kill(os.getpid(), signal.SIGKILL)
+        record(args.out, msg.id)
+
+    def slow(msg: StreamMessage) -> None:
+        time.sleep(args.sleep)
+        record(args.out, msg.id)
+        if args.ready is not None and not args.ready.exists():
+            args.ready.write_text(msg.id)
+
+    return {"block": block, "poison": poison, "slow": slow}[args.mode]
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    config = ConsumerConfig(
+        stream=args.stream,
+        group=args.group,
+        consumer=args.consumer,
+        batch_size=args.batch_size,
+        max_retries=args.max_retries,
+        claim_min_idle=timedelta(seconds=args.claim_min_idle),
+        block_duration=timedelta(seconds=0.5),
+    )
+    consumer = Consumer(RedisStreamsClient(connect(args.url)), config)
+    stats = consumer.run(make_handler(args), burst=args.burst, handle_signals=True)
+    print(json.dumps(dataclasses.asdict(stats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
