@@ -7,6 +7,7 @@ together), so the hot path costs two round trips however many messages a batch h
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -48,6 +49,8 @@ Handler = Callable[[StreamMessage], object]
 ACK = Decision(Action.ACK)
 # How long one blocking read may last inside `run`, so that a stop request is seen promptly.
 _POLL = 1.0
+_MAX_OUTAGE_WAIT = 5.0
+log = logging.getLogger("streamlab.consumer")
 
 
 class PendingRow(NamedTuple):
@@ -164,10 +167,21 @@ class Consumer:
         """Up to ``batch_size`` messages: retries now due, messages reclaimed from dead
         consumers, then new ones (waiting up to ``block``, default ``block_duration``).
 
-        Settle each with `ack_message` or `nack_message`.
+        Settle each with `ack_message` or `nack_message`. Entries that need no handler are
+        settled here, as `run` settles them, and not returned: undecodable ones and those whose
+        consumers kept dying go to the DLQ, replays meant for another group are acked.
         """
-        wait = self.config.block_duration if block is None else block
-        batch = self._read(wait)
+        cfg = self.config
+        wait = cfg.block_duration if block is None else block
+        batch: list[StreamMessage] = []
+        settled: list[tuple[StreamMessage | str, Decision]] = []
+        for msg in self._read(wait):
+            decision = before_handler(msg, cfg.group, cfg.max_retries)
+            if decision.action is Action.HANDLE:
+                batch.append(msg)
+            else:
+                settled.append((msg, decision))
+        self._settle(settled)
         self._in_hand.update((m.id, m) for m in batch)
         return batch
 
@@ -257,12 +271,16 @@ class Consumer:
 
     def nack_message(self, message_id: str, error: BaseException | None = None) -> Action:
         """Report a failed message: it is retried after its backoff, or dead-lettered when its
-        retries are spent. Returns the action taken."""
+        retries are spent.
+
+        Returns the action taken: RETRY, DEAD_LETTER, or SKIP when the entry was not
+        dead-lettered because it is no longer this consumer's (another consumer took it over).
+        """
         msg = self._in_hand.pop(message_id, None) or self._fetch(message_id)
-        decision = after_failure(
-            error, msg.delivery_count, self.config.max_retries, self.config.backoff
-        )
-        self._settle([(msg, decision)])
+        decision = self._after_failure(error, msg)
+        done = self._settle([(msg, decision)])
+        if decision.action is Action.DEAD_LETTER and not done.dead_lettered:
+            return Action.SKIP
         return decision.action
 
     def _fetch(self, message_id: str) -> StreamMessage:
@@ -416,18 +434,33 @@ class Consumer:
             if cfg.create_group:
                 self.client.ensure_group(cfg.stream, cfg.group, cfg.group_start_id)
             self.metrics.watch(self.client, cfg.stream)
+            outage = 0.0
             while not stop.is_set():
-                batch = self._read(self._poll_block(burst))
-                if batch:
-                    self.process(batch, handler)
-                    continue
-                if burst:
-                    wait = self._work_left()
-                    if wait is None:
+                try:
+                    if not self._step(handler, burst):
                         break
-                    self._retry_due = time.monotonic() + wait
+                    outage = 0.0
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    # Redis restarting or a dropped connection: whatever was in hand stays
+                    # pending and is claimed again, so waiting and retrying loses nothing.
+                    outage = min(max(outage * 2, 0.1), _MAX_OUTAGE_WAIT)
+                    log.warning("redis unavailable (%s); retrying in %.1f s", exc, outage)
+                    stop.wait(outage)
         self.stats.duration = time.monotonic() - started
         return self.stats
+
+    def _step(self, handler: Handler, burst: bool) -> bool:
+        """Read and process one batch; False when a burst run has nothing left to do."""
+        batch = self._read(self._poll_block(burst))
+        if batch:
+            self.process(batch, handler)
+            return True
+        if burst:
+            wait = self._work_left()
+            if wait is None:
+                return False
+            self._retry_due = time.monotonic() + wait
+        return True
 
     def _poll_block(self, burst: bool) -> float | None:
         """How long the next read may wait for new messages."""
