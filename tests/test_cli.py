@@ -59,7 +59,9 @@ def test_info_pending_and_dlq_commands(
     assert info["groups"][0]["pending"] == 2
     assert info["groups"][0]["lag"] == 3
 
-    pending = json.loads(streamlab("pending", stream_name, "g", "--url", redis_url, "--json").stdout)
+    pending = json.loads(
+        streamlab("pending", stream_name, "g", "--url", redis_url, "--json").stdout
+    )
     assert [(p["consumer"], p["deliveries"]) for p in pending] == [("c1", 1), ("c1", 1)]
 
     dlq = json.loads(streamlab("dlq", stream_name, "--url", redis_url, "--json").stdout)
