@@ -123,6 +123,102 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(value: str | None) -> Any:
+    """``6h``-style durations mean "that long ago"; anything else is an ISO time or stream id."""
+    if value is None:
+        return None
+    from streamlab.config import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return value
+
+
+def _confirm(prompt: str) -> bool:
+    if not sys.stdin.isatty():
+        raise StreamlabError("refusing to replay without a terminal to confirm: pass --yes")
+    return input(f"{prompt} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import threading
+
+    from streamlab.replay import replay_dlq, select_dlq
+
+    client = _client(args.url)
+    selection = select_dlq(
+        client,
+        args.stream,
+        event_types=args.event_type,
+        tenants=args.tenant,
+        repositories=args.repo,
+        error_types=args.error_type,
+        error_contains=args.error_contains,
+        since=_when(args.since),
+        until=_when(args.until),
+        ids=args.id,
+        limit=args.limit,
+    )
+    options: dict[str, Any] = {
+        "target": args.target,
+        "keep_in_dlq": args.keep_in_dlq,
+        "batch_size": args.batch_size,
+    }
+    if args.all_groups:
+        options["for_group"] = None
+    elif args.for_group:
+        options["for_group"] = args.for_group
+    plan = replay_dlq(client, args.stream, selection, dry_run=True, **options)
+    if args.dry_run or not plan.replayed:
+        _report(plan, args.json)
+        return 0
+    if not args.yes:
+        print(selection)
+        print(plan)
+        if not _confirm(f"replay {len(plan.replayed):,} events?"):
+            print("nothing replayed")
+            return 1
+    cancel = threading.Event()
+    try:
+        report = replay_dlq(
+            client, args.stream, selection, rate=args.rate, cancel=cancel, **options
+        )
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        cancel.set()
+        raise
+    _report(report, args.json)
+    return 0 if report.ok else 1
+
+
+def _report(report: Any, as_json: bool) -> None:
+    if not as_json:
+        print(report)
+        return
+    data = {
+        "replay_id": report.replay_id,
+        "dry_run": report.dry_run,
+        "selected": len(report.selected),
+        "replayed": report.replayed,
+        "skipped": report.skipped,
+        "failed": report.failed,
+        "mapping": report.mapping,
+        "duration": report.duration.total_seconds(),
+    }
+    _print(data, True)
+
+
+def cmd_outcome(args: argparse.Namespace) -> int:
+    from streamlab.replay import replay_outcome
+
+    frame = replay_outcome(_client(args.url), args.stream, args.replay_id)
+    if args.json:
+        print(frame.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        print(frame["state"].value_counts().to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``streamlab`` command."""
     parser = argparse.ArgumentParser(prog="streamlab", description=__doc__)
@@ -150,6 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
     dlq.add_argument("--count", type=int, default=100)
     dlq.set_defaults(func=cmd_dlq)
+
+    replay = command("replay", "re-inject DLQ events (shows a dry run and asks first)")
+    replay.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
+    for flag, dest in (
+        ("--event-type", "event_type"),
+        ("--tenant", "tenant"),
+        ("--repo", "repo"),
+        ("--error-type", "error_type"),
+        ("--id", "id"),
+    ):
+        replay.add_argument(flag, dest=dest, action="append", help="repeatable; values OR")
+    replay.add_argument("--error-contains")
+    replay.add_argument("--since", help="6h (ago), an ISO time or a DLQ stream id")
+    replay.add_argument("--until", help="an ISO time or a DLQ stream id")
+    replay.add_argument("--limit", type=int)
+    replay.add_argument("--target", help="stream to inject into (default: each source stream)")
+    replay.add_argument("--keep-in-dlq", action="store_true")
+    groups = replay.add_mutually_exclusive_group()
+    groups.add_argument("--for-group", help="only this group handles the replayed events")
+    groups.add_argument("--all-groups", action="store_true", help="every group sees them")
+    replay.add_argument("--rate", type=float, help="events per second")
+    replay.add_argument("--batch-size", type=int, default=500)
+    replay.add_argument("--dry-run", action="store_true", help="report only, write nothing")
+    replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    replay.set_defaults(func=cmd_replay)
+    outcome = command("outcome", "what became of the events of a replay run")
+    outcome.add_argument("stream")
+    outcome.add_argument("replay_id")
+    outcome.set_defaults(func=cmd_outcome)
     return parser
 
 

@@ -6,7 +6,7 @@ import sys
 
 from streamlab.client import RedisStreamsClient
 from streamlab.demo import BROKEN_REPOSITORY
-from streamlab.events import Failure
+from streamlab.events import Failure, encode_event
 from streamlab.samples import sample_events
 
 
@@ -79,3 +79,42 @@ def test_missing_url_is_a_clear_error() -> None:
     )
     assert run.returncode == 2
     assert "REDIS_URL" in run.stderr
+
+
+def test_replay_command_dry_runs_asks_then_replays(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    dlq = streams_client.dlq_stream(stream_name)
+    ids = []
+    for i, event in enumerate(sample_events(6)):
+        fields = {k: v for k, v in encode_event(event).items()}
+        error = "ValueError" if i % 2 else "KeyError"
+        failure = Failure(error="boom", error_type=error, source_stream=stream_name, group="g")
+        entry = streams_client.redis.xadd(dlq, {**fields, **failure.to_fields()})
+        ids.append((entry.decode(), error))
+    wanted = [i for i, error in ids if error == "ValueError"]
+    args = ("replay", stream_name, "--url", redis_url, "--error-type", "ValueError", "--json")
+
+    dry = json.loads(streamlab(*args, "--dry-run").stdout)
+    assert dry["dry_run"] is True
+    assert dry["replayed"] == wanted
+    assert streams_client.redis.xlen(dlq) == 6
+
+    refused = streamlab(*args)  # no terminal to confirm on, no --yes
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert streams_client.redis.xlen(dlq) == 6
+
+    done = json.loads(streamlab(*args, "--yes").stdout)
+    assert done["replayed"] == wanted
+    assert streams_client.redis.xlen(dlq) == 3
+    injected = streams_client.range(stream_name)
+    assert [m.fields["replay_of"].decode() for m in injected] == wanted
+    assert {m.fields["retry_count"] for m in injected} == {b"0"}
+
+    again = json.loads(streamlab(*args, "--yes").stdout)
+    assert again["replayed"] == []
+
+    outcome = streamlab("outcome", stream_name, done["replay_id"], "--url", redis_url, "--json")
+    assert outcome.returncode == 0, outcome.stderr
+    assert len(json.loads(outcome.stdout)) == 3
