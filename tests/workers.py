@@ -8,6 +8,8 @@ Modes (the handler the worker runs):
   while holding its whole batch);
 - ``poison``: SIGKILLs its own process on an entry whose ``event_type`` is ``poison``;
   appends every other handled id to ``--out``;
+- ``flaky``: fails for good on one event in twenty (by a hash of the event id) and on the
+  first attempt only for one in ten; appends each success to ``--out`` (the soak test);
 - ``slow``: sleeps ``--sleep`` seconds per message, then appends its id to ``--out``; writes
   ``--ready`` after the first message (for SIGTERM tests).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.events import StreamMessage
@@ -37,13 +41,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     for name in ("url", "stream", "group", "consumer"):
         parser.add_argument(name)
-    parser.add_argument("mode", choices=("block", "poison", "slow"))
+    parser.add_argument("mode", choices=("block", "poison", "slow", "flaky"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--ready", type=Path)
     parser.add_argument("--sleep", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--max-retries", type=int, default=3)
     parser.add_argument("--claim-min-idle", type=float, default=5.0)
+    parser.add_argument("--backoff-initial", type=float, default=1.0)
     parser.add_argument("--burst", action="store_true")
     return parser.parse_args(argv)
 
@@ -72,7 +77,25 @@ def make_handler(args: argparse.Namespace) -> Callable[[StreamMessage], None]:
         if args.ready is not None and not args.ready.exists():
             args.ready.write_text(msg.id)
 
-    return {"block": block, "poison": poison, "slow": slow}[args.mode]
+    def flaky(msg: StreamMessage) -> None:
+        assert msg.event is not None
+        kind = flaky_kind(msg.event.id)
+        if kind == "permanent":
+            raise ValueError(f"cannot process {msg.event.id}")
+        if kind == "transient" and msg.delivery_count == 1:
+            raise TimeoutError("upstream timed out")
+        record(args.out, msg.id)
+
+    return {"block": block, "poison": poison, "slow": slow, "flaky": flaky}[args.mode]
+
+
+def flaky_kind(event_id: str) -> str:
+    """``permanent``, ``transient`` or ``ok``: the fate of an event in ``flaky`` mode."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=2).digest()
+    value = int.from_bytes(digest, "big")
+    if value % 20 == 0:
+        return "permanent"
+    return "transient" if value % 10 == 1 else "ok"
 
 
 def main(argv: list[str]) -> int:
@@ -85,6 +108,7 @@ def main(argv: list[str]) -> int:
         max_retries=args.max_retries,
         claim_min_idle=timedelta(seconds=args.claim_min_idle),
         block_duration=timedelta(seconds=0.5),
+        backoff=Backoff(initial=timedelta(seconds=args.backoff_initial)),
     )
     consumer = Consumer(RedisStreamsClient(connect(args.url)), config)
     stats = consumer.run(make_handler(args), burst=args.burst, handle_signals=True)
