@@ -8,7 +8,7 @@ from redis.crc import key_slot
 
 from streamlab.errors import ConfigError
 
-__all__ = ["DLQ_SUFFIX", "check_same_slot", "dlq_key", "is_cluster"]
+__all__ = ["DLQ_SUFFIX", "check_same_slot", "dlq_key", "is_cluster", "ledger_key", "replayed_key"]
 
 DLQ_SUFFIX = "_dlq"
 
@@ -20,6 +20,16 @@ def dlq_key(stream: str, override: str | None = None) -> str:
     ``{webhook_events}_dlq`` lands in the same slot.
     """
     return override if override else f"{stream}{DLQ_SUFFIX}"
+
+
+def replayed_key(dlq: str) -> str:
+    """The hash marking entries of ``dlq`` replayed with ``keep_in_dlq=True``."""
+    return f"{dlq}:replayed"
+
+
+def ledger_key(dlq: str, replay_id: str) -> str:
+    """The hash recording what replay run ``replay_id`` injected from ``dlq``."""
+    return f"{dlq}:replay:{replay_id}"
 
 
 def is_cluster(redis_client: Any) -> bool:

@@ -59,10 +59,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
 
-from streamlab.client import RedisStreamsClient
+from streamlab.client import RedisStreamsClient, seconds
 from streamlab.errors import ConfigError, MissingDependencyError, WrongTypeError
 from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS, StreamMessage, decode_message, format_time
-from streamlab.keys import check_same_slot, is_cluster
+from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,16 +110,6 @@ class _Cancel(Protocol):
     def is_set(self) -> bool: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
-
-
-def replayed_key(dlq: str) -> str:
-    """The hash marking entries of ``dlq`` replayed with ``keep_in_dlq=True``."""
-    return f"{dlq}:replayed"
-
-
-def ledger_key(dlq: str, replay_id: str) -> str:
-    """The hash recording what replay run ``replay_id`` injected from ``dlq``."""
-    return f"{dlq}:replay:{replay_id}"
 
 
 def _as_client(client: Any) -> RedisStreamsClient:
@@ -861,7 +851,7 @@ def replay_dlq(
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
     if rate is not None and rate <= 0:
         raise ConfigError(f"rate: must be > 0 events per second, got {rate}")
-    ttl = 0 if ledger_ttl is None else int(_seconds(ledger_ttl))
+    ttl = 0 if ledger_ttl is None else int(seconds(ledger_ttl) or 0)
     report = ReplayReport(
         stream, dlq, replay_id or str(uuid.uuid4()), dry_run, keep_in_dlq=keep_in_dlq
     )
@@ -890,10 +880,6 @@ def replay_dlq(
     report.cancelled = bool(report.remaining)
     report.duration = timedelta(seconds=time.perf_counter() - clock)
     return report
-
-
-def _seconds(value: timedelta | float) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 def _selection(
