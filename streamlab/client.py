@@ -30,7 +30,7 @@ from streamlab.keys import dlq_key
 from streamlab.metrics import Metrics, NullMetrics
 from streamlab.scripts import Scripts
 
-__all__ = ["RedisStreamsClient", "StreamsClient", "connect", "seconds"]
+__all__ = ["RedisStreamsClient", "StreamsClient", "connect", "seconds", "translate_errors"]
 
 Fields = Mapping[str, Any]
 # The read timeout redis-py gives connections that were not told one (5 s in redis-py 8).
@@ -59,18 +59,21 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
 
 
 @contextmanager
-def _translate(stream: str, group: str | None = None) -> Iterator[None]:
+def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
+    """Turn Redis errors about ``stream`` into streamlab's: WRONGTYPE into `WrongTypeError`;
+    with a ``group``, NOGROUP (or a missing key, as XINFO CONSUMERS says) into
+    `GroupNotFoundError`."""
     try:
         yield
     except redis.ResponseError as exc:
         text = str(exc)
-        if text.startswith("NOGROUP"):
+        if text.startswith("WRONGTYPE"):
+            raise WrongTypeError(f"key {stream!r} exists but is not a stream") from exc
+        if group is not None and (text.startswith("NOGROUP") or "no such key" in text):
             raise GroupNotFoundError(
                 f"consumer group {group!r} does not exist on stream {stream!r} "
                 "(create it with ensure_group)"
             ) from exc
-        if text.startswith("WRONGTYPE"):
-            raise WrongTypeError(f"key {stream!r} exists but is not a stream") from exc
         raise
 
 
@@ -174,7 +177,7 @@ class RedisStreamsClient:
 
         ``maxlen`` trims the stream approximately (``MAXLEN ~``), which keeps XADD O(1).
         """
-        with _translate(stream):
+        with translate_errors(stream):
             entry_id = self.redis.xadd(stream, dict(self._fields(event)), maxlen=maxlen)
         self.metrics.produced(stream, 1)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -207,7 +210,7 @@ class RedisStreamsClient:
         return ids
 
     def _flush(self, stream: str, pipe: Any) -> list[str]:
-        with _translate(stream):
+        with translate_errors(stream):
             replies = pipe.execute()
         self.metrics.produced(stream, len(replies))
         return [r.decode() for r in replies]
@@ -220,7 +223,7 @@ class RedisStreamsClient:
         Returns True when the group was created, False when it already existed (BUSYGROUP).
         """
         try:
-            with _translate(stream, group):
+            with translate_errors(stream, group):
                 self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
         except redis.ResponseError as exc:
             if str(exc).startswith("BUSYGROUP"):
@@ -252,7 +255,7 @@ class RedisStreamsClient:
                 if self._socket_timeout:
                     remaining = min(remaining, max(self._socket_timeout - 1.0, 0.5))
                 chunk = max(int(remaining * 1000), 1)
-            with _translate(stream, group):
+            with translate_errors(stream, group):
                 reply = self.redis.xreadgroup(group, consumer, {stream: ">"}, count, chunk)
             messages = self._messages(stream, reply)
             if messages or not wait or time.monotonic() >= deadline:
@@ -276,7 +279,7 @@ class RedisStreamsClient:
         """Acknowledge messages in one XACK; return how many were pending."""
         if not message_ids:
             return 0
-        with _translate(stream, group):
+        with translate_errors(stream, group):
             return int(self.redis.xack(stream, group, *message_ids))
 
     # -- inspecting --------------------------------------------------------------------------
@@ -289,7 +292,7 @@ class RedisStreamsClient:
         pipe.xrevrange(stream, "+", "-", count=1)
         pipe.xinfo_groups(stream)
         try:
-            with _translate(stream):
+            with translate_errors(stream):
                 length, first, last, groups = pipe.execute()
         except redis.ResponseError as exc:
             if "no such key" in str(exc):
@@ -307,7 +310,7 @@ class RedisStreamsClient:
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> list[StreamMessage]:
         """Entries of ``stream`` between ``start`` and ``end`` (XRANGE), decoded."""
-        with _translate(stream):
+        with translate_errors(stream):
             entries = self.redis.xrange(stream, start, end, count=count)
         return decode_entries(stream, entries)
 

@@ -25,7 +25,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamlab.backoff import Backoff
-from streamlab.client import RedisStreamsClient, _translate
+from streamlab.client import RedisStreamsClient, translate_errors
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
@@ -205,7 +205,7 @@ class Consumer:
         owners = {row.id: row.consumer for row in rows}
         deliveries = {row.id: row.deliveries for row in rows}
         ids: list[Any] = list(owners)
-        with _translate(cfg.stream, cfg.group):
+        with translate_errors(cfg.stream, cfg.group):
             entries: list[Any] = self.redis.xclaim(
                 cfg.stream, cfg.group, cfg.consumer, self._min_idle_ms, ids
             )
@@ -234,7 +234,7 @@ class Consumer:
         idle: int | None = None,
     ) -> list[PendingRow]:
         cfg = self.config
-        with _translate(cfg.stream, cfg.group):
+        with translate_errors(cfg.stream, cfg.group):
             rows: list[dict[str, Any]] = self.redis.xpending_range(
                 cfg.stream, cfg.group, start, end, count, consumer, idle
             )
@@ -316,7 +316,7 @@ class Consumer:
             pipe.xclaim(cfg.stream, cfg.group, RETRY_CONSUMER, 0, ids, idle=idle, justid=True)
         if not (acks or retries or dead):
             return done
-        with _translate(cfg.stream, cfg.group):
+        with translate_errors(cfg.stream, cfg.group):
             replies = pipe.execute()
         if retries:
             # Stamped after the XCLAIMs ran: a stamp taken before could fall a millisecond

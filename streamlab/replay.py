@@ -48,7 +48,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import sys
 import time
 import uuid
 from collections import Counter
@@ -59,8 +58,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
 
-from streamlab.client import RedisStreamsClient, seconds
-from streamlab.errors import ConfigError, MissingDependencyError, WrongTypeError
+from streamlab._progress import progress_bar
+from streamlab.client import RedisStreamsClient, seconds, translate_errors
+from streamlab.errors import ConfigError
 from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS, StreamMessage, decode_message, format_time
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 
@@ -201,12 +201,8 @@ class _Entry:
 def _page(r: Any, key: str, start: str, end: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
     """Entries of ``key`` from ``start`` to ``end``, paged (COUNT 1000, exclusive restart)."""
     while True:
-        try:
+        with translate_errors(key):
             batch = r.xrange(key, start, end, count=PAGE)
-        except redis.ResponseError as exc:
-            if str(exc).startswith("WRONGTYPE"):
-                raise WrongTypeError(f"key {key!r} exists but is not a stream") from exc
-            raise
         yield from batch
         if len(batch) < PAGE:
             return
@@ -634,27 +630,6 @@ class _Plan:
     group: bytes | None
 
 
-def _in_notebook() -> bool:
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return type(shell).__name__ == "ZMQInteractiveShell"
-
-
-def _progress_bar(progress: bool | None, total: int, desc: str) -> Any:
-    """A tqdm bar when asked (True), or automatically (None) in a notebook; else None."""
-    if progress is False or (progress is None and not _in_notebook()):
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        if progress:
-            raise MissingDependencyError(
-                "progress=True needs tqdm: pip install 'streamlab[notebook]'"
-            ) from None
-        return None
-    return tqdm(total=total, desc=desc, unit="event")
-
-
 class _Replayer:
     """Runs the planned script calls in pipelined batches and fills the report."""
 
@@ -859,14 +834,13 @@ def replay_dlq(
     plans = _plan(selection, report, target, for_group)
     _check_slots(c, dlq, report.replay_id, (p.target for p in plans))
     replayer = _Replayer(c, report, ledger_ttl=max(ttl, 0))
-    bar = _progress_bar(progress, len(plans), "dry run" if dry_run else "replay")
+    bar = progress_bar(progress, len(plans), "dry run" if dry_run else "replay", unit="event")
     done = 0
     try:
         for batch in _batches(plans, batch_size, None if dry_run else rate, cancel):
             replayer.run_batch(batch)
             done += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
+            bar.update(len(batch))
     except redis.ConnectionError as exc:
         exc.add_note(
             f"replay {report.replay_id} interrupted after {done:,} of {len(plans):,} events; "
@@ -874,8 +848,7 @@ def replay_dlq(
         )
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     report.remaining = [p.entry.id for p in plans[done:]]
     report.cancelled = bool(report.remaining)
     report.duration = timedelta(seconds=time.perf_counter() - clock)

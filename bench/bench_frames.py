@@ -1,0 +1,259 @@
+"""Benchmark of the DataFrame exporters against hand-written redis-py, in one run, on one server.
+
+    .venv/bin/python bench/bench_frames.py                      # 10k and 100k entries
+    .venv/bin/python bench/bench_frames.py --sizes 10000 100000 1000000 --pending 10000 200000
+
+Starts its own EmbeddedServer (never the one on 6379). Prints, per size:
+
+- stream_to_dataframe vs the baseline (XRANGE pages, json.loads per entry, pd.json_normalize),
+  vs the bare fetch (the same XRANGE pages, no decoding: through redis-py's ``xrange``, and as
+  raw replies without redis-py's per-entry dicts);
+- peak memory of stream_to_dataframe, measured in a fresh child process as the growth of its
+  peak RSS (VmHWM, reset through /proc/self/clear_refs just before the call) against the
+  frame's ``memory_usage(deep=True)`` (tracemalloc cannot see Arrow's allocations);
+- pending_to_dataframe vs a loop that fetches each pending entry's fields by id.
+
+Targets (issue 3): >= 4x baseline, >= 0.5x bare fetch, peak <= 2.5x frame; pending >= 5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import redis
+
+from streamlab.client import RedisStreamsClient
+from streamlab.embedded import EmbeddedServer
+from streamlab.events import encode_event
+from streamlab.frames import pending_to_dataframe, stream_to_dataframe
+from streamlab.samples import sample_events
+
+STREAM = "bench:frames"
+PENDING = "bench:pending"
+PAGE = 10_000
+
+
+def best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Best wall time of ``repeat`` runs, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        result = None
+        gc.collect()
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def load(client: RedisStreamsClient, stream: str, have: int, want: int, seed: int) -> None:
+    """Append sample events until ``stream`` holds ``want`` entries."""
+    if want <= have:
+        return
+    events = sample_events(want - have, seed=seed + have)
+    batch: list[dict[str, Any]] = []
+    for event in events:
+        batch.append(encode_event(event))
+        if len(batch) == 50_000:
+            client.add_many(stream, batch)
+            batch = []
+    if batch:
+        client.add_many(stream, batch)
+
+
+def pages(r: redis.Redis, stream: str, n: int) -> Any:
+    """XRANGE pages through redis-py (a dict per entry), up to n entries."""
+    start: Any = "-"
+    got = 0
+    while got < n:
+        page = r.xrange(stream, start, "+", count=min(PAGE, n - got))
+        if not page:
+            return
+        yield page
+        got += len(page)
+        start = b"(" + page[-1][0]
+
+
+def bare_fetch(r: redis.Redis, stream: str, n: int) -> int:
+    return sum(len(page) for page in pages(r, stream, n))
+
+
+def bare_fetch_raw(raw: redis.Redis, stream: str, n: int) -> int:
+    """The same pages as raw replies (no per-entry dict): the floor of any decoder."""
+    start: Any = "-"
+    got = 0
+    while got < n:
+        page = raw.execute_command("XRANGE", stream, start, "+", "COUNT", min(PAGE, n - got))
+        if not page:
+            break
+        got += len(page)
+        start = b"(" + page[-1][0]
+    return got
+
+
+def baseline(r: redis.Redis, stream: str, n: int) -> pd.DataFrame:
+    """What one writes by hand: decode, json.loads the JSON fields, json_normalize."""
+    records = []
+    for page in pages(r, stream, n):
+        for eid, fields in page:
+            record: dict[str, Any] = {"id": eid.decode()}
+            for key, value in fields.items():
+                name = key.decode()
+                text = value.decode()
+                record[name] = json.loads(text) if name in ("payload", "auth_context") else text
+            records.append(record)
+    return pd.json_normalize(records)
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss() -> int:
+    """VmHWM: this process's peak RSS (unlike ru_maxrss, not inherited from the parent)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def memory_child(url: str, stream: str, n: int) -> None:
+    """Run in a fresh process: peak RSS growth during one stream_to_dataframe call."""
+    r = redis.Redis.from_url(url)
+    stream_to_dataframe(r, stream, count=10)  # imports and first-use costs out of the way
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = rss_now()
+    df = stream_to_dataframe(r, stream, count=n)
+    peak = peak_rss() - before
+    frame = int(df.memory_usage(deep=True).sum())
+    print(json.dumps({"rows": len(df), "frame": frame, "peak": peak}))
+
+
+def measure_memory(url: str, n: int) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", url, STREAM, str(n)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, int] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_stream(server: EmbeddedServer, sizes: list[int], repeat: int) -> None:
+    r = server.client()
+    raw = redis.Redis(connection_pool=r.connection_pool)
+    raw.set_response_callback("XRANGE", lambda resp, **_: resp)
+    client = RedisStreamsClient(r)
+    have = 0
+    print("\nstream_to_dataframe (seconds; best of --repeat runs up to 100k, of 2 above)")
+    header = (
+        f"{'entries':>9} {'bare':>7} {'bare raw':>8} {'baseline':>9} {'frame':>7} "
+        f"{'vs base':>8} {'vs bare':>8} {'vs raw':>7} {'frame MB':>9} {'peak MB':>8} "
+        f"{'peak/frame':>10}"
+    )
+    rows = []
+    for n in sizes:
+        load(client, STREAM, have, n, seed=0)
+        have = max(have, n)
+        # Above 100k: best of 2 for the fetches and the frame (the first run of each pays the
+        # page faults of a fresh heap), one baseline run, measured last so that its garbage
+        # does not slow the others.
+        runs = repeat if n <= 100_000 else 2
+        t_bare, _ = best(lambda n=n: bare_fetch(r, STREAM, n), runs)
+        t_raw, _ = best(lambda n=n: bare_fetch_raw(raw, STREAM, n), runs)
+        t_frame, df = best(lambda n=n: stream_to_dataframe(r, STREAM, count=n), runs)
+        assert len(df) == n
+        del df
+        mem = measure_memory(server.url, n)
+        t_base, base_df = best(lambda n=n: baseline(r, STREAM, n), runs if n <= 100_000 else 1)
+        assert len(base_df) == n
+        del base_df
+        rows.append(
+            f"{n:>9} {t_bare:>7.2f} {t_raw:>8.2f} {t_base:>9.2f} {t_frame:>7.2f} "
+            f"{t_base / t_frame:>7.1f}x {t_bare / t_frame:>7.2f}x {t_raw / t_frame:>6.2f}x "
+            f"{mem['frame'] / 1e6:>9.1f} {mem['peak'] / 1e6:>8.1f} "
+            f"{mem['peak'] / mem['frame']:>9.2f}x"
+        )
+        if len(rows) == 1:
+            print(header)
+        print(rows[-1], flush=True)
+
+
+def make_pending(client: RedisStreamsClient, n: int) -> None:
+    """``n`` entries pending in group ``g``, spread over 4 consumers."""
+    r = client.redis
+    r.delete(PENDING)
+    load(client, PENDING, 0, n, seed=1)
+    client.ensure_group(PENDING, "g")
+    read = 0
+    while read < n:
+        reply = r.xreadgroup("g", f"worker-{read // PAGE % 4}", {PENDING: ">"}, count=PAGE)
+        read += len(reply[0][1])
+
+
+def pending_baseline(r: redis.Redis, n: int) -> pd.DataFrame:
+    """A loop that fetches each pending entry's fields by id (one XRANGE per id)."""
+    rows = []
+    start: Any = "-"
+    while True:
+        page = r.xpending_range(PENDING, "g", start, "+", PAGE)
+        if not page:
+            break
+        for p in page:
+            entry = r.xrange(PENDING, p["message_id"], p["message_id"])
+            fields = {k.decode(): v.decode() for k, v in entry[0][1].items()} if entry else {}
+            rows.append({
+                "id": p["message_id"].decode(), "consumer": p["consumer"].decode(),
+                "idle": p["time_since_delivered"], "deliveries": p["times_delivered"], **fields,
+            })  # fmt: skip
+        start = b"(" + page[-1]["message_id"]
+    return pd.DataFrame(rows)
+
+
+def bench_pending(server: EmbeddedServer, sizes: list[int]) -> None:
+    r = server.client()
+    client = RedisStreamsClient(r)
+    print("\npending_to_dataframe (seconds)")
+    print(f"{'pending':>9} {'per-id loop':>12} {'frame':>7} {'speedup':>8}")
+    for n in sizes:
+        make_pending(client, n)
+        t_loop, base = best(lambda n=n: pending_baseline(r, n), 1)
+        t_frame, df = best(lambda: pending_to_dataframe(r, PENDING, "g"), 2)
+        assert len(base) == len(df) == n
+        print(f"{n:>9} {t_loop:>12.2f} {t_frame:>7.2f} {t_loop / t_frame:>7.1f}x", flush=True)
+        del base, df
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--pending", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-child", nargs=3, metavar=("URL", "STREAM", "N"))
+    args = parser.parse_args()
+    if args.memory_child:
+        url, stream, n = args.memory_child
+        memory_child(url, stream, int(n))
+        return
+    with EmbeddedServer() as server:
+        info = server.client().info("server")
+        version = info.get("redis_version")
+        print(f"server: {version} ({server.binary}); python {sys.version.split()[0]}")
+        bench_stream(server, sorted(args.sizes), args.repeat)
+        if args.pending:
+            bench_pending(server, sorted(args.pending))
+
+
+if __name__ == "__main__":
+    main()

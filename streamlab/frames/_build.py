@@ -1,0 +1,351 @@
+"""Raw stream entries to a typed DataFrame, column by column.
+
+Each page of raw entries is split into one list of values per field (a C-level slice of the
+flattened reply when every entry of the page has the same fields, which is the usual case),
+then each list becomes one Arrow array and is decoded there: UTF-8, times, counters. Python
+touches each value once; nothing builds a dict per entry, and JSON is parsed only for the
+paths asked for (``payload_fields``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamlab.events import DLQ_FIELDS
+
+__all__ = ["DLQ_RENAMES", "STREAM_ALIASES", "STREAM_COLUMNS", "FrameBuilder", "ids_to_times"]
+
+TS_MS = pa.timestamp("ms", tz="UTC")
+TS_US = pa.timestamp("us", tz="UTC")
+
+# The event id is `event_id` whatever the writer called it: `id` is the stream id column.
+STREAM_ALIASES = {
+    "id": "event_id",
+    "event_id": "event_id",
+    "repo_name": "repository",
+    "repo": "repository",
+    "tenant": "tenant_id",
+}
+DLQ_RENAMES = {name: name.removeprefix("dlq_") for name in DLQ_FIELDS}
+STREAM_COLUMNS = (
+    "event_id",
+    "event_type",
+    "repository",
+    "tenant_id",
+    "timestamp",
+    "retry_count",
+    "payload",
+    "auth_context",
+)
+RESERVED = frozenset({"id", "ts", "_decode_error", "_raw"})
+TIME_FIELDS = frozenset({"timestamp", "failed_at", "replayed_at", "dlq_failed_at"})
+INT_FIELDS = frozenset({"retry_count", "attempts", "dlq_attempts", "replay_count"})
+CATEGORY_FIELDS = frozenset(
+    {"event_type", "tenant_id", "repository", "sender_name", "consumer", "group", "error_type"}
+    | {"source_stream", "replay_group", "dlq_consumer", "dlq_group", "dlq_error_type"}
+    | {"dlq_source_stream"}
+)
+_TYPES_MAPPER = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type a field decodes to, from its (column) name."""
+    if name in TIME_FIELDS:
+        return TS_US
+    if name in INT_FIELDS:
+        return pa.int64()
+    return pa.string()
+
+
+def ids_to_times(ids: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``datetime64[ms, UTC]`` from stream ids: their milliseconds part."""
+    ms = pc.list_element(pc.split_pattern(ids, "-", max_splits=1), 0)
+    return pc.cast(pc.cast(ms, pa.int64()), TS_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    """One JSON path to extract: column name, source field (None: the payload), keys."""
+
+    column: str
+    source: str | None
+    keys: tuple[str, ...]
+
+
+def parse_paths(paths: Iterable[str] | None) -> list[PathSpec]:
+    """``"sender.login"`` reads the payload; ``"data:sender.login"`` reads field ``data``."""
+    specs = []
+    for path in paths or ():
+        source, sep, rest = path.partition(":")
+        if not sep:
+            source, rest = "", path
+        keys = tuple(rest.split("."))
+        if not rest or not all(keys):
+            raise ValueError(f"payload_fields: invalid JSON path {path!r}")
+        specs.append(PathSpec(f"{source or 'payload'}.{rest}", source or None, keys))
+    return specs
+
+
+def _walk(doc: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if isinstance(doc, dict):
+            doc = doc.get(key)
+        elif isinstance(doc, list) and key.lstrip("-").isdigit():
+            index = int(key)
+            doc = doc[index] if -len(doc) <= index < len(doc) else None
+        else:
+            return None
+    return doc
+
+
+def _path_array(values: list[Any]) -> pa.Array:
+    """Scalars keep their JSON type; objects, arrays and mixed types become JSON text."""
+    try:
+        arr = pa.array(values)
+        if not (pa.types.is_nested(arr.type) or pa.types.is_null(arr.type)):
+            return arr
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    if all(v is None for v in values):
+        return pa.nulls(len(values), pa.string())
+    return pa.array(
+        [v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string()
+    )
+
+
+class FrameBuilder:
+    """Accumulates pages of raw entries; `frame` returns them as one typed DataFrame.
+
+    ``renames`` maps field names to column names; ``columns`` are always present (filled
+    with nulls when no entry has them) so frames of one kind always have the same columns.
+    """
+
+    def __init__(
+        self,
+        *,
+        renames: Mapping[str, str],
+        columns: Sequence[str],
+        paths: Iterable[str] | None = None,
+        tenant_from_auth: bool = True,
+    ) -> None:
+        self.renames = dict(renames)
+        self.base = tuple(columns)
+        self.paths = parse_paths(paths)
+        self.tenant_from_auth = tenant_from_auth
+        self._names: dict[tuple[bytes, ...], list[str]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the rows added so far (column names seen are kept)."""
+        self.rows = 0
+        self._sizes: list[int] = []
+        self._ids: list[pa.Array] = []
+        self._cols: dict[str, dict[int, pa.Array]] = {name: {} for name in self.base}
+        self._path_values: dict[str, list[Any]] = {p.column: [] for p in self.paths}
+        self._errors: list[tuple[int, str, str, bytes]] = []
+
+    # -- per page ----------------------------------------------------------------------------
+
+    def add(self, ids: Sequence[bytes], flats: Sequence[Sequence[Any]]) -> None:
+        """Add one page: entry ids and their flat ``[name, value, ...]`` field lists."""
+        n = len(ids)
+        if not n:
+            return
+        page = len(self._sizes)
+        raw = self._split(flats, n)
+        if self.tenant_from_auth:
+            self._fill_tenant(raw, n)
+        self._extract_paths(raw, n)
+        for name, values in raw.items():
+            self._cols.setdefault(name, {})[page] = self._convert(name, values)
+        self._ids.append(pa.array(ids, pa.binary()).cast(pa.string()))
+        self._sizes.append(n)
+        self.rows += n
+
+    def _column_names(self, keys: tuple[bytes, ...]) -> list[str]:
+        names = self._names.get(keys)
+        if names is not None:
+            return names
+        texts = [k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k for k in keys]
+        chosen: list[str | None] = [None] * len(texts)
+        taken: set[str] = set()
+        # Renamed fields first, so that `dlq_group` gets `group` even when the original event
+        # had a field `group` too (that one becomes `group_field`).
+        for i, text in enumerate(texts):
+            target = self.renames.get(text)
+            if target is not None and target not in taken:
+                chosen[i] = target
+                taken.add(target)
+        for i, text in enumerate(texts):
+            if chosen[i] is None:
+                name = f"{text}_field" if text in RESERVED or text in taken else text
+                base, n = name, 2
+                while name in taken:  # the same field twice in one entry (XADD allows it)
+                    name, n = f"{base}_{n}", n + 1
+                chosen[i] = name
+                taken.add(name)
+        names = [name for name in chosen if name is not None]
+        self._names[keys] = names
+        return names
+
+    def _split(self, flats: Sequence[Sequence[Any]], n: int) -> dict[str, list[Any]]:
+        first = flats[0][0::2]
+        if all(f[0::2] == first for f in flats):
+            names = self._column_names(tuple(first))
+            flat = list(chain.from_iterable(flats))
+            step = 2 * len(names)
+            return {name: flat[2 * j + 1 :: step] for j, name in enumerate(names)}
+        columns: dict[str, list[Any]] = {}
+        for row, fields in enumerate(flats):
+            for name, value in zip(
+                self._column_names(tuple(fields[0::2])), fields[1::2], strict=True
+            ):
+                columns.setdefault(name, [None] * n)[row] = value
+        return columns
+
+    def _fill_tenant(self, raw: dict[str, list[Any]], n: int) -> None:
+        # Platform entries carry the tenant only inside auth_context, as decode_event reads it.
+        auth = raw.get("auth_context")
+        tenants = raw.get("tenant_id")
+        if auth is None or (tenants is not None and all(tenants)):
+            return
+        filled = list(tenants) if tenants is not None else [None] * n
+        for row, (tenant, context) in enumerate(zip(filled, auth, strict=True)):
+            if not tenant and context:
+                try:
+                    value = json.loads(context).get("tenant_id")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(value, str):
+                    filled[row] = value.encode()
+        raw["tenant_id"] = filled
+
+    def _extract_paths(self, raw: dict[str, list[Any]], n: int) -> None:
+        by_source: dict[str | None, list[PathSpec]] = {}
+        for spec in self.paths:
+            by_source.setdefault(spec.source, []).append(spec)
+        for source, specs in by_source.items():
+            field = source or self._default_json_field(raw)
+            out = {spec.column: [None] * n for spec in specs}
+            for row, value in enumerate(raw.get(field, ()) if field else ()):
+                if not value:
+                    continue
+                try:
+                    doc = json.loads(value)
+                except ValueError as exc:
+                    self._error(row, field or "", f"invalid JSON ({exc})", value)
+                    continue
+                for spec in specs:
+                    out[spec.column][row] = _walk(doc, spec.keys)
+            for column, values in out.items():
+                self._path_values[column].extend(values)
+
+    @staticmethod
+    def _default_json_field(raw: Mapping[str, list[Any]]) -> str | None:
+        # Entries holding one JSON document in one field: `data`, or whatever the only field is.
+        for name in ("payload", "data"):
+            if name in raw:
+                return name
+        present = [name for name, values in raw.items() if any(v is not None for v in values)]
+        return present[0] if len(present) == 1 else None
+
+    def _error(self, row: int, field: str, reason: str, value: Any) -> None:
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        self._errors.append((self.rows + row, field, reason, raw))
+
+    def _convert(self, name: str, values: list[Any]) -> pa.Array:
+        binary = pa.array(values, pa.binary())
+        try:
+            text = binary.cast(pa.string())
+        except pa.ArrowInvalid:
+            text = self._repair_utf8(name, values)
+        target = arrow_type(name)
+        if target == pa.string():
+            return text
+        try:
+            return text.cast(target)
+        except pa.ArrowInvalid:
+            return self._coerce(name, text, target)
+
+    def _repair_utf8(self, name: str, values: list[Any]) -> pa.Array:
+        decoded: list[str | None] = []
+        for row, value in enumerate(values):
+            if value is None:
+                decoded.append(None)
+                continue
+            try:
+                decoded.append(value.decode())
+            except UnicodeDecodeError as exc:
+                self._error(row, name, f"not UTF-8 ({exc.reason} at byte {exc.start})", value)
+                decoded.append(value.decode("utf-8", "backslashreplace"))
+        return pa.array(decoded, pa.string())
+
+    def _coerce(self, name: str, text: pa.Array, target: pa.DataType) -> pa.Array:
+        strings = text.to_pylist()
+        if target == TS_US:
+            parsed = pd.to_datetime(
+                pd.Series(strings, dtype=object), format="ISO8601", utc=True, errors="coerce"
+            )
+            out = pa.array(parsed.dt.as_unit("us"), TS_US)
+            kind = "not an RFC 3339 time"
+        else:
+            ints = [_int_or_none(s) for s in strings]
+            out = pa.array(ints, pa.int64())
+            kind = "not an integer"
+        for row, (source, value) in enumerate(zip(strings, out.to_pylist(), strict=True)):
+            if source not in (None, "") and value is None:
+                self._error(row, name, kind, source)
+        return out
+
+    # -- result ------------------------------------------------------------------------------
+
+    def _chunked(self, name: str) -> pa.ChunkedArray:
+        pages = self._cols.get(name, {})
+        target = next(iter(pages.values())).type if pages else arrow_type(name)
+        chunks = [pages.get(i, pa.nulls(size, target)) for i, size in enumerate(self._sizes)]
+        column = pa.chunked_array(chunks, target)
+        if name in CATEGORY_FIELDS:
+            column = pc.dictionary_encode(column.combine_chunks())
+        return column
+
+    def table(self) -> pa.Table:
+        """The rows added so far as an Arrow table (without ``_decode_error`` / ``_raw``)."""
+        ids = pa.chunked_array(self._ids, pa.string())
+        arrays: dict[str, Any] = {"id": ids, "ts": ids_to_times(ids)}
+        for name in self._cols:
+            arrays[name] = self._chunked(name)
+        for column, values in self._path_values.items():
+            arrays[column] = _path_array(values)
+        return pa.table(arrays)
+
+    def frame(self) -> pd.DataFrame:
+        """The rows added so far as a DataFrame, then `reset`."""
+        df: pd.DataFrame = self.table().to_pandas(types_mapper=_TYPES_MAPPER)
+        for name in df.columns:
+            if isinstance(df[name].dtype, pd.CategoricalDtype):
+                df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
+        errors: list[str | None] = [None] * self.rows
+        raws: list[dict[str, bytes] | None] = [None] * self.rows
+        for row, field, reason, raw in self._errors:
+            message = f"{field}: {reason}"
+            errors[row] = message if errors[row] is None else f"{errors[row]}; {message}"
+            raws[row] = {**(raws[row] or {}), field: raw}
+        df["_decode_error"] = pd.Series(errors, dtype="str", index=df.index)
+        df["_raw"] = pd.Series(raws, dtype=object, index=df.index)
+        self.reset()
+        return df
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None

@@ -1,0 +1,171 @@
+"""Raw, paged reads for the exporters: XRANGE and XPENDING pages, fields joined in batches.
+
+redis-py turns every XRANGE entry into a ``dict`` in Python before we see it, which costs
+about as much as reading the reply. The exporters build columns, not dicts, so they read
+through a sibling client on the same connection pool whose XRANGE/XPENDING replies are left
+as hiredis produced them: ``[[id, [name, value, name, value, ...]], ...]``. The caller's client
+is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from streamlab.client import RedisStreamsClient, translate_errors
+from streamlab.errors import ConfigError
+from streamlab.keys import dlq_key
+
+__all__ = ["Fetcher", "RawEntry", "bound", "fetcher"]
+
+# One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
+RawEntry = Sequence[Any]
+PAGE_SIZE = 10_000
+_RAW_COMMANDS = ("XRANGE", "XPENDING")
+
+
+def _identity(response: Any, **_options: Any) -> Any:
+    return response
+
+
+def bound(value: str | bytes | int | datetime) -> str | bytes:
+    """An XRANGE bound: a stream id, ``-``/``+``, ``(id``, milliseconds or a datetime."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return str(int(aware.timestamp() * 1000))
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+class Fetcher:
+    """Paged raw reads on one redis-py client (see the module docstring)."""
+
+    def __init__(self, client: Any) -> None:
+        inner = getattr(client, "redis", client)
+        pool = getattr(inner, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
+        if kwargs.get("decode_responses"):
+            raise ConfigError(
+                "the redis client was created with decode_responses=True, which breaks binary "
+                "values; create it with decode_responses=False (streamlab.connect does)"
+            )
+        self.redis: Any = inner
+        self._dlq_names = client.dlq_names if isinstance(client, RedisStreamsClient) else {}
+        self._raw: Any = None
+        if isinstance(inner, redis.Redis) and pool is not None:
+            self._raw = redis.Redis(connection_pool=pool)
+            for command in _RAW_COMMANDS:
+                self._raw.set_response_callback(command, _identity)
+
+    def dlq_stream(self, stream: str) -> str:
+        """The DLQ of ``stream`` as the client names it."""
+        return dlq_key(stream, self._dlq_names.get(stream))
+
+    def xrange(self, stream: str, start: Any, end: Any, count: int) -> list[RawEntry]:
+        """One XRANGE page as raw entries."""
+        with translate_errors(stream):
+            if self._raw is not None:
+                return list(self._raw.execute_command("XRANGE", stream, start, end, "COUNT", count))
+            # Cluster or other clients: redis-py's dict replies, flattened back.
+            parsed = self.redis.xrange(stream, start, end, count=count)
+        return [
+            [eid, [x for pair in (fields or {}).items() for x in pair]] for eid, fields in parsed
+        ]
+
+    def pages(
+        self,
+        stream: str,
+        start: Any = "-",
+        end: Any = "+",
+        count: int | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[list[RawEntry]]:
+        """XRANGE pages from ``start`` to ``end``, at most ``count`` entries in all.
+
+        Each next page starts after the last id seen (``(id``), so entries added or trimmed
+        meanwhile never make a page repeat or skip one.
+        """
+        lo, hi = bound(start), bound(end)
+        remaining = count
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            page = self.xrange(stream, lo, hi, size)
+            if not page:
+                return
+            yield page
+            if remaining is not None:
+                remaining -= len(page)
+            if len(page) < size:
+                return
+            last = page[-1][0]
+            lo = b"(" + (last if isinstance(last, bytes) else str(last).encode())
+
+    def xpending(
+        self,
+        stream: str,
+        group: str,
+        start: Any,
+        count: int,
+        *,
+        consumer: str | None,
+        min_idle_ms: int | None,
+    ) -> list[list[Any]]:
+        """One extended XPENDING page: ``[[id, consumer, idle_ms, deliveries], ...]``."""
+        args: list[Any] = [stream, group]
+        if min_idle_ms is not None:
+            args += ["IDLE", min_idle_ms]
+        args += [start, "+", count]
+        if consumer is not None:
+            args.append(consumer)
+        with translate_errors(stream, group):
+            if self._raw is not None:
+                return list(self._raw.execute_command("XPENDING", *args))
+            rows = self.redis.xpending_range(
+                stream, group, start, "+", count, consumername=consumer, idle=min_idle_ms
+            )
+        return [
+            [r["message_id"], r["consumer"], r["time_since_delivered"], r["times_delivered"]]
+            for r in rows
+        ]
+
+    def entries_by_id(self, stream: str, ids: Sequence[bytes]) -> dict[bytes, list[Any]]:
+        """Fields of the entries with these (sorted) ids; ids absent from the result are gone.
+
+        One ranged XRANGE over the batch finds them all when they are contiguous in the stream
+        (a dead worker's backlog usually is); only ids past the end of that range are then
+        fetched one by one, pipelined in a single round trip.
+        """
+        if not ids:
+            return {}
+        found = {eid: flat for eid, flat in self.xrange(stream, ids[0], ids[-1], len(ids))}
+        last = max(map(id_key, found)) if found else None
+        rest = [i for i in ids if i not in found and (last is None or id_key(i) > last)]
+        if rest:
+            client = self._raw if self._raw is not None else self.redis
+            pipe = client.pipeline(transaction=False)
+            for eid in rest:
+                pipe.xrange(stream, eid, eid, count=1)
+            with translate_errors(stream):
+                replies = pipe.execute()
+            for reply in replies:
+                for item in reply:
+                    eid, flat = item[0], item[1]
+                    if isinstance(flat, dict):
+                        flat = [x for pair in flat.items() for x in pair]
+                    found[eid] = flat
+        return found
+
+
+def id_key(entry_id: bytes) -> tuple[int, int]:
+    """Sort key giving stream-id order (``ms-seq``), which byte order does not give."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def fetcher(client: Any) -> Fetcher:
+    """A `Fetcher` for a `RedisStreamsClient` or a redis-py client."""
+    return client if isinstance(client, Fetcher) else Fetcher(client)

@@ -1,0 +1,233 @@
+"""Pending-entry lists, consumer groups and consumers as DataFrames."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+import redis
+
+from streamlab._progress import progress_bar
+from streamlab.client import translate_errors
+from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
+from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
+from streamlab.policy import RETRY_CONSUMER  # where a retry waits out its backoff
+
+__all__ = [
+    "PENDING_STATES",
+    "RETRY_CONSUMER",
+    "consumers_to_dataframe",
+    "groups_to_dataframe",
+    "pending_to_dataframe",
+]
+
+PENDING_STATES = ("in_flight", "retry_wait", "dead_consumer", "poison", "trimmed")
+_GROUP_COLUMNS = (
+    "group", "consumers", "pending", "last_delivered_id", "last_delivered",
+    "entries_read", "lag",
+)  # fmt: skip
+_CONSUMER_COLUMNS = ("group", "consumer", "pending", "idle", "inactive")
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _get(raw: Mapping[Any, Any], name: str) -> Any:
+    return _text(raw.get(name, raw.get(name.encode())))
+
+
+def _ms(value: Any) -> Any:
+    # XINFO reports -1 for "never" (a consumer that never read successfully, Redis 7.2+).
+    return pd.NaT if value is None or int(value) < 0 else pd.Timedelta(milliseconds=int(value))
+
+
+def _id_time(entry_id: str | None) -> Any:
+    if not entry_id or entry_id == "0-0":
+        return pd.NaT
+    return pd.Timestamp(int(entry_id.split("-", 1)[0]), unit="ms", tz="UTC")
+
+
+def groups_to_dataframe(client: Any, stream: str) -> pd.DataFrame:
+    """One row per consumer group of ``stream`` (XINFO GROUPS).
+
+    Columns: ``group`` (category), ``consumers``, ``pending`` (int64), ``last_delivered_id``
+    (str), ``last_delivered`` (``datetime64[ms, UTC]``, from that id), ``entries_read`` and
+    ``lag`` (``Int64``; Redis reports no lag when it cannot compute it, e.g. after deletions).
+    A missing stream gives an empty frame; a key that is not a stream raises WrongTypeError.
+    """
+    source = fetcher(client)
+    try:
+        with translate_errors(stream):
+            raw = source.redis.xinfo_groups(stream)
+    except redis.ResponseError as exc:
+        if "no such key" not in str(exc):
+            raise
+        raw = []
+    rows = [{
+        "group": _get(g, "name"),
+        "consumers": int(_get(g, "consumers") or 0),
+        "pending": int(_get(g, "pending") or 0),
+        "last_delivered_id": _get(g, "last-delivered-id") or "0-0",
+        "entries_read": _get(g, "entries-read"),
+        "lag": _get(g, "lag"),
+    } for g in raw]  # fmt: skip
+    df = pd.DataFrame(rows, columns=[c for c in _GROUP_COLUMNS if c != "last_delivered"])
+    df.insert(4, "last_delivered", pd.Series(
+        [_id_time(i) for i in df["last_delivered_id"]], dtype="datetime64[ms, UTC]"
+    ))  # fmt: skip
+    return df.astype({
+        "group": "category", "consumers": "int64", "pending": "int64",
+        "last_delivered_id": "str", "entries_read": "Int64", "lag": "Int64",
+    })  # fmt: skip
+
+
+def _consumer_rows(source: Fetcher, stream: str, group: str) -> list[Mapping[Any, Any]]:
+    with translate_errors(stream, group):
+        return list(source.redis.xinfo_consumers(stream, group))
+
+
+def consumers_to_dataframe(client: Any, stream: str, group: str) -> pd.DataFrame:
+    """One row per consumer of ``group`` (XINFO CONSUMERS).
+
+    Columns: ``group``, ``consumer`` (category), ``pending`` (int64), ``idle`` (time since
+    its last attempted read or claim) and ``inactive`` (since its last successful one; NaT
+    on Redis < 7.2 and for a consumer that never read), both ``timedelta64[ms]``.
+    A missing group (or stream) raises `streamlab.errors.GroupNotFoundError`.
+    """
+    rows = _consumer_rows(fetcher(client), stream, group)
+    df = pd.DataFrame({
+        "group": pd.Series([group] * len(rows), dtype="category"),
+        "consumer": pd.Series([_get(c, "name") for c in rows], dtype="category"),
+        "pending": pd.Series([int(_get(c, "pending") or 0) for c in rows], dtype="int64"),
+        "idle": pd.Series([_ms(_get(c, "idle")) for c in rows], dtype="timedelta64[ms]"),
+        "inactive": pd.Series([_ms(_get(c, "inactive")) for c in rows], dtype="timedelta64[ms]"),
+    })  # fmt: skip
+    return df
+
+
+def _millis(value: float | timedelta | None) -> int | None:
+    if value is None:
+        return None
+    return int((value.total_seconds() if isinstance(value, timedelta) else value) * 1000)
+
+
+def pending_to_dataframe(
+    client: Any,
+    stream: str,
+    group: str,
+    *,
+    consumer: str | None = None,
+    min_idle: float | timedelta | None = None,
+    with_entries: bool = True,
+    poison_threshold: int = 3,
+    claim_min_idle: float | timedelta = timedelta(seconds=60),
+    payload_fields: Iterable[str] | None = None,
+    progress: bool | None = None,
+    page_size: int = PAGE_SIZE,
+) -> pd.DataFrame:
+    """One row per pending entry of ``group``, classified, with the entry's own fields.
+
+    Reads extended XPENDING in pages (``consumer`` and ``min_idle`` (seconds or timedelta)
+    filter on the server), XINFO CONSUMERS once, and, with ``with_entries``, the entries'
+    fields in one ranged XRANGE per page (plus one pipelined round trip for ids outside
+    that range), never one round trip per id.
+
+    Columns: ``id``, ``ts``, ``consumer`` (category), ``state`` (category), ``deliveries``
+    (int64), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
+    owner's XINFO idle), ``claimable`` (idle >= ``claim_min_idle``: the next XAUTOCLAIM
+    takes it), ``deleted`` (boolean; the entry is gone from the stream, ``<NA>`` without
+    ``with_entries``), then the entry's columns as `stream_to_dataframe` gives them.
+
+    ``state``, the first that applies:
+
+    - ``trimmed``: the entry was deleted or trimmed from the stream while pending; no
+      worker can process it, only XACK (or XAUTOCLAIM, which drops it) clears it.
+    - ``poison``: delivered more than ``poison_threshold`` times (pass the consumer's
+      ``max_retries``): it keeps failing, or keeps killing the workers that take it.
+    - ``retry_wait``: owned by ``streamlab:retry``, the consumer name under which a failed
+      message waits for its backoff; that name never reads, so its idle time says nothing
+      about a dead worker. ``claimable`` tells when the backoff has elapsed.
+    - ``dead_consumer``: its consumer has been idle longer than ``claim_min_idle`` (default
+      60 s, the consumer's default): the worker is gone and a reclaim will take the entry.
+    - ``in_flight``: held by a live consumer.
+
+    A missing group or stream raises `streamlab.errors.GroupNotFoundError`.
+    """
+    source = fetcher(client)
+    owners = {_get(c, "name"): _get(c, "idle") for c in _consumer_rows(source, stream, group)}
+    builder = FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=payload_fields)
+    meta: dict[str, list[Any]] = {"consumer": [], "idle": [], "deliveries": [], "deleted": []}
+    bar = progress_bar(progress, None, f"{stream} pending")
+    try:
+        for page in _pending_pages(
+            source,
+            stream,
+            group,
+            consumer=consumer,
+            min_idle=_millis(min_idle),
+            page_size=page_size,
+        ):
+            ids = [row[0] for row in page]
+            found = source.entries_by_id(stream, ids) if with_entries else {}
+            builder.add(ids, [found.get(i, ()) for i in ids])
+            meta["consumer"] += [_text(row[1]) for row in page]
+            meta["idle"] += [int(row[2]) for row in page]
+            meta["deliveries"] += [int(row[3]) for row in page]
+            meta["deleted"] += [i not in found if with_entries else None for i in ids]
+            bar.update(len(page))
+    finally:
+        bar.close()
+    entries = builder.frame()
+    head = _pending_columns(meta, owners, poison_threshold, _millis(claim_min_idle) or 0)
+    return pd.concat([entries[["id", "ts"]], head, entries.drop(columns=["id", "ts"])], axis=1)
+
+
+def _pending_pages(
+    source: Fetcher,
+    stream: str,
+    group: str,
+    *,
+    consumer: str | None,
+    min_idle: int | None,
+    page_size: int,
+) -> Iterable[list[list[Any]]]:
+    start: Any = "-"
+    while True:
+        page = source.xpending(
+            stream, group, start, page_size, consumer=consumer, min_idle_ms=min_idle
+        )
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        start = b"(" + page[-1][0]
+
+
+def _pending_columns(
+    meta: Mapping[str, list[Any]], owners: Mapping[str, Any], poison: int, claim_ms: int
+) -> pd.DataFrame:
+    idle = pd.Series(meta["idle"], dtype="int64")
+    deliveries = pd.Series(meta["deliveries"], dtype="int64")
+    consumers = pd.Series(meta["consumer"], dtype="str")
+    owner_idle = consumers.map(owners.get).astype("Float64")
+    deleted = pd.Series(meta["deleted"], dtype="boolean")
+    state = pd.Series("in_flight", index=idle.index, dtype="str")
+    state = state.mask((owner_idle > claim_ms).fillna(False), "dead_consumer")
+    state = state.mask(consumers == RETRY_CONSUMER, "retry_wait")
+    state = state.mask(deliveries > poison, "poison")
+    state = state.mask(deleted.fillna(False), "trimmed")
+    return pd.DataFrame({
+        "consumer": consumers.astype("category"),
+        "state": pd.Categorical(state, categories=PENDING_STATES),
+        "deliveries": deliveries,
+        "idle": pd.to_timedelta(idle, unit="ms").astype("timedelta64[ms]"),
+        "consumer_idle": pd.to_timedelta(owner_idle.astype("float64"), unit="ms").astype(
+            "timedelta64[ms]"
+        ),
+        "claimable": idle >= claim_ms,
+        "deleted": deleted,
+    })  # fmt: skip

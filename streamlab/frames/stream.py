@@ -1,0 +1,173 @@
+"""Streams and DLQs as DataFrames."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from streamlab._progress import NoProgress, progress_bar
+from streamlab.client import translate_errors
+from streamlab.frames._build import (
+    DLQ_RENAMES,
+    STREAM_ALIASES,
+    STREAM_COLUMNS,
+    FrameBuilder,
+)
+from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
+from streamlab.signatures import error_signature
+
+__all__ = ["DLQ_COLUMNS", "dlq_to_dataframe", "read_pages", "stream_to_dataframe"]
+
+Bound = str | bytes | int | datetime
+DLQ_COLUMNS = (
+    "failed_at",
+    "error_type",
+    "error",
+    "attempts",
+    "source_stream",
+    "source_id",
+    "group",
+    "consumer",
+    "traceback",
+)
+
+
+def read_pages(
+    source: Fetcher,
+    stream: str,
+    *,
+    start: Bound,
+    end: Bound,
+    count: int | None,
+    progress: bool | None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[list[Any]]:
+    """XRANGE pages of ``stream``, ticking a progress bar when one is wanted."""
+    bar = progress_bar(progress, None, stream)
+    try:
+        if not isinstance(bar, NoProgress):
+            with translate_errors(stream):
+                length = int(source.redis.xlen(stream))
+            bar.total = length if count is None else min(count, length)
+            bar.refresh()
+        for page in source.pages(stream, start, end, count, page_size):
+            yield page
+            bar.update(len(page))
+    finally:
+        bar.close()
+
+
+def _fill(builder: FrameBuilder, pages: Iterable[list[Any]]) -> pd.DataFrame:
+    for page in pages:
+        builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
+    return builder.frame()
+
+
+def stream_builder(payload_fields: Iterable[str] | None) -> FrameBuilder:
+    """The builder behind `stream_to_dataframe` (also used by `export_parquet`)."""
+    return FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=payload_fields)
+
+
+def stream_to_dataframe(
+    client: Any,
+    stream: str,
+    *,
+    start: Bound = "-",
+    end: Bound = "+",
+    count: int | None = None,
+    payload_fields: Iterable[str] | None = None,
+    progress: bool | None = None,
+    page_size: int = PAGE_SIZE,
+) -> pd.DataFrame:
+    """One row per entry of ``stream``, typed, built column-wise from paged XRANGE.
+
+    ``client`` is a `RedisStreamsClient` or a redis-py ``redis.Redis`` (bytes replies).
+    ``start``/``end`` are stream ids (``(id`` for exclusive), milliseconds or datetimes;
+    ``count`` caps the rows.
+
+    Columns: ``id`` (stream id, str), ``ts`` (``datetime64[ms, UTC]`` from the id), then one
+    column per field, always including ``event_id``, ``event_type``, ``repository``,
+    ``tenant_id``, ``timestamp``, ``retry_count``, ``payload`` and ``auth_context`` (null when
+    absent), then any other field under its own name, then ``payload.<path>`` for each of
+    ``payload_fields``, then ``_decode_error`` and ``_raw``.
+
+    Names: the platform's ``event_id`` and streamlab's ``id`` field are both ``event_id``
+    (``id`` is the stream id); ``repo_name``/``repo`` are ``repository``; a missing
+    ``tenant_id`` is read from ``auth_context``. A field whose name is taken keeps its own
+    name with a ``_field`` suffix (``id_field`` for an ``id`` next to an ``event_id``).
+
+    Types: times (``timestamp``, ``failed_at``...) are ``datetime64[us, UTC]``; counters
+    (``retry_count``, ``attempts``) ``Int64``; event type, tenant, repository, sender,
+    consumer, group and error type are ``category``; every other field is ``str``.
+    ``payload`` and the other JSON fields stay JSON text: parsing every payload would cost
+    more than reading it. ``payload_fields=["ref", "sender.login"]`` parses them once per
+    entry and adds ``payload.ref`` and ``payload.sender.login`` (list items by index:
+    ``"commits.0.id"``); ``"data:action"`` reads field ``data`` instead. Entries with no
+    ``payload`` field (one JSON document per entry) are read from their ``data`` field, or
+    from their only field; the column is still named ``payload.<path>``.
+
+    Nothing is dropped: a value that is not UTF-8, a time or counter that does not parse, or
+    a payload that is not JSON (when paths are asked) leaves a null (text: the value with
+    bad bytes escaped) in its column, the field and reason in ``_decode_error`` and the
+    exact bytes in ``_raw`` (``{field: bytes}``).
+
+    A missing stream gives an empty frame with the standard columns; a key that is not a
+    stream raises `streamlab.errors.WrongTypeError`. Memory is that of the frame plus one
+    page; ``progress`` shows a tqdm bar (default: only in a notebook).
+    """
+    source = fetcher(client)
+    pages = read_pages(
+        source, stream, start=start, end=end, count=count, progress=progress, page_size=page_size
+    )
+    return _fill(stream_builder(payload_fields), pages)
+
+
+def dlq_to_dataframe(
+    client: Any,
+    stream: str,
+    *,
+    dlq: str | None = None,
+    start: Bound = "-",
+    end: Bound = "+",
+    count: int | None = None,
+    payload_fields: Iterable[str] | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """The DLQ of ``stream`` (``<stream>_dlq``, or ``dlq``), one row per dead letter.
+
+    Columns: ``id``, ``ts``, ``failed_at`` (``datetime64[us, UTC]``), ``error_signature``
+    (see `streamlab.signatures.error_signature`; the error type is part of it), the
+    failure fields without their ``dlq_`` prefix (``error_type``, ``error``, ``attempts``
+    (``Int64``), ``source_stream``, ``source_id``, ``group``, ``consumer``, ``traceback``),
+    then the original event's columns exactly as `stream_to_dataframe` gives them.
+    A RedisStreamsClient's own DLQ names (``dlq_names``) are honoured.
+    """
+    source = fetcher(client)
+    name = dlq or source.dlq_stream(stream)
+    builder = FrameBuilder(
+        renames={**STREAM_ALIASES, **DLQ_RENAMES},
+        columns=DLQ_COLUMNS + STREAM_COLUMNS,
+        paths=payload_fields,
+    )
+    pages = read_pages(source, name, start=start, end=end, count=count, progress=progress)
+    df = _fill(builder, pages)
+    df.insert(3, "error_signature", _signatures(df))
+    return df
+
+
+def _signatures(df: pd.DataFrame) -> pd.Series:
+    cache: dict[tuple[Any, Any, Any], str] = {}
+    out = []
+    for key in zip(
+        df["error_type"].tolist(), df["error"].tolist(), df["traceback"].tolist(), strict=True
+    ):
+        signature = cache.get(key)
+        if signature is None:
+            kind, error, tb = (v if isinstance(v, str) else "" for v in key)
+            text = error if not (kind and error) or error.startswith(kind) else f"{kind}: {error}"
+            signature = cache[key] = error_signature(text, tb)
+        out.append(signature)
+    return pd.Series(out, index=df.index, dtype=pd.CategoricalDtype(sorted(set(out))))

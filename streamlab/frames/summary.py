@@ -1,0 +1,80 @@
+"""Summaries of a DLQ frame: failures by signature (or any columns), and over time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+__all__ = ["dlq_summary", "failures_over_time"]
+
+
+def _keys(by: str | Sequence[str]) -> list[str]:
+    return [by] if isinstance(by, str) else list(by)
+
+
+def _time_column(df: pd.DataFrame, time_column: str | None) -> str:
+    if time_column is not None:
+        return time_column
+    return "failed_at" if "failed_at" in df.columns else "ts"
+
+
+def dlq_summary(
+    df: pd.DataFrame, by: str | Sequence[str] = "error_signature", *, time_column: str | None = None
+) -> pd.DataFrame:
+    """Dead letters grouped ``by`` one or more columns, the largest group first.
+
+    Columns: the ``by`` columns, ``count``, ``first_failure``, ``last_failure`` (from
+    ``failed_at``, else ``ts``), and, when present in ``df`` and not grouped by,
+    ``error_type``, ``example_error`` and ``example_id`` (the first dead letter of the group:
+    look it up with ``df[df.id == example_id]``). Rows with a null key form their own group.
+    """
+    keys = _keys(by)
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise KeyError(
+            f"dlq_summary: no column {missing} in the frame (columns: {list(df.columns)})"
+        )
+    time = _time_column(df, time_column)
+    aggs: dict[str, tuple[str, str]] = {
+        "count": (time, "size"),
+        "first_failure": (time, "min"),
+        "last_failure": (time, "max"),
+    }
+    for name, source in (
+        ("error_type", "error_type"),
+        ("example_error", "error"),
+        ("example_id", "id"),
+    ):
+        if source in df.columns and source not in keys:
+            aggs[name] = (source, "first")
+    grouped = df.groupby(keys, observed=True, dropna=False, sort=False).agg(**aggs)
+    out = grouped.reset_index().sort_values(
+        ["count", "last_failure"], ascending=[False, False], kind="stable"
+    )
+    return out.reset_index(drop=True)
+
+
+def failures_over_time(
+    df: pd.DataFrame,
+    freq: str = "1h",
+    *,
+    by: str | None = None,
+    time_column: str | None = None,
+) -> pd.DataFrame:
+    """Failures per time bucket, ready to plot: ``failures_over_time(df, "15min").plot()``.
+
+    The index is the bucket start (UTC), with empty buckets as 0. Without ``by`` there is one
+    column ``failures``; with ``by`` (e.g. ``"error_signature"``) one column per value.
+    """
+    time = _time_column(df, time_column)
+    if by is None:
+        counts = df.set_index(time).resample(freq).size()
+        return counts.to_frame("failures")
+    grouper = pd.Grouper(key=time, freq=freq)
+    table = df.groupby([grouper, by], observed=True).size().unstack(by, fill_value=0)
+    if len(table):
+        full = pd.date_range(table.index.min(), table.index.max(), freq=freq)
+        table = table.reindex(full, fill_value=0)
+    table.index.name = time
+    return table

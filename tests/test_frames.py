@@ -1,0 +1,578 @@
+"""DataFrame exporters against a real server: streamlab events, platform entries, one JSON
+field per entry, binary and invalid values, pending lists, the DLQ and Parquet."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from streamlab.client import RedisStreamsClient
+from streamlab.errors import ConfigError, GroupNotFoundError, MissingDependencyError, WrongTypeError
+from streamlab.events import Failure, encode_event
+from streamlab.frames import (
+    PENDING_STATES,
+    consumers_to_dataframe,
+    dlq_summary,
+    dlq_to_dataframe,
+    export_parquet,
+    failures_over_time,
+    groups_to_dataframe,
+    pending_to_dataframe,
+    stream_to_dataframe,
+)
+from streamlab.samples import platform_entries, sample_events
+
+BASE = [
+    "id", "ts", "event_id", "event_type", "repository", "tenant_id", "timestamp",
+    "retry_count", "payload", "auth_context", "_decode_error", "_raw",
+]  # fmt: skip
+BASE_DTYPES = {
+    "id": "str",
+    "ts": "datetime64[ms, UTC]",
+    "event_id": "str",
+    "event_type": "category",
+    "repository": "category",
+    "tenant_id": "category",
+    "timestamp": "datetime64[us, UTC]",
+    "retry_count": "Int64",
+    "payload": "str",
+    "auth_context": "str",
+    "_decode_error": "str",
+    "_raw": "object",
+}
+
+
+def dtypes(df: pd.DataFrame) -> dict[str, str]:
+    return {name: str(dtype) for name, dtype in df.dtypes.items()}
+
+
+def raw_ids(r: redis.Redis, stream: str) -> list[str]:
+    return [eid.decode() for eid, _ in r.xrange(stream)]
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+
+def test_streamlab_events_typed_over_several_pages(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    events = list(sample_events(57, seed=3))
+    streams_client.add_many(stream_name, events)
+    df = stream_to_dataframe(streams_client, stream_name, page_size=10)
+
+    assert list(df.columns) == BASE
+    assert dtypes(df) == BASE_DTYPES
+    ids = raw_ids(redis_client, stream_name)
+    assert df["id"].tolist() == ids
+    assert df["ts"].tolist() == [
+        pd.Timestamp(int(i.split("-")[0]), unit="ms", tz="UTC") for i in ids
+    ]
+    assert df["event_id"].tolist() == [e.id for e in events]
+    assert df["event_type"].astype(str).tolist() == [e.event_type for e in events]
+    assert df["tenant_id"].astype(str).tolist() == [e.tenant_id for e in events]
+    assert df["timestamp"].tolist() == [pd.Timestamp(e.timestamp) for e in events]
+    assert df["retry_count"].tolist() == [0] * 57
+    assert [json.loads(p) for p in df["payload"]] == [e.payload for e in events]
+    assert df["_decode_error"].isna().all()
+    assert df["_raw"].isna().all()
+
+
+def test_plain_redis_client_and_bounds(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    streams_client.add_many(stream_name, sample_events(30))
+    ids = raw_ids(redis_client, stream_name)
+    full = stream_to_dataframe(redis_client, stream_name)
+    assert full["id"].tolist() == ids
+
+    part = stream_to_dataframe(redis_client, stream_name, start=ids[5], end=ids[20], count=7)
+    assert part["id"].tolist() == ids[5:12]
+    after = stream_to_dataframe(redis_client, stream_name, start=f"({ids[27]}")
+    assert after["id"].tolist() == ids[28:]
+    first_ms = int(ids[0].split("-")[0])
+    by_time = stream_to_dataframe(
+        redis_client, stream_name, start=datetime.fromtimestamp(first_ms / 1000, UTC)
+    )
+    assert by_time["id"].tolist() == ids
+
+
+def test_payload_fields_extract_json_paths(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    events = list(sample_events(40, seed=1))
+    streams_client.add_many(stream_name, events)
+    df = stream_to_dataframe(
+        streams_client,
+        stream_name,
+        payload_fields=["ref", "sender.login", "installation.id", "missing.path"],
+        page_size=16,
+    )
+    refs = [None if pd.isna(v) else v for v in df["payload.ref"]]
+    assert refs == [e.payload.get("ref") for e in events]
+    assert df["payload.sender.login"].tolist() == [e.payload["sender"]["login"] for e in events]
+    assert str(df["payload.sender.login"].dtype) == "str"
+    assert df["payload.installation.id"].tolist() == [
+        e.payload["installation"]["id"] for e in events
+    ]
+    assert str(df["payload.installation.id"].dtype) == "Int64"
+    assert df["payload.missing.path"].isna().all()
+    pushes = df[df["event_type"] == "webhook.github.push"]
+    assert pushes["payload.ref"].str.startswith("refs/heads/").all()
+
+
+def test_platform_entries_normalised(streams_client: RedisStreamsClient, stream_name: str) -> None:
+    entries = list(platform_entries(12, seed=2))
+    streams_client.add_many(stream_name, entries)
+    df = stream_to_dataframe(streams_client, stream_name, payload_fields=["metadata:source"])
+
+    assert list(df.columns) == [
+        *BASE[:-2],
+        "sender_name",
+        "metadata",
+        "metadata.source",
+        *BASE[-2:],
+    ]
+    assert df["event_id"].tolist() == [e["event_id"] for e in entries]
+    assert df["repository"].astype(str).tolist() == [e["repo_name"] for e in entries]
+    assert df["tenant_id"].astype(str).tolist() == [
+        json.loads(e["auth_context"])["tenant_id"] for e in entries
+    ]
+    assert str(df["sender_name"].dtype) == "category"
+    assert df["metadata"].tolist() == [e["metadata"] for e in entries]
+    assert (df["metadata.source"] == "github").all()
+    assert df["timestamp"].tolist() == [pd.Timestamp(e["timestamp"]) for e in entries]
+    assert df["retry_count"].isna().all()
+
+
+def test_single_json_field_entries(redis_client: redis.Redis, stream_name: str) -> None:
+    docs = [{"action": "opened", "number": i, "sender": {"login": f"u{i}"}} for i in range(5)]
+    for doc in docs:
+        redis_client.xadd(stream_name, {"data": json.dumps(doc)})
+    df = stream_to_dataframe(redis_client, stream_name, payload_fields=["sender.login", "number"])
+    assert df["data"].tolist() == [json.dumps(d) for d in docs]
+    assert df["payload.sender.login"].tolist() == [f"u{i}" for i in range(5)]
+    assert df["payload.number"].tolist() == list(range(5))
+    assert df["event_type"].isna().all()
+    explicit = stream_to_dataframe(redis_client, stream_name, payload_fields=["data:action"])
+    assert (explicit["data.action"] == "opened").all()
+
+
+def test_binary_and_invalid_values_kept_and_flagged(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    good = encode_event(next(sample_events(1)))
+    redis_client.xadd(stream_name, good)
+    redis_client.xadd(stream_name, {**good, "payload": b"\xff\xfe{not json", "blob": b"\x00\x81"})
+    redis_client.xadd(stream_name, {**good, "timestamp": "yesterday", "retry_count": "two"})
+    redis_client.xadd(stream_name, {**good, "payload": "{truncated"})
+    df = stream_to_dataframe(redis_client, stream_name, payload_fields=["sender.login"])
+
+    assert len(df) == 4
+    assert pd.isna(df["_decode_error"][0])
+    assert df["payload.sender.login"][0] == json.loads(good["payload"])["sender"]["login"]
+
+    assert "payload: not UTF-8" in df["_decode_error"][1]
+    assert "blob: not UTF-8" in df["_decode_error"][1]
+    assert df["_raw"][1]["payload"] == b"\xff\xfe{not json"
+    assert df["_raw"][1]["blob"] == b"\x00\x81"
+    assert df["payload"][1] == "\\xff\\xfe{not json"
+    assert pd.isna(df["blob"][0])
+
+    assert "timestamp: not an RFC 3339 time" in df["_decode_error"][2]
+    assert "retry_count: not an integer" in df["_decode_error"][2]
+    assert df["_raw"][2] == {"timestamp": b"yesterday", "retry_count": b"two"}
+    assert pd.isna(df["timestamp"][2])
+    assert pd.isna(df["retry_count"][2])
+    assert df["timestamp"][0] == pd.Timestamp(good["timestamp"])
+
+    assert "payload: invalid JSON" in df["_decode_error"][3]
+    assert df["_raw"][3] == {"payload": b"{truncated"}
+    assert pd.isna(df["payload.sender.login"][3])
+    assert str(df["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert str(df["retry_count"].dtype) == "Int64"
+
+
+def test_mixed_fields_and_name_collisions(redis_client: redis.Redis, stream_name: str) -> None:
+    redis_client.xadd(stream_name, {"event_type": "a", "color": "red"})
+    redis_client.xadd(stream_name, {"event_id": "e-1", "id": "other", "ts": "x"})
+    redis_client.execute_command("XADD", stream_name, "*", "k", "1", "k", "2")
+    df = stream_to_dataframe(redis_client, stream_name)
+    assert df["event_type"][0] == "a"
+    assert pd.isna(df["event_type"][1])
+    assert df["color"].tolist()[0] == "red"
+    assert pd.isna(df["color"][1])
+    assert df["event_id"][1] == "e-1"
+    assert df["id_field"][1] == "other"
+    assert df["ts_field"][1] == "x"
+    assert (df["k"][2], df["k_field"][2]) == ("1", "2")
+
+
+def test_decode_responses_client_refused(redis_url: str, stream_name: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(ConfigError, match="decode_responses"):
+            stream_to_dataframe(client, stream_name)
+    finally:
+        client.close()
+
+
+def test_missing_stream_and_wrong_type(redis_client: redis.Redis, stream_name: str) -> None:
+    empty = stream_to_dataframe(redis_client, stream_name)
+    assert empty.empty
+    assert dtypes(empty) == BASE_DTYPES
+    assert list(dlq_to_dataframe(redis_client, stream_name).columns)[:4] == [
+        "id", "ts", "failed_at", "error_signature",
+    ]  # fmt: skip
+    redis_client.set(stream_name, "not a stream")
+    with pytest.raises(WrongTypeError, match="not a stream"):
+        stream_to_dataframe(redis_client, stream_name)
+    with pytest.raises(WrongTypeError):
+        groups_to_dataframe(redis_client, stream_name)
+    with pytest.raises(WrongTypeError):
+        pending_to_dataframe(redis_client, stream_name, "g")
+
+
+# -- pending, groups, consumers ------------------------------------------------------------------
+
+
+def _pending_setup(client: RedisStreamsClient, stream: str) -> list[str]:
+    r = client.redis
+    client.add_many(stream, sample_events(40))
+    client.ensure_group(stream, "g")
+    r.xreadgroup("g", "w1", {stream: ">"}, count=15)
+    r.xreadgroup("g", "w2", {stream: ">"}, count=10)
+    ids = raw_ids(r, stream)
+    r.xdel(stream, ids[2], ids[20])  # deleted while pending
+    r.xclaim(stream, "g", "streamlab:retry", 0, [ids[4]], justid=True)
+    for _ in range(4):  # delivered 5 times: poison
+        r.xclaim(stream, "g", "w2", 0, [ids[17]])
+    return ids
+
+
+def test_pending_rows_match_xpending(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    ids = _pending_setup(streams_client, stream_name)
+    expected = redis_client.xpending_range(stream_name, "g", "-", "+", 1000)
+    df = pending_to_dataframe(streams_client, stream_name, "g", page_size=6)
+
+    assert df["id"].tolist() == [row["message_id"].decode() for row in expected]
+    assert df["consumer"].astype(str).tolist() == [row["consumer"].decode() for row in expected]
+    assert df["deliveries"].tolist() == [row["times_delivered"] for row in expected]
+    assert (
+        df["idle"] >= pd.to_timedelta([r["time_since_delivered"] for r in expected], "ms")
+    ).all()
+    assert dtypes(df) == {
+        "id": "str",
+        "ts": "datetime64[ms, UTC]",
+        "consumer": "category",
+        "state": "category",
+        "deliveries": "int64",
+        "idle": "timedelta64[ms]",
+        "consumer_idle": "timedelta64[ms]",
+        "claimable": "bool",
+        "deleted": "boolean",
+        **{k: v for k, v in BASE_DTYPES.items() if k not in ("id", "ts")},
+    }
+    assert list(df["state"].cat.categories) == list(PENDING_STATES)
+    state = dict(zip(df["id"], df["state"].astype(str), strict=True))
+    assert state[ids[2]] == state[ids[20]] == "trimmed"
+    assert df.set_index("id").loc[ids[2], "deleted"]
+    assert pd.isna(df.set_index("id").loc[ids[2], "event_type"])
+    assert state[ids[4]] == "retry_wait"
+    assert state[ids[17]] == "poison"
+    assert {state[i] for i in ids[:25]} - {"trimmed", "retry_wait", "poison"} == {"in_flight"}
+    assert df.set_index("id").loc[ids[0], "event_id"] == "evt-0-00000000"
+
+
+def test_pending_filters_and_dead_consumer(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    ids = _pending_setup(streams_client, stream_name)
+    time.sleep(0.3)
+    redis_client.xreadgroup("g", "w2", {stream_name: ">"}, count=1)  # w2 is alive
+    df = pending_to_dataframe(
+        redis_client, stream_name, "g", claim_min_idle=timedelta(milliseconds=200)
+    )
+    w1 = df[df["consumer"] == "w1"]
+    assert set(w1["state"].astype(str)) == {"dead_consumer", "trimmed"}
+    assert (w1["consumer_idle"] >= pd.Timedelta(milliseconds=300)).all()
+    alive = df[(df["consumer"] == "w2") & (df["state"] == "in_flight")]
+    assert len(alive) > 0
+    assert df.set_index("id").loc[ids[0], "claimable"]
+
+    only_w2 = pending_to_dataframe(redis_client, stream_name, "g", consumer="w2")
+    assert set(only_w2["consumer"].astype(str)) == {"w2"}
+    assert len(only_w2) == redis_client.xpending(stream_name, "g")["consumers"][-1]["pending"]
+    assert pending_to_dataframe(redis_client, stream_name, "g", min_idle=3600).empty
+
+    bare = pending_to_dataframe(redis_client, stream_name, "g", with_entries=False)
+    assert bare["id"].tolist() == df["id"].tolist()
+    assert bare["deleted"].isna().all()
+    assert bare["event_type"].isna().all()
+
+
+def test_missing_group(redis_client: redis.Redis, stream_name: str) -> None:
+    with pytest.raises(GroupNotFoundError, match="'nope'"):
+        pending_to_dataframe(redis_client, stream_name, "nope")
+    with pytest.raises(GroupNotFoundError):
+        consumers_to_dataframe(redis_client, stream_name, "nope")
+    redis_client.xadd(stream_name, {"a": "1"})
+    with pytest.raises(GroupNotFoundError):
+        pending_to_dataframe(redis_client, stream_name, "nope")
+
+
+def test_groups_and_consumers(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    ids = _pending_setup(streams_client, stream_name)
+    streams_client.ensure_group(stream_name, "idle-group", "$")
+    groups = groups_to_dataframe(streams_client, stream_name)
+    assert dtypes(groups) == {
+        "group": "category",
+        "consumers": "int64",
+        "pending": "int64",
+        "last_delivered_id": "str",
+        "last_delivered": "datetime64[ms, UTC]",
+        "entries_read": "Int64",
+        "lag": "Int64",
+    }
+    g = groups.set_index("group").loc["g"]
+    assert (g["consumers"], g["pending"]) == (3, 25)
+    assert g["last_delivered_id"] == ids[24]
+    assert g["last_delivered"] == pd.Timestamp(int(ids[24].split("-")[0]), unit="ms", tz="UTC")
+
+    consumers = consumers_to_dataframe(streams_client, stream_name, "g")
+    assert dtypes(consumers) == {
+        "group": "category",
+        "consumer": "category",
+        "pending": "int64",
+        "idle": "timedelta64[ms]",
+        "inactive": "timedelta64[ms]",
+    }
+    pending = dict(zip(consumers["consumer"].astype(str), consumers["pending"], strict=True))
+    assert pending == {"streamlab:retry": 1, "w1": 14, "w2": 10}
+    empty = groups_to_dataframe(redis_client, stream_name + "-missing")
+    assert empty.empty
+    assert list(empty.columns) == list(groups.columns)
+
+
+# -- DLQ ----------------------------------------------------------------------------------------
+
+
+def _traceback(func: str) -> str:
+    return (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/app/handlers.py", line 41, in handle\n'
+        f'  File "/srv/app/orders.py", line 7, in {func}\n'
+        "KeyError: 'x'\n"
+    )
+
+
+def _dead_letters(client: RedisStreamsClient, stream: str) -> list[dict[str, str | bytes]]:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    letters = []
+    for i, event in enumerate(sample_events(30, seed=7)):
+        if i % 3:
+            failure = Failure(
+                error=f"order {1000 + i} not found for tenant '{event.tenant_id}'",
+                error_type="KeyError",
+                traceback=_traceback("load_order"),
+                attempts=4,
+                source_stream=stream,
+                source_id=f"{1700000000000 + i}-0",
+                group="billing",
+                consumer=f"worker-{i % 2}",
+                failed_at=base + timedelta(minutes=i),
+            )
+        else:
+            failure = Failure(
+                error=f"timeout after {i}.5s talking to 10.0.0.{i}:6379",
+                error_type="TimeoutError",
+                attempts=1,
+                source_stream=stream,
+                source_id=f"{1700000000000 + i}-0",
+                group="billing",
+                consumer="worker-0",
+                failed_at=base + timedelta(minutes=i),
+            )
+        letters.append({**encode_event(event), **failure.to_fields()})
+    client.add_many(client.dlq_stream(stream), letters)
+    return letters
+
+
+def test_dlq_frame_typed(streams_client: RedisStreamsClient, stream_name: str) -> None:
+    letters = _dead_letters(streams_client, stream_name)
+    df = dlq_to_dataframe(streams_client, stream_name)
+    assert list(df.columns) == [
+        "id", "ts", "failed_at", "error_signature", "error_type", "error", "attempts",
+        "source_stream", "source_id", "group", "consumer", "traceback", *BASE[2:],
+    ]  # fmt: skip
+    assert dtypes(df) == {
+        **BASE_DTYPES,
+        "failed_at": "datetime64[us, UTC]",
+        "error_signature": "category",
+        "error_type": "category",
+        "error": "str",
+        "attempts": "Int64",
+        "source_stream": "category",
+        "source_id": "str",
+        "group": "category",
+        "consumer": "category",
+        "traceback": "str",
+    }
+    assert df["error"].tolist() == [x["dlq_error"] for x in letters]
+    assert df["attempts"].tolist() == [int(x["dlq_attempts"]) for x in letters]
+    assert df["failed_at"].tolist() == [pd.Timestamp(x["dlq_failed_at"]) for x in letters]
+    assert df["event_id"].tolist() == [x["id"] for x in letters]
+    assert set(df["error_signature"].astype(str)) == {
+        "KeyError: order <n> not found for tenant <str> [" + df["error_signature"][1][-9:],
+        "TimeoutError: timeout after <n>s talking to <ip>",
+    }
+
+
+def test_dlq_summary_and_failures_over_time(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    _dead_letters(streams_client, stream_name)
+    df = dlq_to_dataframe(streams_client, stream_name)
+    summary = dlq_summary(df)
+    assert summary["count"].tolist() == [20, 10]
+    assert summary["error_type"].astype(str).tolist() == ["KeyError", "TimeoutError"]
+    first = summary.iloc[0]
+    assert first["first_failure"] == pd.Timestamp("2026-01-01T00:01:00Z")
+    assert first["last_failure"] == pd.Timestamp("2026-01-01T00:29:00Z")
+    assert first["example_id"] == df["id"][1]
+
+    by_two = dlq_summary(df, by=("error_type", "consumer"))
+    assert by_two["count"].sum() == 30
+    assert list(by_two.columns[:3]) == ["error_type", "consumer", "count"]
+    with pytest.raises(KeyError, match="nope"):
+        dlq_summary(df, by="nope")
+
+    buckets = failures_over_time(df, "10min")
+    assert buckets["failures"].tolist() == [10, 10, 10]
+    split = failures_over_time(df, "10min", by="error_type")
+    assert split.sum().to_dict() == {"KeyError": 20, "TimeoutError": 10}
+
+
+def test_dlq_custom_name(redis_client: redis.Redis, stream_name: str) -> None:
+    client = RedisStreamsClient(redis_client, dlq_names={stream_name: stream_name + ":dead"})
+    failure = Failure(error="boom", error_type="RuntimeError").to_fields()
+    redis_client.xadd(stream_name + ":dead", {"event_type": "x", **failure})
+    assert len(dlq_to_dataframe(client, stream_name)) == 1
+    assert len(dlq_to_dataframe(redis_client, stream_name, dlq=stream_name + ":dead")) == 1
+    assert dlq_to_dataframe(redis_client, stream_name).empty
+
+
+# -- parquet and progress -------------------------------------------------------------------------
+
+
+def _sorted_categories(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for name in out.columns:
+        if isinstance(out[name].dtype, pd.CategoricalDtype):
+            out[name] = out[name].cat.reorder_categories(sorted(out[name].cat.categories))
+    return out
+
+
+def test_parquet_round_trip(
+    streams_client: RedisStreamsClient, stream_name: str, tmp_path: Path
+) -> None:
+    streams_client.add_many(stream_name, sample_events(95, seed=5))
+    path = tmp_path / "events.parquet"
+    written = export_parquet(
+        streams_client, stream_name, path, chunk_rows=20, payload_fields=["sender.login"]
+    )
+    frame = stream_to_dataframe(streams_client, stream_name, payload_fields=["sender.login"])
+    back = pd.read_parquet(path)
+    assert written == 95
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(path).metadata.num_row_groups == 5
+    assert back["_extra"].isna().all()
+    pd.testing.assert_frame_equal(_sorted_categories(back.drop(columns="_extra")), frame)
+
+
+def test_parquet_later_fields_and_empty(
+    redis_client: redis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    for i in range(5):
+        redis_client.xadd(stream_name, {"event_type": "a", "n": str(i)})
+    redis_client.xadd(stream_name, {"event_type": "b", "late": "value", "blob": b"\xff"})
+    path = tmp_path / "mixed.parquet"
+    assert export_parquet(redis_client, stream_name, path, chunk_rows=5) == 6
+    back = pd.read_parquet(path)
+    assert json.loads(back["_extra"][5]) == {"late": "value", "blob": "\\xff"}
+    assert dict(back["_raw"][5]) == {"blob": b"\xff"}
+    assert back["n"].tolist()[:5] == ["0", "1", "2", "3", "4"]
+
+    empty = tmp_path / "empty.parquet"
+    assert export_parquet(redis_client, stream_name + "-missing", empty) == 0
+    assert list(pd.read_parquet(empty).columns) == [*BASE, "_extra"]
+
+
+def test_progress_bar(
+    redis_client: redis.Redis,
+    stream_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis_client.xadd(stream_name, {"event_type": "a"})
+    assert len(stream_to_dataframe(redis_client, stream_name, progress=True)) == 1
+    assert stream_name in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pytest.raises(MissingDependencyError, match=r"streamlab\[notebook\]"):
+        stream_to_dataframe(redis_client, stream_name, progress=True)
+    assert len(stream_to_dataframe(redis_client, stream_name)) == 1
+
+
+def test_notebook_shows_progress_by_default(
+    redis_client: redis.Redis,
+    stream_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Shell:
+        def __init__(self) -> None:
+            self.config = {"IPKernelApp": {}}
+
+    class FakeIPython:
+        @staticmethod
+        def get_ipython() -> Shell:
+            return Shell()
+
+    redis_client.xadd(stream_name, {"event_type": "a"})
+    stream_to_dataframe(redis_client, stream_name)
+    assert stream_name not in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "IPython", FakeIPython)
+    stream_to_dataframe(redis_client, stream_name)
+    assert stream_name in capsys.readouterr().err
+    stream_to_dataframe(redis_client, stream_name, progress=False)
+    assert stream_name not in capsys.readouterr().err
+
+
+def test_parsed_reply_fallback_gives_the_same_frames(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    """Clients other than redis.Redis (e.g. RedisCluster) go through redis-py's parsed
+    replies; the frames must not differ."""
+    from streamlab.frames._fetch import Fetcher
+
+    _pending_setup(streams_client, stream_name)
+    parsed = Fetcher(redis_client)
+    parsed._raw = None
+    for build in (
+        lambda c: stream_to_dataframe(c, stream_name, page_size=7),
+        lambda c: pending_to_dataframe(c, stream_name, "g", page_size=6).drop(
+            columns=["idle", "consumer_idle"]
+        ),
+    ):
+        pd.testing.assert_frame_equal(build(parsed), build(redis_client))
