@@ -397,12 +397,12 @@ def test_rejects_bad_arguments(streams_client: Client, stream_name: str) -> None
 def test_cluster_slots_checked_before_writing(
     streams_client: Client, stream_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import streamlab.replay
+    import streamlab.replay.run
 
     fill_dlq(
         streams_client.redis, streams_client.dlq_stream(stream_name), [dlq_fields(0, stream_name)]
     )
-    monkeypatch.setattr(streamlab.replay, "is_cluster", lambda _: True)
+    monkeypatch.setattr(streamlab.replay.run, "is_cluster", lambda _: True)
     with pytest.raises(ConfigError, match="cluster slots"):
         replay_dlq(streams_client, stream_name, target="untagged-target")
     assert not streams_client.redis.exists("untagged-target")

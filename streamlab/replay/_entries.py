@@ -1,0 +1,125 @@
+"""DLQ entries as read, and the id, client and paging helpers the replay modules share."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+
+from streamlab.client import RedisStreamsClient, translate_errors
+from streamlab.errors import ConfigError
+from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS, StreamMessage, decode_message
+
+PAGE: Final = 1000
+
+_DLQ_B = frozenset(name.encode() for name in DLQ_FIELDS)
+_DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
+_REPO_KEYS = (b"repository", b"repo_name", b"repo")
+_TENANT_KEYS = (b"tenant_id", b"tenant")
+_ID = re.compile(r"^(\d+)-(\d+)$")
+
+
+def _as_client(client: Any) -> RedisStreamsClient:
+    if isinstance(client, RedisStreamsClient):
+        return client
+    if isinstance(client, redis.Redis) or hasattr(client, "xadd"):
+        return RedisStreamsClient(client)
+    raise TypeError(
+        f"client must be a RedisStreamsClient or a redis-py client, not {type(client).__name__}"
+    )
+
+
+def _parse_id(value: Any, what: str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    match = _ID.match(text.strip())
+    if not match:
+        raise ConfigError(f"{what}: {value!r} is not a stream id like '1700000000000-0'")
+    return int(match[1]), int(match[2])
+
+
+def _id_text(parsed: tuple[int, int]) -> str:
+    return f"{parsed[0]}-{parsed[1]}"
+
+
+# -- DLQ entries -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One DLQ entry as read: its id and raw fields (names and values as bytes)."""
+
+    id: str
+    raw: dict[bytes, bytes]
+    _message: StreamMessage | None = None
+
+    def text(self, name: bytes) -> str:
+        value = self.raw.get(name)
+        return "" if value is None else value.decode("utf-8", "replace")
+
+    def first(self, names: Sequence[bytes]) -> str:
+        # Mirrors decode_event: of several aliases, the first one in entry order wins.
+        for key, value in self.raw.items():
+            if key in names:
+                return value.decode("utf-8", "replace")
+        return ""
+
+    @property
+    def event_type(self) -> str:
+        return self.text(b"event_type")
+
+    @property
+    def repository(self) -> str:
+        return self.first(_REPO_KEYS)
+
+    @property
+    def tenant(self) -> str:
+        tenant = self.first(_TENANT_KEYS)
+        if tenant or b"auth_context" not in self.raw:
+            return tenant
+        try:
+            auth = json.loads(self.raw[b"auth_context"])
+        except ValueError:
+            return ""
+        return str(auth.get("tenant_id") or "") if isinstance(auth, dict) else ""
+
+    def message(self, dlq: str) -> StreamMessage:
+        """The DLQ entry decoded (``failure`` set; ``event`` None when it does not decode)."""
+        if self._message is None:
+            self._message = decode_message(dlq, self.id, self.raw)
+        return self._message
+
+    def original(self, retry_count: bytes = b"0") -> list[bytes]:
+        """Flat name, value list of the event to inject: dlq_* and old marker fields dropped."""
+        flat: list[bytes] = []
+        seen_retry = False
+        for name, value in self.raw.items():
+            if name in _DROP:
+                continue
+            if name == b"retry_count":
+                seen_retry = True
+                flat += (name, retry_count)
+            else:
+                flat += (name, value)
+        if not seen_retry:
+            flat += (b"retry_count", retry_count)
+        return flat
+
+
+def _page(r: Any, key: str, start: str, end: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+    """Entries of ``key`` from ``start`` to ``end``, paged (COUNT 1000, exclusive restart)."""
+    while True:
+        with translate_errors(key):
+            batch = r.xrange(key, start, end, count=PAGE)
+        yield from batch
+        if len(batch) < PAGE:
+            return
+        start = "(" + batch[-1][0].decode()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

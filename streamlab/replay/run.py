@@ -1,0 +1,389 @@
+"""Replaying: `replay_dlq`, its `ReplayReport`, and the batches of script calls it sends."""
+
+from __future__ import annotations
+
+import html
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import redis
+
+from streamlab._progress import progress_bar
+from streamlab.client import RedisStreamsClient, seconds
+from streamlab.errors import ConfigError
+from streamlab.events import format_time
+from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
+from streamlab.replay._entries import _as_client, _Entry
+from streamlab.replay.selection import _FILTERS, ReplaySelection, select_dlq
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DEFAULT_LEDGER_TTL", "FAILED_GROUP", "ReplayReport", "replay_dlq"]
+
+DEFAULT_LEDGER_TTL: Final = timedelta(days=30)
+
+
+class _FailedGroup:
+    """Sentinel: stamp ``replay_group`` with the group the event failed in (``dlq_group``)."""
+
+    def __repr__(self) -> str:
+        return "FAILED_GROUP"
+
+
+FAILED_GROUP: Final = _FailedGroup()
+
+
+class _Cancel(Protocol):
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ReplayReport:
+    """What a replay run did (or, with ``dry_run``, would do).
+
+    ``selected`` lists the DLQ ids considered, oldest first; each ends in exactly one of
+    ``replayed``, ``skipped`` (id -> reason: already replayed, gone from the DLQ, no target),
+    ``failed`` (id -> error; the entry stays in the DLQ) or, after a cancel, ``remaining``.
+    ``mapping`` gives DLQ id -> new stream id for every replayed id, and for ids this same run
+    replayed before a rerun; a dry run cannot know new ids (the server assigns them on XADD)
+    and maps each id it would replay to None. ``targets`` gives DLQ id -> target stream.
+    """
+
+    stream: str
+    dlq: str
+    replay_id: str
+    dry_run: bool
+    keep_in_dlq: bool = False
+    selected: list[str] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    remaining: list[str] = field(default_factory=list)
+    mapping: dict[str, str | None] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    duration: timedelta = timedelta(0)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed and nothing was left over by a cancel."""
+        return not self.failed and not self.remaining
+
+    def outcome(self, dlq_id: str) -> str:
+        """``replayed``, ``skipped``, ``failed`` or ``remaining`` for a selected id."""
+        if dlq_id in self.skipped:
+            return "skipped"
+        if dlq_id in self.failed:
+            return "failed"
+        if dlq_id in self.mapping:
+            return "replayed"
+        return "remaining"
+
+    def __str__(self) -> str:
+        mode = "DRY RUN, nothing written: " if self.dry_run else ""
+        verb = "would replay" if self.dry_run else "replayed"
+        text = (
+            f"{mode}replay {self.replay_id} of {self.dlq!r}: {len(self.selected):,} selected, "
+            f"{len(self.replayed):,} {verb}, {len(self.skipped):,} skipped, "
+            f"{len(self.failed):,} failed"
+        )
+        if self.cancelled:
+            text += f", cancelled with {len(self.remaining):,} remaining"
+        return text + f" in {self.duration.total_seconds():.2f} s"
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per selected id: ``dlq_id``, ``outcome``, ``target``, ``new_id``, ``reason``."""
+        import pandas as pd
+
+        ids = self.selected
+        reasons = self.skipped | self.failed
+        return pd.DataFrame(
+            {
+                "dlq_id": pd.Series(ids, dtype="str"),
+                "outcome": pd.Categorical(
+                    [self.outcome(i) for i in ids],
+                    categories=["replayed", "skipped", "failed", "remaining"],
+                ),
+                "target": pd.Series([self.targets.get(i) for i in ids], dtype="str"),
+                "new_id": pd.Series([self.mapping.get(i) for i in ids], dtype="str"),
+                "reason": pd.Series([reasons.get(i) for i in ids], dtype="str"),
+            }
+        )
+
+    def _repr_html_(self) -> str:
+        frame = self.to_dataframe()
+        counts = frame["outcome"].value_counts(sort=False).to_frame().T.to_html(index=False)
+        shown = frame.head(50).to_html(index=False)
+        more = f"<p>… {len(frame) - 50:,} more rows</p>" if len(frame) > 50 else ""
+        return f"<p><b>{html.escape(str(self))}</b></p>{counts}{shown}{more}"
+
+
+# -- replaying ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Plan:
+    entry: _Entry
+    target: str
+    replay_count: int
+    group: bytes | None
+
+
+class _Replayer:
+    """Runs the planned script calls in pipelined batches and fills the report."""
+
+    def __init__(self, c: RedisStreamsClient, report: ReplayReport, *, ledger_ttl: int) -> None:
+        self.c = c
+        self.report = report
+        self.script = c.scripts.replay
+        self.ledger = ledger_key(report.dlq, report.replay_id)
+        self.ttl = ledger_ttl
+        self.keys_tail = [replayed_key(report.dlq), self.ledger]
+        self.loaded = False
+        self.head = [
+            b"1" if report.dry_run else b"0",
+            b"1" if report.keep_in_dlq else b"0",
+            report.replay_id.encode(),
+        ]
+
+    def stamp(self, plan: _Plan, now: bytes) -> list[bytes]:
+        marker = [
+            b"replay_id", self.head[2],
+            b"replay_of", plan.entry.id.encode(),
+            b"replay_count", str(plan.replay_count).encode(),
+            b"replayed_at", now,
+        ]  # fmt: skip
+        if plan.group:
+            marker += (b"replay_group", plan.group)
+        return marker
+
+    def run_batch(self, batch: Sequence[_Plan]) -> None:
+        pipe = self.c.redis.pipeline(transaction=False)
+        scripts = getattr(pipe, "scripts", None)
+        if scripts is not None:
+            scripts.add(self.script)  # loaded before execute if missing, as Script() does
+        elif not self.loaded:
+            self.c.redis.script_load(self.script.script)  # cluster pipeline: load it once
+            self.loaded = True
+        sha, dlq, tail, head = self.script.sha, self.report.dlq, self.keys_tail, self.head
+        now = format_time(datetime.now(UTC)).encode()
+        for plan in batch:
+            pipe.execute_command(
+                "EVALSHA", sha, 4, dlq, plan.target, *tail, plan.entry.id, *head,
+                plan.group or b"", *plan.entry.original(), *self.stamp(plan, now),
+            )  # fmt: skip
+        if self.ttl and not self.report.dry_run:
+            pipe.expire(self.ledger, self.ttl)
+        replies = pipe.execute(raise_on_error=False)
+        for plan, reply in zip(batch, replies, strict=False):
+            self.record(plan, reply)
+
+    def record(self, plan: _Plan, reply: Any) -> None:
+        report, dlq_id = self.report, plan.entry.id
+        if isinstance(reply, Exception):
+            if isinstance(reply, redis.ConnectionError):
+                raise reply
+            report.failed[dlq_id] = f"{type(reply).__name__}: {reply}"
+            return
+        status, detail = reply[0].decode(), reply[1].decode("utf-8", "replace")
+        if status in ("ok", "dry"):
+            report.replayed.append(dlq_id)
+            report.mapping[dlq_id] = detail if status == "ok" else None
+        elif status == "marked":
+            run, new_id, target = [*detail.split("\n", 2), "", ""][:3]
+            report.skipped[dlq_id] = (
+                f"already replayed (kept in the DLQ) by run {run} into {target!r} as {new_id}"
+            )
+        elif status == "done":
+            new_id, _, target = [*detail.split("\n", 2), "", ""][:3]
+            report.skipped[dlq_id] = f"already replayed by this run into {target!r} as {new_id}"
+            report.mapping[dlq_id] = new_id
+        elif status == "gone":
+            report.skipped[dlq_id] = (
+                "no longer in the DLQ (replayed by another run, or deleted or trimmed)"
+            )
+        else:
+            report.failed[dlq_id] = f"target {plan.target!r} is a {detail}, not a stream"
+
+
+def _plan(
+    selection: ReplaySelection,
+    report: ReplayReport,
+    target: str | None,
+    for_group: str | _FailedGroup | None,
+) -> list[_Plan]:
+    """Targets, replay counts and groups; skipped / failed entries go straight to the report."""
+    plans: list[_Plan] = []
+    fixed_group = None if isinstance(for_group, _FailedGroup) or for_group is None else for_group
+    for entry in selection._entries:
+        report.selected.append(entry.id)
+        dest = target or entry.text(b"dlq_source_stream")
+        if not dest:
+            report.skipped[entry.id] = (
+                "no dlq_source_stream field and no target given: pass target= to replay it"
+            )
+            continue
+        report.targets[entry.id] = dest
+        prior = entry.raw.get(b"replay_count", b"0") or b"0"
+        try:
+            count = int(prior) + 1
+        except ValueError:
+            report.failed[entry.id] = (
+                f"DLQ entry {entry.id}: field 'replay_count' is not an integer: {prior!r}"
+            )
+            continue
+        if isinstance(for_group, _FailedGroup):
+            group = entry.raw.get(b"dlq_group") or None
+        else:
+            group = fixed_group.encode() if fixed_group else None
+        plans.append(_Plan(entry, dest, count, group))
+    return plans
+
+
+def _check_slots(c: RedisStreamsClient, dlq: str, replay_id: str, targets: Iterable[str]) -> None:
+    if not is_cluster(c.redis):
+        return
+    for dest in set(targets):
+        check_same_slot(dlq, dest, replayed_key(dlq), ledger_key(dlq, replay_id))
+
+
+def _pace(cancel: _Cancel | None, delay: float) -> None:
+    if delay <= 0:
+        return
+    if cancel is not None:
+        cancel.wait(delay)
+    else:
+        time.sleep(delay)
+
+
+def _batches(
+    plans: list[_Plan], size: int, rate: float | None, cancel: _Cancel | None
+) -> Iterator[list[_Plan]]:
+    """Batches of ``plans``, paced to ``rate`` events/s, stopping when ``cancel`` is set."""
+    if rate is not None:
+        # Batches of ~0.1 s worth of events keep a slow replay smooth and promptly cancellable.
+        size = min(size, max(1, int(rate / 10)))
+    start = time.monotonic()
+    sent = 0
+    for i in range(0, len(plans), size):
+        if rate is not None:
+            _pace(cancel, start + sent / rate - time.monotonic())
+        if cancel is not None and cancel.is_set():
+            return
+        batch = plans[i : i + size]
+        yield batch
+        sent += len(batch)
+
+
+def replay_dlq(
+    client: RedisStreamsClient | redis.Redis,
+    stream: str,
+    selection: ReplaySelection | None = None,
+    *,
+    target: str | None = None,
+    dry_run: bool = False,
+    rate: float | None = None,
+    batch_size: int = 500,
+    keep_in_dlq: bool = False,
+    progress: bool | None = None,
+    for_group: str | _FailedGroup | None = FAILED_GROUP,
+    cancel: _Cancel | None = None,
+    replay_id: str | None = None,
+    ledger_ttl: timedelta | float | None = DEFAULT_LEDGER_TTL,
+    **filters: Any,
+) -> ReplayReport:
+    """Re-inject DLQ entries of ``stream`` (the source stream's name) and report what happened.
+
+    Replays ``selection`` (from `select_dlq`), or the entries the ``filters`` (the keyword
+    arguments of `select_dlq`) select; with neither, the whole DLQ.
+
+    - ``target``: the stream to add the events to; by default each entry's source stream
+      (``dlq_source_stream``). Entries with neither are skipped with the reason.
+    - ``dry_run``: run every check (in the same script, against the live data) and write
+      nothing; the report equals a real run's except that ``mapping`` values are None.
+    - ``rate``: at most that many events per second (ignored by a dry run);
+      ``batch_size``: script calls per pipeline round trip.
+    - ``keep_in_dlq``: leave the entries in the DLQ, marked in ``<dlq>:replayed``.
+    - ``progress``: True shows a tqdm bar (needs ``streamlab[notebook]``), None shows one in
+      a notebook when tqdm is installed, False never.
+    - ``for_group``: the ``replay_group`` stamped on the events: by default the group each
+      event failed in (other groups ack and skip it); a group name; None for every group.
+    - ``cancel``: a `threading.Event`; when set, the replay stops before the next batch and
+      the report lists the rest in ``remaining``. Rerunning continues (idempotent).
+    - ``replay_id``: reuse a run id (e.g. an interrupted run's) so the rerun's events join its
+      ledger; default a new uuid4.
+    - ``ledger_ttl``: how long `replay_outcome` can follow this run (None: forever).
+
+    Raises `ConfigError` before writing anything when a target cannot share the DLQ's cluster
+    slot. A connection lost mid-run raises; every event is then either replayed or still in
+    the DLQ, and running the replay again finishes the job.
+    """
+    c = _as_client(client)
+    dlq = c.dlq_stream(stream)
+    selection = _selection(c, stream, dlq, selection, filters)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
+    if rate is not None and rate <= 0:
+        raise ConfigError(f"rate: must be > 0 events per second, got {rate}")
+    ttl = 0 if ledger_ttl is None else int(seconds(ledger_ttl) or 0)
+    report = ReplayReport(
+        stream, dlq, replay_id or str(uuid.uuid4()), dry_run, keep_in_dlq=keep_in_dlq
+    )
+    clock = time.perf_counter()
+    plans = _plan(selection, report, target, for_group)
+    _check_slots(c, dlq, report.replay_id, (p.target for p in plans))
+    replayer = _Replayer(c, report, ledger_ttl=max(ttl, 0))
+    bar = progress_bar(progress, len(plans), "dry run" if dry_run else "replay", unit="event")
+    done = 0
+    try:
+        for batch in _batches(plans, batch_size, None if dry_run else rate, cancel):
+            replayer.run_batch(batch)
+            done += len(batch)
+            bar.update(len(batch))
+    except redis.ConnectionError as exc:
+        exc.add_note(
+            f"replay {report.replay_id} interrupted after {done:,} of {len(plans):,} events; "
+            "each is either replayed or still in the DLQ: run the replay again to finish"
+        )
+        raise
+    finally:
+        bar.close()
+    report.remaining = [p.entry.id for p in plans[done:]]
+    report.cancelled = bool(report.remaining)
+    report.duration = timedelta(seconds=time.perf_counter() - clock)
+    return report
+
+
+def _selection(
+    c: RedisStreamsClient,
+    stream: str,
+    dlq: str,
+    selection: ReplaySelection | None,
+    filters: Mapping[str, Any],
+) -> ReplaySelection:
+    unknown = set(filters) - _FILTERS
+    if unknown:
+        raise TypeError(
+            f"replay_dlq() got unknown argument(s) {sorted(unknown)}; "
+            f"filters are {sorted(_FILTERS)}"
+        )
+    if selection is None:
+        return select_dlq(c, stream, **filters)
+    if filters:
+        raise ConfigError("pass either a selection or filters to replay_dlq, not both")
+    if selection.dlq != dlq:
+        raise ConfigError(
+            f"the selection is of DLQ {selection.dlq!r} but stream {stream!r} has DLQ {dlq!r}"
+        )
+    return selection
