@@ -156,6 +156,9 @@ class Consumer:
             check_same_slot(config.stream, self.dlq)
         self.stats = RunStats()
         self._in_hand: dict[str, StreamMessage] = {}
+        # When each message in hand reached us: a retry is handed over only if nobody has
+        # been given the message since (see _settle).
+        self._received: dict[str, float] = {}
         self._next_claim = 0.0
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
@@ -193,6 +196,8 @@ class Consumer:
             batch += self.client.read_from_stream(
                 cfg.stream, cfg.group, cfg.consumer, room, block=None if batch else block
             )
+        received = time.monotonic()
+        self._received.update((m.id, received) for m in batch)
         return batch
 
     def _claim_due(self) -> list[StreamMessage]:
@@ -273,13 +278,13 @@ class Consumer:
         """Report a failed message: it is retried after its backoff, or dead-lettered when its
         retries are spent.
 
-        Returns the action taken: RETRY, DEAD_LETTER, or SKIP when the entry was not
-        dead-lettered because it is no longer this consumer's (another consumer took it over).
+        Returns the action taken: RETRY, DEAD_LETTER, or SKIP when nothing was done because the
+        entry is no longer this consumer's (another consumer took it over meanwhile).
         """
         msg = self._in_hand.pop(message_id, None) or self._fetch(message_id)
         decision = self._after_failure(error, msg)
         done = self._settle([(msg, decision)])
-        if decision.action is Action.DEAD_LETTER and not done.dead_lettered:
+        if not (done.dead_lettered or done.retried):
             return Action.SKIP
         return decision.action
 
@@ -297,23 +302,30 @@ class Consumer:
         cfg = self.config
         done = RunStats()
         acks: list[str] = []
-        retries: dict[int, list[str]] = defaultdict(list)
+        # (IDLE to set, min idle it must have) -> ids; see retry_idle_ms for the first.
+        retries: dict[tuple[int, int], list[str]] = defaultdict(list)
         dead: list[StreamMessage] = []
         pipe = self.redis.pipeline(transaction=False)
+        now = time.monotonic()
         for msg, decision in outcomes:
             entry_id = msg if isinstance(msg, str) else msg.id
+            received = self._received.pop(entry_id, None)
             if decision.action in (Action.ACK, Action.SKIP):
                 acks.append(entry_id)
                 done.skipped += decision.action is Action.SKIP
             elif decision.action is Action.RETRY:
-                retries[retry_idle_ms(decision.delay, cfg.claim_min_idle)].append(entry_id)
+                # XCLAIM's min-idle makes the hand-over fail when another consumer took the
+                # message over meanwhile (its delivery is younger than ours): it is theirs now.
+                held_ms = 0 if received is None else max(int((now - received) * 1000) - 1, 0)
+                idle = retry_idle_ms(decision.delay, cfg.claim_min_idle)
+                retries[idle, held_ms].append(entry_id)
             elif isinstance(msg, StreamMessage):
                 dead.append(msg)
                 self._dead_letter(pipe, msg, decision)
         if acks:
             pipe.xack(cfg.stream, cfg.group, *acks)
-        for idle, ids in retries.items():
-            pipe.xclaim(cfg.stream, cfg.group, RETRY_CONSUMER, 0, ids, idle=idle, justid=True)
+        for (idle, held_ms), ids in retries.items():
+            pipe.xclaim(cfg.stream, cfg.group, RETRY_CONSUMER, held_ms, ids, idle=idle, justid=True)
         if not (acks or retries or dead):
             return done
         with translate_errors(cfg.stream, cfg.group):
@@ -321,11 +333,11 @@ class Consumer:
         if retries:
             # Stamped after the XCLAIMs ran: a stamp taken before could fall a millisecond
             # short of Redis' due time, and a claim that finds nothing waits a whole poll.
-            soonest = (self._min_idle_ms - max(retries)) / 1000
+            soonest = (self._min_idle_ms - max(idle for idle, _ in retries)) / 1000
             self._retry_due = min(self._retry_due, time.monotonic() + soonest)
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
         done.acked = len(acks) - done.skipped
-        done.retried = sum(len(ids) for ids in retries.values())
+        done.retried = sum(len(r) for r in replies[len(replies) - len(retries) :])
         self._count(done)
         return done
 

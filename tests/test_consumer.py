@@ -443,3 +443,36 @@ def test_entry_replayed_for_another_group_is_acked_and_skipped(
 def test_consumer_config_rejects_a_schedule_longer_than_claim_min_idle() -> None:
     with pytest.raises(ValueError, match="claim_min_idle"):
         ConsumerConfig(stream="s", group="g", claim_min_idle=timedelta(seconds=1))
+
+
+def test_a_late_nack_does_not_take_back_a_message_another_consumer_took_over(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """A handler slower than claim_min_idle: another consumer has taken the message over by
+    the time it fails. The failure must not hand the message to the retry queue under the
+    new owner's feet."""
+    r = streams_client.redis
+    [entry] = streams_client.add_many(stream_name, [StreamEvent(event_type="push")])
+    config = ConsumerConfig(stream=stream_name, group="g", consumer="slow")
+    streams_client.ensure_group(stream_name, "g")
+    slow = Consumer(streams_client, config)
+    [msg] = slow.read_messages(block=0.01)
+    time.sleep(0.05)
+    r.xclaim(stream_name, "g", "rescuer", 0, [entry])  # the takeover, just now
+
+    assert slow.nack_message(msg.id, ValueError("late")) is Action.SKIP
+    [row] = r.xpending_range(stream_name, "g", "-", "+", 10)
+    assert (row["consumer"], row["times_delivered"]) == (b"rescuer", 2)
+    assert slow.stats.retried == 0
+    assert r.xlen(streams_client.dlq_stream(stream_name)) == 0
+
+    # Without a takeover, the same late failure is handed to the retry queue as usual.
+    [entry2] = streams_client.add_many(stream_name, [StreamEvent(event_type="push")])
+    [msg2] = slow.read_messages(block=0.01)
+    time.sleep(0.05)
+    assert slow.nack_message(msg2.id, ValueError("late")) is Action.RETRY
+    owners = {
+        x["message_id"].decode(): x["consumer"]
+        for x in r.xpending_range(stream_name, "g", "-", "+", 10)
+    }
+    assert owners == {entry: b"rescuer", entry2: RETRY_CONSUMER.encode()}
