@@ -33,6 +33,8 @@ from streamlab.scripts import Scripts
 __all__ = ["RedisStreamsClient", "StreamsClient", "connect", "seconds", "translate_errors"]
 
 Fields = Mapping[str, Any]
+# One entry as redis-py returns it: ``(id, {name: value})``, all bytes.
+RawEntry = tuple[bytes, dict[bytes, bytes]]
 # The read timeout redis-py gives connections that were not told one (5 s in redis-py 8).
 _REDIS_PY_TIMEOUT: float = getattr(redis.connection, "DEFAULT_SOCKET_TIMEOUT", 5.0)
 
@@ -246,6 +248,21 @@ class RedisStreamsClient:
         longer than the connection's socket timeout is split into shorter waits so that it
         returns normally instead of raising TimeoutError.
         """
+        return decode_entries(stream, self._read_entries(stream, group, consumer, count, block))
+
+    def _read_entries(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int,
+        block: float | timedelta | None = None,
+    ) -> list[RawEntry]:
+        """`read_from_stream` without decoding: raw ``(id, fields)`` entries.
+
+        The consumer decodes each entry just before its handler, so that handled messages
+        die at once instead of living until their batch is settled.
+        """
         wait = seconds(block)
         deadline = time.monotonic() + wait if wait else 0.0
         while True:
@@ -257,19 +274,21 @@ class RedisStreamsClient:
                 chunk = max(int(remaining * 1000), 1)
             with translate_errors(stream, group):
                 reply = self.redis.xreadgroup(group, consumer, {stream: ">"}, count, chunk)
-            messages = self._messages(stream, reply)
-            if messages or not wait or time.monotonic() >= deadline:
-                return messages
+            entries = self._entries(reply)
+            if entries or not wait or time.monotonic() >= deadline:
+                return entries
 
     @staticmethod
-    def _messages(stream: str, reply: Any) -> list[StreamMessage]:
+    def _entries(reply: Any) -> list[RawEntry]:
         if not reply:
             return []
         # RESP2 gives [[name, entries]], RESP3 {name: [entries]}.
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        entries: list[RawEntry] = (
+            next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        )
         if entries and isinstance(entries[0], list) and len(entries) == 1:
             entries = entries[0]
-        return decode_entries(stream, entries)
+        return entries
 
     def ack_message(self, stream: str, group: str, message_id: str) -> int:
         """Acknowledge one message; return how many were acked (0 or 1)."""

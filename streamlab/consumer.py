@@ -25,7 +25,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamlab.backoff import Backoff
-from streamlab.client import RedisStreamsClient, translate_errors
+from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
@@ -46,6 +46,8 @@ from streamlab.policy import (
 __all__ = ["Consumer", "ConsumerConfig", "Handler", "RunStats", "default_consumer_name"]
 
 Handler = Callable[[StreamMessage], object]
+# A batch item: a decoded message, or a new entry as read (see `Consumer._read`).
+Item = StreamMessage | RawEntry
 ACK = Decision(Action.ACK)
 # How long one blocking read may last inside `run`, so that a stop request is seen promptly.
 _POLL = 1.0
@@ -178,7 +180,8 @@ class Consumer:
         wait = cfg.block_duration if block is None else block
         batch: list[StreamMessage] = []
         settled: list[tuple[StreamMessage | str, Decision]] = []
-        for msg in self._read(wait):
+        for item in self._read(wait):
+            msg = self._message(item)
             decision = before_handler(msg, cfg.group, cfg.max_retries)
             if decision.action is Action.HANDLE:
                 batch.append(msg)
@@ -188,17 +191,29 @@ class Consumer:
         self._in_hand.update((m.id, m) for m in batch)
         return batch
 
-    def _read(self, block: float | timedelta | None) -> list[StreamMessage]:
-        batch = self._claim_due() if time.monotonic() >= self._next_claim else []
+    def _read(self, block: float | timedelta | None) -> list[Item]:
+        """Claimed messages (decoded: they carry their delivery counts), then new entries,
+        left raw for `_message` to decode when their turn comes."""
+        batch: list[Item] = []
+        if time.monotonic() >= self._next_claim:
+            batch += self._claim_due()
         room = self.config.batch_size - len(batch)
         if room > 0:
             cfg = self.config
-            batch += self.client.read_from_stream(
-                cfg.stream, cfg.group, cfg.consumer, room, block=None if batch else block
+            batch += self.client._read_entries(
+                cfg.stream, cfg.group, cfg.consumer, room, None if batch else block
             )
         received = time.monotonic()
-        self._received.update((m.id, received) for m in batch)
+        self._received.update(
+            (item.id if isinstance(item, StreamMessage) else item[0].decode(), received)
+            for item in batch
+        )
         return batch
+
+    def _message(self, item: Item) -> StreamMessage:
+        if isinstance(item, StreamMessage):
+            return item
+        return decode_message(self.config.stream, item[0], item[1])
 
     def _claim_due(self) -> list[StreamMessage]:
         cfg = self.config
@@ -377,8 +392,12 @@ class Consumer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def process(self, batch: Sequence[StreamMessage], handler: Handler) -> None:
+    def process(self, batch: Sequence[Item], handler: Handler) -> None:
         """Run ``handler`` on each message of ``batch`` and settle them all in one round trip.
+
+        Raw entries are decoded just before their handler runs, and only the ids of handled
+        messages are kept: a batch's payloads do not pile up until it is settled, which
+        spares the garbage collector most of its work on the hot path.
 
         If the handler raises a BaseException that is not an Exception (KeyboardInterrupt,
         SystemExit), what was already decided is settled and the rest stays pending, to be
@@ -388,11 +407,15 @@ class Consumer:
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
         failed = 0
         try:
-            for msg in batch:
+            for item in batch:
+                msg = self._message(item)
                 decision = before_handler(msg, cfg.group, cfg.max_retries)
                 if decision.action is Action.HANDLE:
                     decision = self._handle(msg, handler)
-                    failed += decision.action is not Action.ACK
+                    if decision is ACK:
+                        outcomes.append((msg.id, ACK))
+                        continue
+                    failed += 1
                 outcomes.append((msg, decision))
         finally:
             self.stats.handled += len(outcomes)
