@@ -11,7 +11,9 @@ Starts its own EmbeddedServer (never the one on 6379). Prints, per size:
 - peak memory of stream_to_dataframe, measured in a fresh child process as the growth of its
   peak RSS (VmHWM, reset through /proc/self/clear_refs just before the call) against the
   frame's ``memory_usage(deep=True)`` (tracemalloc cannot see Arrow's allocations);
-- pending_to_dataframe vs a loop that fetches each pending entry's fields by id.
+- pending_to_dataframe vs a loop that fetches each pending entry's fields by id;
+- export_parquet's peak memory (same RSS measure) at each size, chunks of 50,000 rows:
+  constant once the stream is larger than a chunk.
 
 Targets (issue 3): >= 4x baseline, >= 0.5x bare fetch, peak <= 2.5x frame; pending >= 5x.
 """
@@ -21,9 +23,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +38,13 @@ import redis
 from streamlab.client import RedisStreamsClient
 from streamlab.embedded import EmbeddedServer
 from streamlab.events import encode_event
-from streamlab.frames import pending_to_dataframe, stream_to_dataframe
+from streamlab.frames import export_parquet, pending_to_dataframe, stream_to_dataframe
 from streamlab.samples import sample_events
 
 STREAM = "bench:frames"
 PENDING = "bench:pending"
 PAGE = 10_000
+PARQUET_CHUNK = 50_000
 
 
 def best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -127,27 +132,48 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def memory_child(url: str, stream: str, n: int) -> None:
-    """Run in a fresh process: peak RSS growth during one stream_to_dataframe call."""
+def memory_child(url: str, stream: str, n: int, parquet: str | None = None) -> None:
+    """Run in a fresh process: peak RSS growth during one stream_to_dataframe call, or
+    during one export_parquet call when ``parquet`` names a file."""
     r = redis.Redis.from_url(url)
     stream_to_dataframe(r, stream, count=10)  # imports and first-use costs out of the way
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = rss_now()
-    df = stream_to_dataframe(r, stream, count=n)
+    if parquet:
+        rows = export_parquet(r, stream, parquet, count=n, chunk_rows=PARQUET_CHUNK)
+        frame = 0
+    else:
+        df = stream_to_dataframe(r, stream, count=n)
+        rows, frame = len(df), int(df.memory_usage(deep=True).sum())
     peak = peak_rss() - before
-    frame = int(df.memory_usage(deep=True).sum())
-    print(json.dumps({"rows": len(df), "frame": frame, "peak": peak}))
+    print(json.dumps({"rows": rows, "frame": frame, "peak": peak}))
 
 
-def measure_memory(url: str, n: int) -> dict[str, int]:
+def measure_memory(url: str, n: int, parquet: str | None = None) -> dict[str, int]:
+    child = [sys.executable, __file__, "--memory-child", url, STREAM, str(n)]
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", url, STREAM, str(n)],
+        child + ([parquet] if parquet else []),
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result: dict[str, int] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def bench_parquet(server: EmbeddedServer, sizes: list[int]) -> None:
+    """The stream is loaded by bench_stream; export it at each size in a fresh process."""
+    print(f"\nexport_parquet (peak RSS growth, chunks of {PARQUET_CHUNK:,} rows)")
+    print(f"{'entries':>9} {'seconds':>8} {'file MB':>8} {'peak MB':>8}")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "bench.parquet")
+        for n in sizes:
+            started = time.perf_counter()
+            mem = measure_memory(server.url, n, path)
+            took = time.perf_counter() - started
+            assert mem["rows"] == n
+            size = os.path.getsize(path) / 1e6
+            print(f"{n:>9} {took:>8.2f} {size:>8.1f} {mem['peak'] / 1e6:>8.1f}", flush=True)
 
 
 def bench_stream(server: EmbeddedServer, sizes: list[int], repeat: int) -> None:
@@ -240,17 +266,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--pending", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--memory-child", nargs=3, metavar=("URL", "STREAM", "N"))
+    parser.add_argument("--no-parquet", action="store_true", help="skip the export_parquet runs")
+    parser.add_argument("--memory-child", nargs="+", metavar="URL STREAM N [PARQUET]")
     args = parser.parse_args()
     if args.memory_child:
-        url, stream, n = args.memory_child
-        memory_child(url, stream, int(n))
+        url, stream, n, *parquet = args.memory_child
+        memory_child(url, stream, int(n), *parquet)
         return
     with EmbeddedServer() as server:
         info = server.client().info("server")
         version = info.get("redis_version")
         print(f"server: {version} ({server.binary}); python {sys.version.split()[0]}")
         bench_stream(server, sorted(args.sizes), args.repeat)
+        if not args.no_parquet:
+            bench_parquet(server, sorted(args.sizes))
         if args.pending:
             bench_pending(server, sorted(args.pending))
 

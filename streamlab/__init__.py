@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         failures_over_time,
         groups_to_dataframe,
         pending_to_dataframe,
+        read_parquet,
         stream_to_dataframe,
     )
     from streamlab.replay import (
@@ -73,6 +74,7 @@ _LAZY = {
         "failures_over_time",
         "groups_to_dataframe",
         "pending_to_dataframe",
+        "read_parquet",
         "stream_to_dataframe",
     ),
     "replay": (
@@ -134,6 +136,7 @@ __all__ = [
     "failures_over_time",
     "groups_to_dataframe",
     "pending_to_dataframe",
+    "read_parquet",
     "stream_to_dataframe",
     "ReplayReport",
     "ReplaySelection",

@@ -9,27 +9,44 @@ function, not line numbers, so a signature survives an unrelated edit of the fil
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
+from collections.abc import Callable
 
 __all__ = ["error_signature", "normalise_error", "traceback_frames"]
 
 MAX_TEXT = 200
 
+
+def _ipv6(match: re.Match[str]) -> str:
+    address, rest = match[1] or match[2], ""
+    if address.endswith(":") and not address.endswith("::"):  # "fe80::1: refused"
+        address, rest = address[:-1], ":"
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return match[0]
+    return "<ip>" + rest
+
+
 # Order matters: the specific shapes first, so that a uuid is not eaten as hex and numbers.
-_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+_RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b"), "<uuid>"),
     (re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "<email>"),
     (re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+"), "<url>"),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<ip>"),
+    # IPv6 candidates (two colons or more, or in brackets), kept when they parse as one.
+    (re.compile(r"\[([0-9a-fA-F:.]+)\](?::\d+)?"
+                r"|(?<![\w:])([0-9a-fA-F]*:[0-9a-fA-F]*:[0-9a-fA-F:.]*)(?!\w)"), _ipv6),
     (re.compile(r"\b\d{10,}-\d+\b"), "<id>"),
     (re.compile(r"(?<![\w\\])'(?:[^'\\\n]|\\.)*'"), "<str>"),
     (re.compile(r'(?<![\w\\])"(?:[^"\\\n]|\\.)*"'), "<str>"),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b"), "<hex>"),
-    (re.compile(r"(?<![A-Za-z])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"), "<n>"),
+    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{7,}\b"), "<hex>"),
+    (re.compile(r"(?:(?<!\w)[-+])?(?<![A-Za-z])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"), "<n>"),
     (re.compile(r"\s+"), " "),
 )  # fmt: skip
-_KEY_ONLY = re.compile(r"(?:\w+: )?'[^'\n]{1,80}'")
+_KEY_ONLY = re.compile(r"((?:\w+: )?')([^'\n]{1,80})(')")
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 
 
@@ -64,16 +81,19 @@ def error_signature(error: str, traceback: str = "") -> str:
 
     The normalised error text, followed by ``[xxxxxxxx]``, a hash of the traceback's frames
     when the traceback has any. An empty ``error`` falls back to the traceback's last line.
-    A message that is only a quoted value (``KeyError: 'release_notes'``) is kept as is:
-    there the value names the bug. Frames are (file name, function) without line numbers,
-    so two raises in one function share the hash; their texts usually tell them apart.
+    A message that is only a quoted value (``KeyError: 'release_notes'``) keeps it, since
+    there the value names the bug, with the variable parts of the value normalised
+    (``KeyError: 'evt-0042'`` gives ``KeyError: 'evt-<n>'``). Frames are (file name,
+    function) without line numbers, so two raises in one function share the hash; their texts
+    usually tell them apart.
 
     >>> error_signature("order 4411 not found for 'acme'")
     'order <n> not found for <str>'
     """
-    source = error or _last_line(traceback)
-    # A KeyError's whole message is the missing key: that key is the bug, keep it.
-    text = source.strip() if _KEY_ONLY.fullmatch(source.strip()) else normalise_error(source)
+    source = (error or _last_line(traceback)).strip()
+    # A KeyError's whole message is the missing key: a named key is the bug, keep it.
+    key = _KEY_ONLY.fullmatch(source)
+    text = f"{key[1]}{normalise_error(key[2])}{key[3]}" if key else normalise_error(source)
     frames = traceback_frames(traceback) if traceback else []
     if not frames:
         return text

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import redis
 
@@ -25,6 +26,7 @@ from streamlab.frames import (
     failures_over_time,
     groups_to_dataframe,
     pending_to_dataframe,
+    read_parquet,
     stream_to_dataframe,
 )
 from streamlab.samples import platform_entries, sample_events
@@ -223,7 +225,9 @@ def test_decode_responses_client_refused(redis_url: str, stream_name: str) -> No
         client.close()
 
 
-def test_missing_stream_and_wrong_type(redis_client: redis.Redis, stream_name: str) -> None:
+def test_missing_stream_and_wrong_type(
+    redis_client: redis.Redis, stream_name: str, tmp_path: Path
+) -> None:
     empty = stream_to_dataframe(redis_client, stream_name)
     assert empty.empty
     assert dtypes(empty) == BASE_DTYPES
@@ -237,6 +241,13 @@ def test_missing_stream_and_wrong_type(redis_client: redis.Redis, stream_name: s
         groups_to_dataframe(redis_client, stream_name)
     with pytest.raises(WrongTypeError):
         pending_to_dataframe(redis_client, stream_name, "g")
+    with pytest.raises(WrongTypeError):
+        consumers_to_dataframe(redis_client, stream_name, "g")
+    with pytest.raises(WrongTypeError):
+        export_parquet(redis_client, stream_name, tmp_path / "x.parquet")
+    redis_client.set(f"{stream_name}_dlq", "not a stream either")
+    with pytest.raises(WrongTypeError):
+        dlq_to_dataframe(redis_client, stream_name)
 
 
 # -- pending, groups, consumers ------------------------------------------------------------------
@@ -312,6 +323,11 @@ def test_pending_filters_and_dead_consumer(
     assert set(only_w2["consumer"].astype(str)) == {"w2"}
     assert len(only_w2) == redis_client.xpending(stream_name, "g")["consumers"][-1]["pending"]
     assert pending_to_dataframe(redis_client, stream_name, "g", min_idle=3600).empty
+    # min_idle keeps exactly what XPENDING's IDLE filter keeps (w2's fresh read is left out).
+    idle = pending_to_dataframe(redis_client, stream_name, "g", min_idle=0.2)
+    expected = redis_client.xpending_range(stream_name, "g", "-", "+", 1000, idle=200)
+    assert idle["id"].tolist() == [row["message_id"].decode() for row in expected]
+    assert 0 < len(idle) < len(df)
 
     bare = pending_to_dataframe(redis_client, stream_name, "g", with_entries=False)
     assert bare["id"].tolist() == df["id"].tolist()
@@ -359,6 +375,22 @@ def test_groups_and_consumers(
     }
     pending = dict(zip(consumers["consumer"].astype(str), consumers["pending"], strict=True))
     assert pending == {"streamlab:retry": 1, "w1": 14, "w2": 10}
+    # 40 entries, 25 delivered; the deletions lie before the last delivered id, so lag holds.
+    assert (g["entries_read"], g["lag"]) == (25, 15)
+    assert groups.set_index("group").loc["idle-group", "lag"] == 0
+    for row in streams_client.redis.xinfo_groups(stream_name):
+        mine = groups.set_index("group").loc[row["name"].decode()]
+        ours = [None if pd.isna(v) else v for v in (mine["entries_read"], mine["lag"])]
+        assert ours == [row["entries-read"], row["lag"]]
+    # `inactive` comes from Redis >= 7.2 (and Valkey); older servers leave it empty.
+    for row in streams_client.redis.xinfo_consumers(stream_name, "g"):
+        mine = consumers.set_index("consumer").loc[row["name"].decode()]
+        if "inactive" in row:
+            # Read a moment after the frame: as long or a little longer.
+            later = pd.Timedelta(milliseconds=row["inactive"])
+            assert mine["inactive"] <= later < mine["inactive"] + pd.Timedelta(seconds=1)
+        else:
+            assert pd.isna(mine["inactive"])
     empty = groups_to_dataframe(redis_client, stream_name + "-missing")
     assert empty.empty
     assert list(empty.columns) == list(groups.columns)
@@ -475,30 +507,51 @@ def test_dlq_custom_name(redis_client: redis.Redis, stream_name: str) -> None:
 # -- parquet and progress -------------------------------------------------------------------------
 
 
-def _sorted_categories(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    for name in out.columns:
-        if isinstance(out[name].dtype, pd.CategoricalDtype):
-            out[name] = out[name].cat.reorder_categories(sorted(out[name].cat.categories))
-    return out
-
-
 def test_parquet_round_trip(
     streams_client: RedisStreamsClient, stream_name: str, tmp_path: Path
 ) -> None:
     streams_client.add_many(stream_name, sample_events(95, seed=5))
-    path = tmp_path / "events.parquet"
-    written = export_parquet(
-        streams_client, stream_name, path, chunk_rows=20, payload_fields=["sender.login"]
+    # Invalid values too: they must come back flagged, with their raw bytes.
+    streams_client.redis.xadd(
+        stream_name, {"event_type": "push", "retry_count": "x", "timestamp": "soon", "b": b"\xff"}
     )
-    frame = stream_to_dataframe(streams_client, stream_name, payload_fields=["sender.login"])
-    back = pd.read_parquet(path)
-    assert written == 95
-    import pyarrow.parquet as pq
-
+    path = tmp_path / "events.parquet"
+    paths = ["sender.login", "ref"]
+    written = export_parquet(streams_client, stream_name, path, chunk_rows=20, payload_fields=paths)
+    frame = stream_to_dataframe(streams_client, stream_name, payload_fields=paths)
+    assert written == 96
     assert pq.ParquetFile(path).metadata.num_row_groups == 5
-    assert back["_extra"].isna().all()
-    pd.testing.assert_frame_equal(_sorted_categories(back.drop(columns="_extra")), frame)
+    assert frame["_decode_error"].notna().sum() == 1
+    pd.testing.assert_frame_equal(read_parquet(path), frame)
+    # Any Parquet reader sees the stored columns: paths as JSON text, late fields in _extra.
+    stored = pd.read_parquet(path)
+    assert json.loads(stored["payload.sender.login"].dropna().iloc[0]) in set(
+        frame["payload.sender.login"].dropna()
+    )
+    assert json.loads(stored["_extra"].iloc[-1]) == {"b": "\\xff"}
+
+
+def test_parquet_schema_holds_when_values_change_type_across_chunks(
+    redis_client: redis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    docs: list[object] = [None, None, 7, 8, "eight", {"n": 9}]
+    for doc in docs:
+        redis_client.xadd(stream_name, {"event_type": "a", "payload": json.dumps({"v": doc})})
+    for _ in range(2):  # fields first seen after the first chunk, typed by their names
+        redis_client.xadd(
+            stream_name,
+            {"event_type": "a", "attempts": "3", "consumer": "w1", "note": "late"},
+        )
+    path = tmp_path / "changing.parquet"
+    assert export_parquet(redis_client, stream_name, path, chunk_rows=2, payload_fields=["v"]) == 8
+    back = read_parquet(path)
+    frame = stream_to_dataframe(redis_client, stream_name, payload_fields=["v"])
+    pd.testing.assert_frame_equal(back, frame)
+    # Mixed JSON types: JSON text, as stream_to_dataframe gives them.
+    assert back["payload.v"].tolist()[2:6] == ["7", "8", "eight", '{"n": 9}']
+    assert back["payload.v"].iloc[[0, 1, 6, 7]].isna().all()
+    assert back["attempts"].dtype == "Int64"
+    assert back["consumer"].dtype == "category"
 
 
 def test_parquet_later_fields_and_empty(
@@ -513,10 +566,14 @@ def test_parquet_later_fields_and_empty(
     assert json.loads(back["_extra"][5]) == {"late": "value", "blob": "\\xff"}
     assert dict(back["_raw"][5]) == {"blob": b"\xff"}
     assert back["n"].tolist()[:5] == ["0", "1", "2", "3", "4"]
+    pd.testing.assert_frame_equal(
+        read_parquet(path), stream_to_dataframe(redis_client, stream_name)
+    )
 
     empty = tmp_path / "empty.parquet"
     assert export_parquet(redis_client, stream_name + "-missing", empty) == 0
     assert list(pd.read_parquet(empty).columns) == [*BASE, "_extra"]
+    assert list(read_parquet(empty).columns) == BASE
 
 
 def test_progress_bar(

@@ -57,3 +57,20 @@ def test_traceback_frames() -> None:
         ("handlers.py", "load"),
     ]
     assert traceback_frames("no frames here") == []
+
+
+def test_data_keys_ipv6_and_short_shas_fold() -> None:
+    # A missing key that is data (an id) folds; a missing key that is a name stays.
+    assert error_signature("KeyError: 'evt-0-00000012'") == error_signature(
+        "KeyError: 'evt-7-00000913'"
+    )
+    assert error_signature("KeyError: 'evt-0-00000012'") == "KeyError: 'evt-<n>-<n>'"
+    assert error_signature("KeyError: '1795839300822-0'") == "KeyError: '<id>'"
+    assert error_signature("ValueError: 'a9f3c2d1e0b4'") == "ValueError: '<hex>'"
+    assert error_signature("KeyError: 'v2_field'") == "KeyError: 'v2_field'"
+    assert normalise_error("connect to 2001:db8::1 failed") == "connect to <ip> failed"
+    assert normalise_error("dial [fe80::1]:6379: refused") == "dial <ip>: refused"
+    assert normalise_error("::1 refused") == "<ip> refused"
+    assert normalise_error("Foo::bar at 12:30:45") == "Foo::bar at <n>:<n>:<n>"
+    assert normalise_error("bad commit 1a2b3c4") == "bad commit <hex>"
+    assert normalise_error("offset -5 of x-1") == "offset <n> of x-<n>"

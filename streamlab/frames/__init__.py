@@ -8,7 +8,7 @@ Frames are built column-wise in Arrow, so building one costs about as much as fe
 
 from __future__ import annotations
 
-from streamlab.frames.parquet import export_parquet
+from streamlab.frames.parquet import export_parquet, read_parquet
 from streamlab.frames.pending import (
     PENDING_STATES,
     RETRY_CONSUMER,
@@ -31,5 +31,6 @@ __all__ = [
     "failures_over_time",
     "groups_to_dataframe",
     "pending_to_dataframe",
+    "read_parquet",
     "stream_to_dataframe",
 ]

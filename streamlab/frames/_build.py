@@ -21,7 +21,16 @@ import pyarrow.compute as pc
 
 from streamlab.events import DLQ_FIELDS
 
-__all__ = ["DLQ_RENAMES", "STREAM_ALIASES", "STREAM_COLUMNS", "FrameBuilder", "ids_to_times"]
+__all__ = [
+    "DLQ_RENAMES",
+    "STREAM_ALIASES",
+    "STREAM_COLUMNS",
+    "FrameBuilder",
+    "ids_to_times",
+    "json_array",
+    "path_array",
+    "to_pandas",
+]
 
 TS_MS = pa.timestamp("ms", tz="UTC")
 TS_US = pa.timestamp("us", tz="UTC")
@@ -106,7 +115,7 @@ def _walk(doc: Any, keys: tuple[str, ...]) -> Any:
     return doc
 
 
-def _path_array(values: list[Any]) -> pa.Array:
+def path_array(values: list[Any]) -> pa.Array:
     """Scalars keep their JSON type; objects, arrays and mixed types become JSON text."""
     try:
         arr = pa.array(values)
@@ -118,6 +127,22 @@ def _path_array(values: list[Any]) -> pa.Array:
         return pa.nulls(len(values), pa.string())
     return pa.array(
         [v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string()
+    )
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as a frame's columns: nullable ints, categories in sorted order."""
+    df: pd.DataFrame = table.to_pandas(types_mapper=_TYPES_MAPPER)
+    for name in df.columns:
+        if isinstance(df[name].dtype, pd.CategoricalDtype):
+            df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
+    return df
+
+
+def json_array(values: list[Any]) -> pa.Array:
+    """Every value as JSON text (None stays null): one type whatever the values."""
+    return pa.array(
+        [None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string()
     )
 
 
@@ -135,11 +160,14 @@ class FrameBuilder:
         columns: Sequence[str],
         paths: Iterable[str] | None = None,
         tenant_from_auth: bool = True,
+        paths_as_json: bool = False,
     ) -> None:
         self.renames = dict(renames)
         self.base = tuple(columns)
         self.paths = parse_paths(paths)
         self.tenant_from_auth = tenant_from_auth
+        # Chunked writers need a type per path column that no later chunk can contradict.
+        self.paths_as_json = paths_as_json
         self._names: dict[tuple[bytes, ...], list[str]] = {}
         self.reset()
 
@@ -323,15 +351,12 @@ class FrameBuilder:
         for name in self._cols:
             arrays[name] = self._chunked(name)
         for column, values in self._path_values.items():
-            arrays[column] = _path_array(values)
+            arrays[column] = json_array(values) if self.paths_as_json else path_array(values)
         return pa.table(arrays)
 
     def frame(self) -> pd.DataFrame:
         """The rows added so far as a DataFrame, then `reset`."""
-        df: pd.DataFrame = self.table().to_pandas(types_mapper=_TYPES_MAPPER)
-        for name in df.columns:
-            if isinstance(df[name].dtype, pd.CategoricalDtype):
-                df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
+        df = to_pandas(self.table())
         errors: list[str | None] = [None] * self.rows
         raws: list[dict[str, bytes] | None] = [None] * self.rows
         for row, field, reason, raw in self._errors:

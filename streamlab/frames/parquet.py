@@ -9,33 +9,47 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from streamlab.frames._build import CATEGORY_FIELDS, arrow_type, path_array, to_pandas
 from streamlab.frames._fetch import PAGE_SIZE, fetcher
 from streamlab.frames.stream import Bound, read_pages, stream_builder
 
-__all__ = ["RAW_TYPE", "export_parquet"]
+__all__ = ["RAW_TYPE", "export_parquet", "read_parquet"]
 
 RAW_TYPE = pa.map_(pa.string(), pa.binary())
 EXTRA = "_extra"
+# Schema metadata naming the columns written as JSON text (the ``payload_fields`` paths).
+META = b"streamlab.json_columns"
 
 
-def _schema(df: pd.DataFrame) -> pa.Schema:
+def _schema(df: pd.DataFrame, json_columns: list[str]) -> pa.Schema:
     """The file's schema, from the first chunk: categories as int32 dictionaries (a later
-    chunk may have more values), ``_raw`` as a map, plus ``_extra``."""
+    chunk may have more values), ``payload_fields`` paths as JSON text (a later chunk may hold
+    another JSON type), ``_raw`` as a map, plus ``_extra``."""
     base = pa.Schema.from_pandas(df.drop(columns=["_raw"]), preserve_index=False)
     fields = []
     for field in base:
-        if pa.types.is_dictionary(field.type):
-            fields.append(field.with_type(pa.dictionary(pa.int32(), field.type.value_type)))
+        if isinstance(df[field.name].dtype, pd.CategoricalDtype):
+            # An empty category column has no value type to go by: it holds text.
+            value_type = getattr(field.type, "value_type", pa.null())
+            text = pa.string() if pa.types.is_null(value_type) else value_type
+            fields.append(field.with_type(pa.dictionary(pa.int32(), text)))
+        elif pa.types.is_null(field.type):
+            fields.append(field.with_type(arrow_type(field.name)))
         else:
             fields.append(field)
     fields += [pa.field("_raw", RAW_TYPE), pa.field(EXTRA, pa.string())]
-    return pa.schema(fields, metadata=base.metadata)
+    return pa.schema(fields, metadata={**(base.metadata or {}), META: json.dumps(json_columns)})
+
+
+def _text(value: Any) -> str:
+    return value.isoformat() if isinstance(value, pd.Timestamp) else str(value)
 
 
 def _extra(row: Mapping[Any, Any]) -> str | None:
-    values = {str(k): str(v) for k, v in row.items() if v is not None and not pd.isna(v)}
+    values = {str(k): _text(v) for k, v in row.items() if v is not None and not pd.isna(v)}
     return json.dumps(values) if values else None
 
 
@@ -80,13 +94,16 @@ def export_parquet(
 
     Pages are read and written ``chunk_rows`` at a time (one row group each), so memory
     stays that of one chunk whatever the stream's size. The schema is fixed by the first
-    chunk: a column absent from a later chunk is written as nulls, and a field that first
-    appears later goes, as JSON text, into the ``_extra`` column (always present, null
-    otherwise), so nothing is lost. ``_raw`` is a ``map<string, binary>``.
-    ``pd.read_parquet(path)`` gives back the frame (plus ``_extra``). Returns the row count.
+    chunk: a column absent from a later chunk is written as nulls, a field that first appears
+    later goes into the ``_extra`` column (a JSON object per row, null otherwise), and the
+    ``payload_fields`` columns hold each value as JSON text, so that no later chunk can
+    contradict the schema and nothing is lost. ``_raw`` is a ``map<string, binary>``.
+    `read_parquet` gives back exactly the frame `stream_to_dataframe` makes of the same entries;
+    ``pd.read_parquet`` (or any Parquet reader) sees the stored columns. Returns the row count.
     """
     source = fetcher(client)
-    builder = stream_builder(payload_fields)
+    builder = stream_builder(payload_fields, paths_as_json=True)
+    json_columns = [spec.column for spec in builder.paths]
     writer: pq.ParquetWriter | None = None
     schema = pa.schema([])
     written = 0
@@ -95,7 +112,7 @@ def export_parquet(
         nonlocal writer, written, schema
         frame = builder.frame()
         if writer is None:
-            schema = _schema(frame)
+            schema = _schema(frame, json_columns)
             writer = pq.ParquetWriter(path, schema, compression=compression)
         writer.write_table(_conform(frame, schema))
         written += len(frame)
@@ -115,3 +132,37 @@ def export_parquet(
         if writer is not None:
             writer.close()
     return written
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a file written by `export_parquet` back as the frame `stream_to_dataframe` gives.
+
+    ``payload_fields`` columns get their JSON types back, fields that first appeared after the
+    first chunk become columns again (typed like the exporter types them), and ``_raw`` holds
+    dicts again.
+    """
+    table = pq.read_table(path)
+    json_columns: list[str] = json.loads((table.schema.metadata or {}).get(META, b"[]"))
+    raw = table.column("_raw").to_pylist()
+    extras = [None if v is None else json.loads(v) for v in table.column(EXTRA).to_pylist()]
+    # The frame's order: known columns, other fields by first appearance, paths, errors.
+    names = [n for n in table.column_names if n not in ("_raw", EXTRA)]
+    before = next((n for n in (*json_columns, "_decode_error") if n in names), None)
+    at = names.index(before) if before else len(names)
+    late = list(dict.fromkeys(key for row in extras if row for key in row))
+    arrays = [table.column(n) for n in names[:at]]
+    arrays += [_typed(key, [row.get(key) if row else None for row in extras]) for key in late]
+    for name in names[at:]:
+        column = table.column(name)
+        if name in json_columns:
+            column = path_array([None if v is None else json.loads(v) for v in column.to_pylist()])
+        arrays.append(column)
+    df = to_pandas(pa.table(arrays, names=[*names[:at], *late, *names[at:]]))
+    df["_raw"] = pd.Series([None if v is None else dict(v) for v in raw], dtype=object)
+    return df
+
+
+def _typed(name: str, values: list[str | None]) -> pa.Array:
+    """A late field's column as the exporter types it: times, counters, categories, text."""
+    column = pa.array(values, pa.string()).cast(arrow_type(name))
+    return pc.dictionary_encode(column) if name in CATEGORY_FIELDS else column

@@ -66,9 +66,16 @@ def _fill(builder: FrameBuilder, pages: Iterable[list[Any]]) -> pd.DataFrame:
     return builder.frame()
 
 
-def stream_builder(payload_fields: Iterable[str] | None) -> FrameBuilder:
+def stream_builder(
+    payload_fields: Iterable[str] | None, *, paths_as_json: bool = False
+) -> FrameBuilder:
     """The builder behind `stream_to_dataframe` (also used by `export_parquet`)."""
-    return FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=payload_fields)
+    return FrameBuilder(
+        renames=STREAM_ALIASES,
+        columns=STREAM_COLUMNS,
+        paths=payload_fields,
+        paths_as_json=paths_as_json,
+    )
 
 
 def stream_to_dataframe(
