@@ -29,13 +29,16 @@ def _print(data: Any, as_json: bool) -> None:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
 
 
-def _client(url: str | None) -> Any:
+def _client(args: argparse.Namespace) -> Any:
     from streamlab.client import RedisStreamsClient
 
-    url = url or os.environ.get("REDIS_URL")
+    url = args.url or os.environ.get("REDIS_URL")
     if not url:
         raise StreamlabError("no server: pass --url or set REDIS_URL")
-    return RedisStreamsClient.from_url(url)
+    client = RedisStreamsClient.from_url(url)
+    if getattr(args, "dlq", None):
+        client.dlq_names[args.stream] = args.dlq
+    return client
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -76,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _client(args.url).get_stream_info(args.stream)
+    info = _client(args).get_stream_info(args.stream)
     data = dataclasses.asdict(info)
     if args.json:
         _print(data, True)
@@ -88,7 +91,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    client = _client(args.url)
+    client = _client(args)
     rows = client.redis.xpending_range(args.stream, args.group, "-", "+", args.count)
     data = [
         {
@@ -104,7 +107,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    client = _client(args.url)
+    client = _client(args)
     data = []
     for msg in client.read_dlq(args.stream, count=args.count):
         failure = msg.failure
@@ -146,7 +149,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from streamlab.replay import replay_dlq, select_dlq
 
-    client = _client(args.url)
+    client = _client(args)
     selection = select_dlq(
         client,
         args.stream,
@@ -211,12 +214,15 @@ def _report(report: Any, as_json: bool) -> None:
 def cmd_outcome(args: argparse.Namespace) -> int:
     from streamlab.replay import replay_outcome
 
-    frame = replay_outcome(_client(args.url), args.stream, args.replay_id)
+    frame = replay_outcome(_client(args), args.stream, args.replay_id)
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:
         print(frame["state"].value_counts().to_string())
     return 0
+
+
+DLQ_HELP = "the DLQ stream, when it is not <stream>_dlq (a configured dlq_stream)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,11 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     pending.set_defaults(func=cmd_pending)
     dlq = command("dlq", "dead-lettered entries with their failures")
     dlq.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
+    dlq.add_argument("--dlq", help=DLQ_HELP)
     dlq.add_argument("--count", type=int, default=100)
     dlq.set_defaults(func=cmd_dlq)
 
     replay = command("replay", "re-inject DLQ events (shows a dry run and asks first)")
     replay.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
+    replay.add_argument("--dlq", help=DLQ_HELP)
     for flag, dest in (
         ("--event-type", "event_type"),
         ("--tenant", "tenant"),
@@ -274,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     outcome = command("outcome", "what became of the events of a replay run")
     outcome.add_argument("stream")
     outcome.add_argument("replay_id")
+    outcome.add_argument("--dlq", help=DLQ_HELP)
     outcome.set_defaults(func=cmd_outcome)
     return parser
 

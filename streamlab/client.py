@@ -130,7 +130,9 @@ class RedisStreamsClient:
     """`StreamsClient` on a redis-py client.
 
     ``metrics`` receives produced counts. ``dlq_names`` maps a stream to a DLQ name other than
-    the default ``<stream>_dlq``.
+    the default ``<stream>_dlq`` (a `Consumer` adds its own DLQ here, so that `read_dlq`, the
+    exporters and replay find it). ``stream_maxlen`` maps a stream to the length producers
+    cap it at when a call gives no ``maxlen`` (the seed's ``max_length``).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class RedisStreamsClient:
         *,
         metrics: Metrics | None = None,
         dlq_names: Mapping[str, str] | None = None,
+        stream_maxlen: Mapping[str, int] | None = None,
     ) -> None:
         kwargs = getattr(redis_client, "connection_pool", None)
         conn_kwargs = getattr(kwargs, "connection_kwargs", {}) if kwargs else {}
@@ -151,6 +154,7 @@ class RedisStreamsClient:
         self.redis: Any = redis_client
         self.metrics: Metrics = metrics or NullMetrics()
         self.dlq_names = dict(dlq_names or {})
+        self.stream_maxlen = dict(stream_maxlen or {})
         self.scripts = Scripts(redis_client)
         # redis.Redis.from_url(url) leaves socket_timeout out of connection_kwargs, yet its
         # connections use redis-py's default (5 s): a long block must be split for them too.
@@ -177,8 +181,10 @@ class RedisStreamsClient:
     ) -> str:
         """Add one event (or raw entry fields); return its stream id.
 
-        ``maxlen`` trims the stream approximately (``MAXLEN ~``), which keeps XADD O(1).
+        ``maxlen`` (default: ``stream_maxlen[stream]``, else no cap) trims the stream
+        approximately (``MAXLEN ~``), which keeps XADD O(1).
         """
+        maxlen = maxlen or self.stream_maxlen.get(stream)
         with translate_errors(stream):
             entry_id = self.redis.xadd(stream, dict(self._fields(event)), maxlen=maxlen)
         self.metrics.produced(stream, 1)
@@ -192,7 +198,11 @@ class RedisStreamsClient:
         maxlen: int | None = None,
         batch_size: int = 1000,
     ) -> list[str]:
-        """Add events (or raw entry fields) in pipelined batches; return their ids in order."""
+        """Add events (or raw entry fields) in pipelined batches; return their ids in order.
+
+        ``maxlen`` is as for `add_to_stream`.
+        """
+        maxlen = maxlen or self.stream_maxlen.get(stream)
         trim: tuple[str, ...] = ("MAXLEN", "~", str(maxlen)) if maxlen else ()
         ids: list[str] = []
         pipe = self.redis.pipeline(transaction=False)

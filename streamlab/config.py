@@ -54,6 +54,7 @@ from streamlab.keys import dlq_key
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
+    from streamlab.client import RedisStreamsClient
     from streamlab.consumer import ConsumerConfig
 
 __all__ = [
@@ -430,6 +431,24 @@ class StreamlabSettings(BaseSettings):
             auth += ":" + quote(password, safe="")
         return f"redis://{auth + '@' if auth else ''}{host}:{port}/{self.redis.db}"
 
+    def client(self, **connect_kwargs: Any) -> RedisStreamsClient:
+        """A `RedisStreamsClient` on `redis_url` that knows the configured streams: their DLQ
+        names (so `read_dlq`, the exporters and replay find them) and their ``max_length``
+        (the cap producers apply when a call gives no ``maxlen``)."""
+        from streamlab.client import RedisStreamsClient, connect
+
+        return RedisStreamsClient(
+            connect(self.redis_url(), **connect_kwargs),
+            dlq_names={name: self.dlq_name(name) for name in self.streams},
+            stream_maxlen={name: s.max_length for name, s in self.streams.items() if s.max_length},
+        )
+
+    def dlq_name(self, stream: str) -> str:
+        """The DLQ of ``stream``: its ``dlq_stream``, else ``dlq.stream_name``, else
+        ``<stream>_dlq``."""
+        settings = self.streams.get(stream)
+        return dlq_key(stream, (settings and settings.dlq_stream) or self.dlq.stream_name)
+
     def consumer_config(self, stream: str, *, consumer: str | None = None) -> ConsumerConfig:
         """The `ConsumerConfig` for ``stream`` (a key of ``streams``).
 
@@ -456,7 +475,7 @@ class StreamlabSettings(BaseSettings):
                 max_retries=settings.max_retries,
                 backoff=settings.backoff.to_backoff(),
                 claim_min_idle=settings.claim_min_idle,
-                dlq_stream=dlq_key(stream, settings.dlq_stream or self.dlq.stream_name),
+                dlq_stream=self.dlq_name(stream),
                 dlq_maxlen=self.dlq.max_length,
                 dlq_retention=self.dlq.retention,
                 stream_maxlen=settings.max_length,

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
+from streamlab.errors import ConfigError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
@@ -75,8 +76,11 @@ class ConsumerConfig(BaseModel):
     ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
     another consumer takes it over; it must be at least the longest backoff delay, because
     retries wait out their backoff on the same clock. ``dlq_retention`` trims DLQ entries
-    older than it (MINID) whenever a message is dead-lettered. ``stream_maxlen`` is for
-    producers writing to this stream (``add_to_stream(..., maxlen=config.stream_maxlen)``).
+    older than it (MINID) whenever a message is dead-lettered. ``dlq_stream`` defaults to
+    ``<stream>_dlq`` (or to the client's ``dlq_names`` entry for the stream, when it has one
+    and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
+    stream (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's
+    ``stream_maxlen``; `StreamlabSettings.client` fills that in from the settings).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -90,7 +94,9 @@ class ConsumerConfig(BaseModel):
     backoff: Backoff = Field(default_factory=Backoff)
     claim_min_idle: timedelta = timedelta(seconds=60)
     claim_interval: timedelta = timedelta(milliseconds=100)
-    dlq_stream: str | None = None
+    dlq_stream: str = Field(
+        default_factory=lambda data: dlq_key(data.get("stream") or ""), min_length=1
+    )
     dlq_maxlen: int | None = Field(default=None, ge=1)
     dlq_retention: timedelta | None = None
     stream_maxlen: int | None = Field(default=None, ge=1)
@@ -113,8 +119,8 @@ class ConsumerConfig(BaseModel):
 
     @property
     def dlq(self) -> str:
-        """The DLQ stream name."""
-        return dlq_key(self.stream, self.dlq_stream)
+        """The DLQ stream name (``dlq_stream``)."""
+        return self.dlq_stream
 
 
 @dataclass
@@ -153,7 +159,9 @@ class Consumer:
         self.config = config
         self.redis = self.client.redis
         self.metrics: Metrics = metrics or self.client.metrics or NullMetrics()
-        self.dlq = config.dlq_stream or self.client.dlq_stream(config.stream)
+        self.dlq = self._dlq_name(config)
+        # The client then reads the DLQ where this consumer writes (read_dlq, exporters, replay).
+        self.client.dlq_names.setdefault(config.stream, self.dlq)
         if is_cluster(self.redis):
             check_same_slot(config.stream, self.dlq)
         self.stats = RunStats()
@@ -165,6 +173,17 @@ class Consumer:
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
         self._labels = (config.stream, config.group)
+
+    def _dlq_name(self, config: ConsumerConfig) -> str:
+        mapped = self.client.dlq_names.get(config.stream)
+        if "dlq_stream" not in config.model_fields_set:
+            return mapped or config.dlq_stream
+        if mapped and mapped != config.dlq_stream:
+            raise ConfigError(
+                f"stream {config.stream!r}: ConsumerConfig.dlq_stream is {config.dlq_stream!r} "
+                f"but the client's dlq_names say {mapped!r}; give one DLQ name"
+            )
+        return config.dlq_stream
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -365,7 +384,12 @@ class Consumer:
             consumer=cfg.consumer,
             traceback_limit=cfg.traceback_limit,
         )
-        fields: dict[str, bytes | str] = {**msg.fields, **record.to_fields()}
+        # Names back to their exact bytes: a name that is not UTF-8 was decoded with
+        # surrogate escapes, which redis-py cannot encode.
+        fields: dict[bytes, bytes | str] = {
+            name.encode("utf-8", "surrogateescape"): value for name, value in msg.fields.items()
+        }
+        fields.update((name.encode(), value) for name, value in record.to_fields().items())
         args: list[bytes | str | int] = [
             cfg.group,
             msg.id,

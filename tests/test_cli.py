@@ -67,6 +67,11 @@ def test_info_pending_and_dlq_commands(
     dlq = json.loads(streamlab("dlq", stream_name, "--url", redis_url, "--json").stdout)
     assert [(d["error_type"], d["error"]) for d in dlq] == [("ValueError", "boom")]
 
+    # A DLQ configured under another name (dlq_stream) is read with --dlq.
+    streams_client.redis.xadd(f"{stream_name}:failed", fields)
+    args = ["dlq", stream_name, "--dlq", f"{stream_name}:failed", "--url", redis_url, "--json"]
+    assert [d["error"] for d in json.loads(streamlab(*args).stdout)] == ["boom"]
+
 
 def test_missing_url_is_a_clear_error() -> None:
     run = subprocess.run(

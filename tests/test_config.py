@@ -459,6 +459,27 @@ def test_redis_url_authenticates_with_quoted_password(
         client.close()
 
 
+def test_settings_client_knows_dlq_names_and_stream_caps(redis_url: str, stream_name: str) -> None:
+    streams = {
+        stream_name: {"consumer_group": "g", "max_length": 50, "dlq_stream": "dead"},
+        "other": {"consumer_group": "g"},
+    }
+    client = load_settings(redis={"url": redis_url}, streams=streams).client()
+    uncapped = f"{stream_name}:uncapped"
+    try:
+        assert client.dlq_stream(stream_name) == "dead"
+        assert client.dlq_stream("other") == "other_dlq"
+        client.add_many(stream_name, ({"n": str(i)} for i in range(1000)))
+        client.add_to_stream(stream_name, {"n": "last"})
+        # MAXLEN ~ trims whole stream nodes (100 entries by default): near the cap, not at it.
+        assert 50 <= client.redis.xlen(stream_name) <= 250
+        client.add_many(uncapped, ({"n": str(i)} for i in range(300)))
+        assert client.redis.xlen(uncapped) == 300
+    finally:
+        client.redis.delete(uncapped)
+        client.redis.close()
+
+
 # --- consumer_config -------------------------------------------------------------------------
 
 

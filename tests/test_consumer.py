@@ -18,7 +18,7 @@ import redis
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
-from streamlab.errors import Reject, Retry
+from streamlab.errors import ConfigError, Reject, Retry
 from streamlab.events import DLQ_FIELDS, StreamEvent, StreamMessage, encode_event
 from streamlab.policy import RETRY_CONSUMER, Action
 
@@ -269,14 +269,24 @@ def test_poison_message_lands_in_the_dlq_once_with_its_failure_record(
 # -- undecodable entries -----------------------------------------------------------------------
 
 
-BAD_ENTRIES: dict[str, tuple[dict[str, bytes], str]] = {
+BAD_ENTRIES: dict[str, tuple[dict[str | bytes, bytes], str]] = {
     "bad-payload": ({"event_type": b"push", "payload": b"{not json"}, "payload"),
     "bad-auth": ({"event_type": b"push", "auth_context": b'{"tenant_id": '}, "auth_context"),
     "auth-not-object": ({"event_type": b"push", "auth_context": b"[1, 2]"}, "auth_context"),
     "no-event-type": ({"repository": b"acme/api", "payload": b"{}"}, "event_type"),
     "bad-retry-count": ({"event_type": b"push", "retry_count": b"abc"}, "retry_count"),
     "binary-garbage": ({"event_type": b"\xff\xfe\x00\x9c garbage"}, "event_type"),
+    # A field name that is not UTF-8 reaches the DLQ byte for byte too.
+    "binary-field-name": ({b"\xfe\xff name": b"x", "payload": b"{}"}, "event_type"),
 }
+
+
+def _names(fields: dict[str | bytes, bytes]) -> dict[str, bytes]:
+    """Field names as `StreamMessage.fields` has them (bytes names: surrogate escapes)."""
+    return {
+        k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else k: v
+        for k, v in fields.items()
+    }
 
 
 def test_undecodable_entries_go_to_the_dlq_at_once_and_never_block_the_group(
@@ -311,8 +321,33 @@ def test_undecodable_entries_go_to_the_dlq_at_once_and_never_block_the_group(
         error = msg.fields["dlq_error"].decode()
         assert source in error
         assert repr(field_name) in error, error
-        assert {k: v for k, v in msg.fields.items() if k not in DLQ_FIELDS} == fields
+        assert {k: v for k, v in msg.fields.items() if k not in DLQ_FIELDS} == _names(fields)
     assert pending_count(r, stream_name, "g") == 0
+
+
+def test_a_dlq_named_in_the_config_is_where_the_client_reads_it(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    client = RedisStreamsClient(redis_client)
+    add(client, stream_name, 2)
+    cfg = config(stream_name, dlq_stream=f"{stream_name}:failed")
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("bad")
+
+    Consumer(client, cfg).run(reject, burst=True, handle_signals=False)
+    assert redis_client.xlen(f"{stream_name}:failed") == 2
+    assert not redis_client.exists(f"{stream_name}_dlq")
+    # The consumer told its client where its DLQ is: read_dlq and the exporters find it.
+    assert [m.failure.error for m in client.read_dlq(stream_name) if m.failure] == ["bad"] * 2
+    assert ConsumerConfig(stream="s", group="g").dlq_stream == "s_dlq"
+
+    # A client already mapping the stream elsewhere: two DLQ names is a mistake, said at once.
+    other = RedisStreamsClient(redis_client, dlq_names={stream_name: "elsewhere"})
+    with pytest.raises(ConfigError, match="elsewhere"):
+        Consumer(other, cfg)
+    # Without an explicit dlq_stream the consumer follows the client's mapping.
+    assert Consumer(other, config(stream_name)).dlq == "elsewhere"
 
 
 # -- DLQ retention and length ------------------------------------------------------------------
