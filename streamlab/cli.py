@@ -8,11 +8,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 from streamlab.errors import StreamlabError
@@ -144,9 +148,12 @@ def _confirm(prompt: str) -> bool:
     return input(f"{prompt} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    import threading
+# A replay cancelled by Ctrl-C exits like a shell command killed by SIGINT.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Select, dry-run, confirm, replay; Ctrl-C stops between batches (exit code 130)."""
     from streamlab.replay import replay_dlq, select_dlq
 
     client = _client(args)
@@ -183,15 +190,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print("nothing replayed")
             return 1
     cancel = threading.Event()
-    try:
+    with _sigint_cancels(cancel):
         report = replay_dlq(
             client, args.stream, selection, rate=args.rate, cancel=cancel, **options
         )
-    except KeyboardInterrupt:  # pragma: no cover - interactive
-        cancel.set()
-        raise
     _report(report, args.json)
+    if report.cancelled:
+        return EXIT_INTERRUPTED
     return 0 if report.ok else 1
+
+
+@contextlib.contextmanager
+def _sigint_cancels(cancel: threading.Event) -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) sets ``cancel`` instead of raising KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install signal handlers
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        # Not cancel.set() here: the handler runs in the main thread, which may be inside
+        # cancel.wait() holding the event's lock, and set() would then wait for it forever.
+        threading.Thread(target=cancel.set, name="streamlab-sigint").start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        # None: a handler installed outside Python, which cannot be put back; Python's own then.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _report(report: Any, as_json: bool) -> None:
@@ -206,6 +232,8 @@ def _report(report: Any, as_json: bool) -> None:
         "skipped": report.skipped,
         "failed": report.failed,
         "mapping": report.mapping,
+        "cancelled": report.cancelled,
+        "remaining": report.remaining,
         "duration": report.duration.total_seconds(),
     }
     _print(data, True)

@@ -1,8 +1,11 @@
 """The `streamlab` command, run as a user runs it."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 
 from streamlab.client import RedisStreamsClient
 from streamlab.demo import BROKEN_REPOSITORY
@@ -123,3 +126,53 @@ def test_replay_command_dry_runs_asks_then_replays(
     outcome = streamlab("outcome", stream_name, done["replay_id"], "--url", redis_url, "--json")
     assert outcome.returncode == 0, outcome.stderr
     assert len(json.loads(outcome.stdout)) == 3
+
+
+def test_ctrl_c_cancels_a_replay_between_batches_and_reports_what_remains(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream_name, group="g")
+    pipe = r.pipeline(transaction=False)
+    for event in sample_events(600):
+        pipe.xadd(dlq, {**encode_event(event), **failure.to_fields()})
+    ids = [i.decode() for i in pipe.execute()]
+    args = ("replay", stream_name, "--url", redis_url, "--yes")
+    # 600 events at 200/s: about 3 s, so the signal surely lands mid-run.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlab.cli", *args, "--rate", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Events in the target: the real run (and its handler) has begun.
+        while r.xlen(stream_name) < 40:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    replayed = [f[b"replay_of"].decode() for _, f in r.xrange(stream_name)]
+    left = [i.decode() for i, _ in r.xrange(dlq)]
+    assert 40 <= len(replayed) < len(ids)  # really stopped half-way
+    assert sorted(replayed + left) == sorted(ids)  # nothing lost, nothing doubled
+    report = re.search(r"(\d+) replayed, 0 skipped, 0 failed, cancelled with (\d+) remaining", out)
+    assert report, out
+    assert (int(report[1]), int(report[2])) == (len(replayed), len(left))
+
+    rest = streamlab(*args, "--json")
+    assert rest.returncode == 0, rest.stderr
+    done = json.loads(rest.stdout)
+    assert sorted(done["replayed"]) == sorted(left)
+    assert done["cancelled"] is False
+    assert done["remaining"] == []
+    replayed = [f[b"replay_of"].decode() for _, f in r.xrange(stream_name)]
+    assert sorted(replayed) == sorted(ids)
+    assert r.xlen(dlq) == 0

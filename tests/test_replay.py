@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 import redis
 from test_replay_helpers import dlq_fields, fill_dlq
 
-from streamlab.client import RedisStreamsClient
+from streamlab.client import RedisStreamsClient, connect
 from streamlab.errors import ConfigError, MissingDependencyError
 from streamlab.events import DLQ_FIELDS, Failure, StreamMessage, decode_message
 from streamlab.replay import (
@@ -30,10 +33,10 @@ Client = RedisStreamsClient
 PUSH = "webhook.github.push"
 
 
-def mixed_dlq(c: Client, stream: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """Twelve DLQ entries varying every attribute a filter looks at."""
+def mixed_dlq(c: Client, stream: str, n: int = 12) -> tuple[list[str], list[dict[str, Any]]]:
+    """``n`` DLQ entries varying every attribute a filter looks at."""
     entries = []
-    for i in range(12):
+    for i in range(n):
         entries.append(
             dlq_fields(
                 i,
@@ -76,27 +79,37 @@ def test_each_filter_alone(
 
 
 def test_filters_combined(streams_client: Client, stream_name: str) -> None:
-    ids, entries = mixed_dlq(streams_client, stream_name)
-    sel = select_dlq(
-        streams_client,
-        stream_name,
-        tenants="tenant-1",
-        error_types=["TimeoutError"],
-        error_contains="upstream",
-        repositories=["acme/api", "acme/web"],
-        where=lambda ev: ev.payload["n"] != 3,
-    )
-    wanted = expect(
-        ids,
-        entries,
-        lambda e: (
-            e["tenant_id"] == "tenant-1"
-            and e["dlq_error_type"] == "TimeoutError"
-            and e["id"] != "evt-3"
-        ),
-    )
+    ids, entries = mixed_dlq(streams_client, stream_name, 24)
+    filters: dict[str, Any] = {
+        "tenants": "tenant-1",
+        "error_types": ["TimeoutError"],
+        "error_contains": "upstream",
+        "repositories": ["acme/api", "acme/web"],
+        "event_types": [PUSH, "webhook.github.issues"],
+        # Full DLQ ids, taken exactly (entries added in one pipeline may share a millisecond).
+        "since": ids[2],
+        "until": ids[20],
+        "ids": ids[:13] + ids[14:],
+        "where": lambda ev: ev.payload["n"] != 3,
+    }
+    sel = select_dlq(streams_client, stream_name, **filters)
+    wanted = [
+        dlq_id
+        for n, (dlq_id, e) in enumerate(zip(ids, entries, strict=True))
+        if e["tenant_id"] == "tenant-1"
+        and e["dlq_error_type"] == "TimeoutError"
+        and e["event_type"] != "other"
+        and 2 <= n <= 20  # since, until
+        and dlq_id != ids[13]
+        and e["id"] != "evt-3"
+    ]
+    assert wanted == [ids[7], ids[9], ids[19]]
     assert sel.ids == wanted
     assert sel.ids == [m.id for m in sel]
+    # Each of these filters, left out, lets in an entry all the others accept: each one bites.
+    for name in ("event_types", "since", "until", "ids", "where"):
+        looser = select_dlq(streams_client, stream_name, **(filters | {name: None}))
+        assert set(looser.ids) > set(wanted), name
     tenant_1 = expect(ids, entries, lambda e: e["tenant_id"] == "tenant-1")
     assert select_dlq(streams_client, stream_name, tenants="tenant-1", limit=2).ids == tenant_1[:2]
 
@@ -131,6 +144,37 @@ def test_since_and_until_bound_by_dead_letter_time(
     assert select_dlq(streams_client, stream_name, since=at.replace(tzinfo=None)).ids == [
         "2000-0",
         "3000-0",
+    ]
+
+
+def test_full_stream_ids_bound_within_one_millisecond(
+    streams_client: Client, stream_name: str
+) -> None:
+    dlq = streams_client.dlq_stream(stream_name)
+    every = [f"5000-{seq}" for seq in range(5)] + ["6000-0"]
+    for entry_id in every:
+        streams_client.redis.xadd(dlq, dlq_fields(0, stream_name), id=entry_id)
+
+    def chosen(**bounds: Any) -> list[str]:
+        return select_dlq(streams_client, stream_name, **bounds).ids
+
+    assert chosen(until="5000-1") == ["5000-0", "5000-1"]
+    assert chosen(since="5000-3") == ["5000-3", "5000-4", "6000-0"]
+    assert chosen(since="5000-1", until="5000-3") == ["5000-1", "5000-2", "5000-3"]
+    assert chosen(since="5000-2", until="5000-2") == ["5000-2"]
+    assert chosen(since="5000-3", until="5000-1") == []
+    assert chosen(since=" 5000-4 ", until="6000-0") == ["5000-4", "6000-0"]
+    # Milliseconds alone, or a time, still cover the whole millisecond.
+    assert chosen(since="5000", until="5000") == every[:5]
+    assert chosen(until=datetime.fromtimestamp(5, UTC)) == every[:5]
+    assert chosen(since="5000-2", until="5000-3", ids=every) == ["5000-2", "5000-3"]
+    report = replay_dlq(streams_client, stream_name, since="5000-1", until="5000-2")
+    assert report.replayed == ["5000-1", "5000-2"]
+    assert [i.decode() for i, _ in streams_client.redis.xrange(dlq)] == [
+        "5000-0",
+        "5000-3",
+        "5000-4",
+        "6000-0",
     ]
 
 
@@ -173,6 +217,8 @@ def test_replay_resets_retry_count_and_keeps_bytes(
     original = r.xrange(dlq)[0][1]
     report = replay_dlq(streams_client, stream_name)
     assert report.replayed == [dlq_id]
+    assert isinstance(report.duration, timedelta)
+    assert report.duration > timedelta(0)
     assert r.xlen(dlq) == 0
     [(new_id, out)] = written(r, stream_name)
     assert report.mapping == {dlq_id: new_id}
@@ -337,6 +383,68 @@ def test_cancel_before_and_between_batches(streams_client: Client, stream_name: 
     assert r.xlen(stream_name) == 10
 
 
+@pytest.mark.parametrize("cancel", [None, threading.Event()], ids=["sleep", "cancel-wait"])
+def test_rate_paces_the_replay(
+    streams_client: Client, stream_name: str, cancel: threading.Event | None
+) -> None:
+    ids = fill_dlq(
+        streams_client.redis,
+        streams_client.dlq_stream(stream_name),
+        [dlq_fields(i, stream_name) for i in range(60)],
+    )
+    began = time.monotonic()
+    report = replay_dlq(streams_client, stream_name, rate=100, cancel=cancel)
+    elapsed = time.monotonic() - began
+    assert report.replayed == ids
+    # 60 events at 100/s: the last of them may not start before 0.5 s (a lower bound only).
+    assert elapsed >= 0.49
+    assert report.duration >= timedelta(seconds=0.49)
+    assert not report.cancelled
+
+
+def test_concurrent_keep_in_dlq_replays_inject_each_event_once(
+    streams_client: Client, stream_name: str, redis_url: str
+) -> None:
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    ids = fill_dlq(r, dlq, [dlq_fields(i, stream_name) for i in range(1000)])
+    sel = select_dlq(streams_client, stream_name)
+    start = threading.Barrier(2)
+    reports: list[ReplayReport] = []
+    errors: list[BaseException] = []
+
+    def replay() -> None:
+        client = connect(redis_url)
+        try:
+            start.wait()
+            # Paced to ~0.5 s each, so that the two runs surely overlap.
+            reports.append(
+                replay_dlq(client, stream_name, sel, keep_in_dlq=True, rate=2000, batch_size=20)
+            )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=replay) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(reports) == 2
+    counts = Counter(f[b"id"].decode() for _, f in r.xrange(stream_name))
+    assert counts == Counter(f"evt-{i}" for i in range(1000))  # each event once
+    assert r.xlen(dlq) == 1000  # kept
+    assert {k.decode() for k in r.hkeys(replayed_key(dlq))} == set(ids)
+    first, second = (set(rep.replayed) for rep in reports)
+    assert not first & second
+    assert first | second == set(ids)
+    for mine, theirs in ((reports[0], second), (reports[1], first)):
+        assert set(mine.skipped) == theirs
+        assert all("kept in the DLQ" in why for why in mine.skipped.values())
+
+
 def test_entry_without_source_stream(streams_client: Client, stream_name: str) -> None:
     r = streams_client.redis
     fields = dlq_fields(0, stream_name)
@@ -493,6 +601,10 @@ def test_selection_and_report_render(streams_client: Client, stream_name: str) -
     report = replay_dlq(streams_client, stream_name, sel, dry_run=True)
     assert isinstance(report, ReplayReport)
     assert "DRY RUN" in str(report)
+    # The repr is the one-line summary: the id lists would print one item per event.
+    assert repr(report) == f"<ReplayReport: {report}>"
+    assert "12 selected, 12 would replay" in repr(report)
+    assert not any(dlq_id in repr(report) for dlq_id in ids)
     assert "<table" in report._repr_html_()
     rows = report.to_dataframe()
     assert rows["outcome"].tolist() == ["replayed"] * 12
@@ -500,12 +612,29 @@ def test_selection_and_report_render(streams_client: Client, stream_name: str) -
 
 
 def test_progress_bar_and_missing_tqdm(
-    streams_client: Client, stream_name: str, monkeypatch: pytest.MonkeyPatch
+    streams_client: Client,
+    stream_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import tqdm.auto
+
     fill_dlq(
-        streams_client.redis, streams_client.dlq_stream(stream_name), [dlq_fields(0, stream_name)]
+        streams_client.redis,
+        streams_client.dlq_stream(stream_name),
+        [dlq_fields(i, stream_name) for i in range(37)],
     )
-    assert replay_dlq(streams_client, stream_name, dry_run=True, progress=True).replayed
+    # The real bar, drawn on every update rather than at most every 0.1 s.
+    monkeypatch.setattr(tqdm.auto, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=0))
+    assert len(replay_dlq(streams_client, stream_name, dry_run=True, progress=True).replayed) == 37
+    bar = capsys.readouterr().err
+    assert "dry run:" in bar
+    assert "37.0/37.0" in bar  # tqdm's "done/total" (unit_scale shows 37 as 37.0)
+    report = replay_dlq(streams_client, stream_name, limit=36, progress=True, batch_size=12)
+    assert len(report.replayed) == 36
+    bar = capsys.readouterr().err
+    assert "replay:" in bar
+    assert all(f"{n}.0/36.0" in bar for n in (12, 24, 36))  # one step per batch
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     with pytest.raises(MissingDependencyError, match=r"streamlab\[notebook\]"):
         replay_dlq(streams_client, stream_name, progress=True)

@@ -47,7 +47,7 @@ class _Cancel(Protocol):
 # -- report ------------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ReplayReport:
     """What a replay run did (or, with ``dry_run``, would do).
 
@@ -101,6 +101,10 @@ class ReplayReport:
         if self.cancelled:
             text += f", cancelled with {len(self.remaining):,} remaining"
         return text + f" in {self.duration.total_seconds():.2f} s"
+
+    def __repr__(self) -> str:
+        # The id lists and mappings hold one item per event: far too long to print at 100k.
+        return f"<ReplayReport: {self}>"
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per selected id: ``dlq_id``, ``outcome``, ``target``, ``new_id``, ``reason``."""

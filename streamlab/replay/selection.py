@@ -30,6 +30,9 @@ _FILTERS = frozenset(
 )
 
 
+_FULL_ID = re.compile(r"[0-9]+-[0-9]+")
+
+
 def _strings(value: str | Iterable[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
@@ -38,12 +41,21 @@ def _strings(value: str | Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(str(v) for v in value)
 
 
+def _bound(value: datetime | timedelta | str, name: str, *, upper: bool) -> tuple[int, int]:
+    """The XRANGE bound of ``since`` (``upper`` False) or ``until``, both inclusive."""
+    if isinstance(value, str) and _FULL_ID.fullmatch(value.strip()):
+        # Several entries can share a millisecond: a full id must split it where it says.
+        return _parse_id(value, name)
+    ms = _bound_ms(value, name)
+    return (ms, 2**64 - 1) if upper else (ms, 0)
+
+
 def _bound_ms(value: datetime | timedelta | str, name: str) -> int:
     if isinstance(value, timedelta):
         value = datetime.now(UTC) - value
     if isinstance(value, str):
-        if re.fullmatch(r"\d+(-\d+)?", value.strip()):
-            return int(value.split("-")[0])
+        if re.fullmatch(r"[0-9]+", value.strip()):
+            return int(value)
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -264,7 +276,9 @@ def select_dlq(
     - ``error_types``: exact ``dlq_error_type`` (``"DecodeError"`` selects undecodable entries);
     - ``error_contains``: case-insensitive substring of ``dlq_error``;
     - ``since`` / ``until``: when the entry was dead-lettered (its DLQ stream id), inclusive; a
-      datetime (naive means UTC), a timedelta (that long ago) or a stream id;
+      datetime (naive means UTC), a timedelta (that long ago), a time in milliseconds (a
+      string of digits: the whole millisecond), or a full stream id like ``"1700000000000-3"``
+      (bounding at that very entry: several entries can share a millisecond);
     - ``ids``: DLQ entry ids, a list or a pandas Series / Index (e.g. a filtered
       ``dlq_to_dataframe(...)["id"]``); ids not in the DLQ are listed in ``missing_ids``;
     - ``where``: a predicate on the decoded `StreamEvent`; it is never called for entries that
@@ -336,9 +350,9 @@ def _range(
     lo: tuple[int, int] = (0, 0)
     hi: tuple[int, int] = (2**64 - 1, 2**64 - 1)
     if since is not None:
-        lo = (_bound_ms(since, "since"), 0)
+        lo = _bound(since, "since", upper=False)
     if until is not None:
-        hi = (_bound_ms(until, "until"), 2**64 - 1)
+        hi = _bound(until, "until", upper=True)
     if ids:
         parsed = [_parse_id(i, "ids") for i in ids]
         lo, hi = max(lo, min(parsed)), min(hi, max(parsed))
