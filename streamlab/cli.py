@@ -131,9 +131,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def _when(value: str | None) -> Any:
-    """``6h``-style durations mean "that long ago"; anything else is an ISO time or stream id."""
-    if value is None:
-        return None
+    """``6h``-style durations mean "that long ago"; anything else is an ISO time or stream id.
+
+    Bare digits are a stream id's time part (milliseconds), as in `select_dlq`: a pasted
+    ``1795839300822`` must not be read as that many seconds ago.
+    """
+    if value is None or value.strip().isdigit():
+        return value
     from streamlab.config import parse_duration
 
     try:
@@ -294,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         replay.add_argument(flag, dest=dest, action="append", help="repeatable; values OR")
     replay.add_argument("--error-contains")
-    replay.add_argument("--since", help="6h (ago), an ISO time or a DLQ stream id")
-    replay.add_argument("--until", help="an ISO time or a DLQ stream id")
+    when = "an ISO time, or a DLQ stream id (or its milliseconds part)"
+    replay.add_argument("--since", help=f"6h (that long ago), {when}")
+    replay.add_argument("--until", help=f"6h (that long ago), {when}")
     replay.add_argument("--limit", type=int)
     replay.add_argument("--target", help="stream to inject into (default: each source stream)")
     replay.add_argument("--keep-in-dlq", action="store_true")

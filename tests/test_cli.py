@@ -128,6 +128,28 @@ def test_replay_command_dry_runs_asks_then_replays(
     assert len(json.loads(outcome.stdout)) == 3
 
 
+def test_replay_command_time_bounds(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    dlq = streams_client.dlq_stream(stream_name)
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream_name)
+    for entry_id in ("5000-0", "5000-1", "9000-0"):
+        fields = {**encode_event(next(iter(sample_events(1)))), **failure.to_fields()}
+        streams_client.redis.xadd(dlq, fields, id=entry_id)
+    args = ("replay", stream_name, "--url", redis_url, "--dry-run", "--json")
+
+    def selected(*bounds: str) -> list[str]:
+        run = streamlab(*args, *bounds)
+        assert run.returncode == 0, run.stderr
+        return list(json.loads(run.stdout)["replayed"])
+
+    # Bare digits are milliseconds, as in a stream id; a full id splits a millisecond.
+    assert selected("--since", "6000") == ["9000-0"]
+    assert selected("--until", "5000") == ["5000-0", "5000-1"]
+    assert selected("--since", "5000-1", "--until", "5000-1") == ["5000-1"]
+    assert selected("--since", "1h") == []  # dead-lettered in 1970, not within the hour
+
+
 def test_ctrl_c_cancels_a_replay_between_batches_and_reports_what_remains(
     streams_client: RedisStreamsClient, stream_name: str, redis_url: str
 ) -> None:
