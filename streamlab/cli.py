@@ -8,17 +8,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from types import FrameType
+from collections.abc import Sequence
 from typing import Any
 
+from streamlab._signals import signals_set
 from streamlab.errors import StreamlabError
 
 __all__ = ["main"]
@@ -194,7 +193,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print("nothing replayed")
             return 1
     cancel = threading.Event()
-    with _sigint_cancels(cancel):
+    with signals_set(cancel, signal.SIGINT):  # Ctrl-C: stop between batches
         report = replay_dlq(
             client, args.stream, selection, rate=args.rate, cancel=cancel, **options
         )
@@ -202,26 +201,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if report.cancelled:
         return EXIT_INTERRUPTED
     return 0 if report.ok else 1
-
-
-@contextlib.contextmanager
-def _sigint_cancels(cancel: threading.Event) -> Iterator[None]:
-    """While inside, Ctrl-C (SIGINT) sets ``cancel`` instead of raising KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may install signal handlers
-        return
-
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
-        # Not cancel.set() here: the handler runs in the main thread, which may be inside
-        # cancel.wait() holding the event's lock, and set() would then wait for it forever.
-        threading.Thread(target=cancel.set, name="streamlab-sigint").start()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        # None: a handler installed outside Python, which cannot be put back; Python's own then.
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _report(report: Any, as_json: bool) -> None:

@@ -14,16 +14,15 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import FrameType
 from typing import Any, NamedTuple, Self
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from streamlab._signals import signals_set
 from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
 from streamlab.errors import ConfigError
@@ -489,7 +488,8 @@ class Consumer:
         self.stats = RunStats()
         started = time.monotonic()
         cfg = self.config
-        with self._signals(stop, enabled=handle_signals):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        with signals_set(stop, *signals):
             if cfg.create_group:
                 self.client.ensure_group(cfg.stream, cfg.group, cfg.group_start_id)
             self.metrics.watch(self.client, cfg.stream)
@@ -543,21 +543,3 @@ class Consumer:
         if not waits:
             return None
         return max(min(waits), 0.0)
-
-    @contextmanager
-    def _signals(self, stop: threading.Event, *, enabled: bool) -> Iterator[None]:
-        if not enabled or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = {
-            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
