@@ -85,8 +85,8 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
         return Decision(
             Action.DEAD_LETTER,
             error_type="ConsumerDied",
-            message=f"delivered {msg.delivery_count - 1} times without an ack or a nack: "
-            "the consumers holding it died or hung",
+            message=f"delivery {msg.delivery_count} is past the {max_retries + 1} attempts "
+            "allowed: the consumers last holding it died or hung before settling it",
         )
     return HANDLE
 

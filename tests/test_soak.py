@@ -1,6 +1,12 @@
 """Soak: worker processes under churn (SIGKILLed and replaced) over a stream with transient
 and permanent failures. Every event must end acked or dead-lettered, nothing pending, each
-permanent failure in the DLQ exactly once."""
+permanent failure in the DLQ exactly once.
+
+A delivery whose holder is killed counts as an attempt (DESIGN.md: the delivery counter is the
+attempt count), so an event that failed once and was then in hand at two kills spends its
+``max_retries=2`` and is dead-lettered as ``ConsumerDied``. That is rare but not a bug: the
+kill period matches ``claim_min_idle``, so the next victim is often the worker that has just
+reclaimed the previous victim's batch."""
 
 from __future__ import annotations
 
@@ -77,10 +83,16 @@ def test_soak_with_worker_churn(
     info = streams_client.get_stream_info(stream_name).groups[0]
     assert (info.lag, info.pending) == (0, 0)
     handled = Counter(line for out in outs if out.exists() for line in out.read_text().split())
-    dead = Counter(m.failure.source_id for m in streams_client.read_dlq(stream_name))  # type: ignore[union-attr]
-    assert set(dead) == permanent
-    assert set(dead.values()) == {1}
-    assert set(handled) == set(by_entry) - permanent
+    failures = {m.failure.source_id: m.failure for m in streams_client.read_dlq(stream_name)}  # type: ignore[union-attr]
+    assert r.xlen(dlq) == len(failures)  # each dead letter once
+    assert permanent <= set(failures)
+    assert not permanent & set(handled)
+    # Nothing lost: every other event was handled, or its holders kept dying until its
+    # attempts were spent; those are few, as only batches in hand at a kill can be.
+    died = {eid: f for eid, f in failures.items() if eid not in permanent}
+    assert {f.error_type for f in died.values()} <= {"ConsumerDied"}
+    assert all(f.attempts > 3 for f in died.values())
+    assert len(died) <= killed * BATCH
+    assert set(handled) | set(died) == set(by_entry) - permanent
     # At-least-once: only entries in hand when a worker was SIGKILLed may run twice.
     assert sum(n - 1 for n in handled.values()) <= killed * BATCH
-    assert r.xlen(dlq) == len(permanent)
