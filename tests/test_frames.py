@@ -29,6 +29,7 @@ from streamlab.frames import (
     read_parquet,
     stream_to_dataframe,
 )
+from streamlab.frames.pending import _pending_columns
 from streamlab.samples import platform_entries, sample_events
 
 BASE = [
@@ -333,6 +334,18 @@ def test_pending_filters_and_dead_consumer(
     assert bare["id"].tolist() == df["id"].tolist()
     assert bare["deleted"].isna().all()
     assert bare["event_type"].isna().all()
+
+
+def test_dead_consumer_bound_is_inclusive_like_claimable() -> None:
+    # A consumer idle for exactly claim_min_idle is dead, as an entry idle that long is
+    # claimable (XPENDING's IDLE is inclusive). A strict bound made the README's
+    # claim_min_idle=0 example flaky: within the millisecond of a read, the consumer idle is 0.
+    meta = {"idle": [200, 199], "deliveries": [1, 1], "consumer": ["w1", "w2"], "deleted": [0, 0]}
+    cols = _pending_columns(meta, {"w1": 200, "w2": 199}, 3, 200)
+    assert cols["state"].astype(str).tolist() == ["dead_consumer", "in_flight"]
+    assert cols["claimable"].tolist() == [True, False]
+    zero = _pending_columns(meta, {"w1": 0, "w2": 0}, 3, 0)
+    assert zero["state"].astype(str).tolist() == ["dead_consumer"] * 2
 
 
 def test_missing_group(redis_client: redis.Redis, stream_name: str) -> None:

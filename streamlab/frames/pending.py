@@ -150,8 +150,9 @@ def pending_to_dataframe(
     - ``retry_wait``: owned by ``streamlab:retry``, the consumer name under which a failed
       message waits for its backoff; that name never reads, so its idle time says nothing
       about a dead worker. ``claimable`` tells when the backoff has elapsed.
-    - ``dead_consumer``: its consumer has been idle longer than ``claim_min_idle`` (default
-      60 s, the consumer's default): the worker is gone and a reclaim will take the entry.
+    - ``dead_consumer``: its consumer has been idle for ``claim_min_idle`` or longer (default
+      60 s, the consumer's default; the same bound as ``claimable`` and XPENDING's IDLE): the
+      worker is gone and a reclaim will take the entry.
     - ``in_flight``: held by a live consumer.
 
     A missing group or stream raises `streamlab.errors.GroupNotFoundError`.
@@ -216,7 +217,7 @@ def _pending_columns(
     owner_idle = consumers.map(owners.get).astype("Float64")
     deleted = pd.Series(meta["deleted"], dtype="boolean")
     state = pd.Series("in_flight", index=idle.index, dtype="str")
-    state = state.mask((owner_idle > claim_ms).fillna(False), "dead_consumer")
+    state = state.mask((owner_idle >= claim_ms).fillna(False), "dead_consumer")
     state = state.mask(consumers == RETRY_CONSUMER, "retry_wait")
     state = state.mask(deliveries > poison, "poison")
     state = state.mask(deleted.fillna(False), "trimmed")
