@@ -15,7 +15,16 @@ import redis
 from streamlab.client import RedisStreamsClient
 from streamlab.errors import ConfigError
 from streamlab.events import StreamMessage
-from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _id_text, _page, _parse_id
+from streamlab.replay._entries import (
+    _ID,
+    PAGE,
+    _as_client,
+    _chunks,
+    _Entry,
+    _id_text,
+    _page,
+    _parse_id,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,9 +39,6 @@ _FILTERS = frozenset(
 )
 
 
-_FULL_ID = re.compile(r"[0-9]+-[0-9]+")
-
-
 def _strings(value: str | Iterable[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
@@ -43,7 +49,7 @@ def _strings(value: str | Iterable[str] | None) -> frozenset[str] | None:
 
 def _bound(value: datetime | timedelta | str, name: str, *, upper: bool) -> tuple[int, int]:
     """The XRANGE bound of ``since`` (``upper`` False) or ``until``, both inclusive."""
-    if isinstance(value, str) and _FULL_ID.fullmatch(value.strip()):
+    if isinstance(value, str) and _ID.match(value.strip()):
         # Several entries can share a millisecond: a full id must split it where it says.
         return _parse_id(value, name)
     ms = _bound_ms(value, name)
