@@ -30,7 +30,14 @@ from streamlab.keys import dlq_key
 from streamlab.metrics import Metrics, NullMetrics
 from streamlab.scripts import Scripts
 
-__all__ = ["RedisStreamsClient", "StreamsClient", "connect", "seconds", "translate_errors"]
+__all__ = [
+    "RawEntry",
+    "RedisStreamsClient",
+    "StreamsClient",
+    "connect",
+    "seconds",
+    "translate_errors",
+]
 
 Fields = Mapping[str, Any]
 # One entry as redis-py returns it: ``(id, {name: value})``, all bytes.
@@ -258,9 +265,9 @@ class RedisStreamsClient:
         longer than the connection's socket timeout is split into shorter waits so that it
         returns normally instead of raising TimeoutError.
         """
-        return decode_entries(stream, self._read_entries(stream, group, consumer, count, block))
+        return decode_entries(stream, self.read_entries(stream, group, consumer, count, block))
 
-    def _read_entries(
+    def read_entries(
         self,
         stream: str,
         group: str,
@@ -268,10 +275,11 @@ class RedisStreamsClient:
         count: int,
         block: float | timedelta | None = None,
     ) -> list[RawEntry]:
-        """`read_from_stream` without decoding: raw ``(id, fields)`` entries.
+        """`read_from_stream` without decoding: the raw ``(id, fields)`` entries, all bytes.
 
-        The consumer decodes each entry just before its handler, so that handled messages
-        die at once instead of living until their batch is settled.
+        For callers that decode later or not at all: `Consumer` decodes each entry just
+        before its handler, so that handled messages die at once instead of living until
+        their batch is settled.
         """
         wait = seconds(block)
         deadline = time.monotonic() + wait if wait else 0.0

@@ -218,7 +218,7 @@ class Consumer:
         room = self.config.batch_size - len(batch)
         if room > 0:
             cfg = self.config
-            batch += self.client._read_entries(
+            batch += self.client.read_entries(
                 cfg.stream, cfg.group, cfg.consumer, room, None if batch else block
             )
         received = time.monotonic()

@@ -139,6 +139,21 @@ def test_add_many_returns_ids_in_order_and_round_trips(
     assert decode_event(encode_event(one)) == one
 
 
+def test_read_entries_gives_raw_entries_that_read_from_stream_decodes(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    events = list(sample_events(4, seed=5))
+    ids = streams_client.add_many(stream_name, events)
+    streams_client.ensure_group(stream_name, "g")
+    raw = streams_client.read_entries(stream_name, "g", "c", 3)
+    assert [entry_id for entry_id, _ in raw] == [i.encode() for i in ids[:3]]
+    decoded = [decode_event(fields, entry_id=entry_id.decode()) for entry_id, fields in raw]
+    assert decoded == events[:3]
+    assert all(isinstance(v, bytes) for _, fields in raw for v in [*fields, *fields.values()])
+    [msg] = streams_client.read_from_stream(stream_name, "g", "c", 3)  # the same cursor
+    assert (msg.id, msg.event, msg.delivery_count) == (ids[3], events[3], 1)
+
+
 def test_platform_entries_decode_with_their_own_field_names(
     streams_client: RedisStreamsClient, stream_name: str
 ) -> None:
