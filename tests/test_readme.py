@@ -14,12 +14,16 @@ from streamlab.events import StreamEvent, StreamMessage
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def python_blocks(heading: str) -> list[str]:
+    """The ```python blocks of the README section under ``## heading``, in order."""
+    section = README.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
 def test_worker_quickstart_runs(
     redis_url: str, stream_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = README.read_text()
-    section = text.split("## Worker quickstart", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    code = python_blocks("Worker quickstart")[0]
     assert '"redis://localhost:6379/0"' in code
     assert ".run(handle)" in code
     code = code.replace('"redis://localhost:6379/0"', repr(redis_url))
@@ -32,8 +36,7 @@ def test_worker_quickstart_runs(
 
 
 def test_investigating_a_dlq_runs_and_gives_the_printed_figures() -> None:
-    section = README.read_text().split("## Investigating a DLQ", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = python_blocks("Investigating a DLQ")
     assert "EmbeddedServer().start()" in blocks[0]
     namespace: dict[str, Any] = {}
     try:
@@ -72,8 +75,7 @@ def test_replaying_dlq_events_runs_as_printed(
     stream_name: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    section = README.read_text().split("## Replaying DLQ events", 1)[1].split("\n## ", 1)[0]
-    main, notebook = re.findall(r"```python\n(.*?)```", section, re.S)
+    main, notebook = python_blocks("Replaying DLQ events")
     assert main.count('"redis://localhost:6379/0"') == main.count('"{webhook_events}"') == 1
     main = main.replace('"redis://localhost:6379/0"', repr(redis_url))
     main = main.replace('"{webhook_events}"', repr(stream_name))
