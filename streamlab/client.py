@@ -78,7 +78,9 @@ def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
         text = str(exc)
         if text.startswith("WRONGTYPE"):
             raise WrongTypeError(f"key {stream!r} exists but is not a stream") from exc
-        if group is not None and (text.startswith("NOGROUP") or "no such key" in text):
+        # UNBLOCKED: the stream was deleted while a blocking XREADGROUP waited on it.
+        gone = text.startswith(("NOGROUP", "UNBLOCKED")) or "no such key" in text
+        if group is not None and gone:
             raise GroupNotFoundError(
                 f"consumer group {group!r} does not exist on stream {stream!r} "
                 "(create it with ensure_group)"
@@ -244,11 +246,23 @@ class RedisStreamsClient:
         try:
             with translate_errors(stream, group):
                 self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+        except redis.OutOfMemoryError:
+            # A full server refuses XGROUP CREATE even for a group that exists.
+            if self._has_group(stream, group):
+                return False
+            raise
         except redis.ResponseError as exc:
             if str(exc).startswith("BUSYGROUP"):
                 return False
             raise
         return True
+
+    def _has_group(self, stream: str, group: str) -> bool:
+        try:
+            groups = self.redis.xinfo_groups(stream)
+        except redis.ResponseError:
+            return False
+        return any(_group_info(g).name == group for g in groups)
 
     def read_from_stream(
         self,

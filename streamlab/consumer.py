@@ -22,10 +22,11 @@ from typing import Any, NamedTuple, Self
 import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
 from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
-from streamlab.errors import ConfigError
+from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
@@ -42,6 +43,7 @@ from streamlab.policy import (
     retry_idle_ms,
     sort_claimed,
 )
+from streamlab.scripts import LUA_MAX_VALUES
 
 __all__ = ["Consumer", "ConsumerConfig", "Handler", "RunStats", "default_consumer_name"]
 
@@ -52,6 +54,8 @@ ACK = Decision(Action.ACK)
 # How long one blocking read may last inside `run`, so that a stop request is seen promptly.
 _POLL = 1.0
 _MAX_OUTAGE_WAIT = 5.0
+# Errors that a wait cures: the server restarting or unreachable, or out of memory.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)
 log = logging.getLogger("streamlab.consumer")
 
 
@@ -172,6 +176,8 @@ class Consumer:
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
         self._labels = (config.stream, config.group)
+        self._dl_keys = [config.stream, self.dlq]
+        self._cluster = is_cluster(self.redis)
 
     def _dlq_name(self, config: ConsumerConfig) -> str:
         mapped = self.client.dlq_names.get(config.stream)
@@ -338,6 +344,7 @@ class Consumer:
         # (IDLE to set, min idle it must have) -> ids; see retry_idle_ms for the first.
         retries: dict[tuple[int, int], list[str]] = defaultdict(list)
         dead: list[StreamMessage] = []
+        apart: list[list[bytes | str | int]] = []
         pipe = self.redis.pipeline(transaction=False)
         now = time.monotonic()
         for msg, decision in outcomes:
@@ -354,7 +361,13 @@ class Consumer:
                 retries[idle, held_ms].append(entry_id)
             elif isinstance(msg, StreamMessage):
                 dead.append(msg)
-                self._dead_letter(pipe, msg, decision)
+                args = self._dead_letter_args(msg, decision)
+                if len(args) - 5 <= LUA_MAX_VALUES and not self._cluster:
+                    self.client.scripts.dead_letter(keys=self._dl_keys, args=args, client=pipe)
+                else:
+                    # Too large for Lua, or a cluster pipeline (which refuses EVALSHA): after
+                    # the pipeline, one by one.
+                    apart.append(args)
         if acks:
             pipe.xack(cfg.stream, cfg.group, *acks)
         for (idle, held_ms), ids in retries.items():
@@ -362,19 +375,45 @@ class Consumer:
         if not (acks or retries or dead):
             return done
         with translate_errors(cfg.stream, cfg.group):
-            replies = pipe.execute()
+            replies = pipe.execute() if len(pipe) else []
+            # Replies in the order done.dead_lettered counts them: pipelined ones come first.
+            replies[len(dead) - len(apart) : len(dead) - len(apart)] = [
+                self._dead_letter_apart(args) for args in apart
+            ]
         if retries:
             # Stamped after the XCLAIMs ran: a stamp taken before could fall a millisecond
             # short of Redis' due time, and a claim that finds nothing waits a whole poll.
             soonest = (self._min_idle_ms - max(idle for idle, _ in retries)) / 1000
             self._retry_due = min(self._retry_due, time.monotonic() + soonest)
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
-        done.acked = len(acks) - done.skipped
+        done.acked = int(replies[len(dead)]) - done.skipped if acks else 0
+        done.acked = max(done.acked, 0)
         done.retried = sum(len(r) for r in replies[len(replies) - len(retries) :])
         self._count(done)
         return done
 
-    def _dead_letter(self, pipe: Any, msg: StreamMessage, decision: Decision) -> None:
+    def _settle_retrying(self, outcomes: Sequence[tuple[StreamMessage | str, Decision]]) -> None:
+        """`_settle`, retried with backoff while the server is unreachable or out of memory.
+
+        Settling again is safe: XACK is idempotent, a retry hand-over and a dead letter both
+        check that the entry is still this consumer's. After ``claim_min_idle`` other consumers
+        may take the entries over, so the wait stops there and the error is raised.
+        """
+        deadline = time.monotonic() + self.config.claim_min_idle.total_seconds()
+        wait = 0.1
+        while True:
+            try:
+                self._settle(outcomes)
+                return
+            except _TRANSIENT as exc:
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.warning("settling failed (%s); retrying in %.1f s", type(exc).__name__, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, _MAX_OUTAGE_WAIT)
+
+    def _dead_letter_args(self, msg: StreamMessage, decision: Decision) -> list[bytes | str | int]:
+        """ARGV of ``lua/dead_letter.lua``: the checks, then the DLQ entry's fields."""
         cfg = self.config
         record = failure_record(
             msg,
@@ -398,7 +437,30 @@ class Consumer:
         ]
         for name, value in fields.items():
             args += (name, value)
-        self.client.scripts.dead_letter(keys=[cfg.stream, self.dlq], args=args, client=pipe)
+        return args
+
+    def _dead_letter_apart(self, args: list[bytes | str | int]) -> Any:
+        """Dead-letter one entry outside the pipeline: by script on a cluster, and with
+        WATCH/MULTI when the entry has too many fields for Lua."""
+        if len(args) - 5 <= LUA_MAX_VALUES:
+            return self.client.scripts.dead_letter(keys=self._dl_keys, args=args)
+        group, entry_id, owner, maxlen, minid = (str(a) for a in args[:5])
+        values = args[5:]
+        fields = {
+            values[i] if isinstance(values[i], bytes) else str(values[i]).encode(): values[i + 1]
+            for i in range(0, len(values), 2)
+        }
+        return dead_letter_tx(
+            self.redis,
+            self.config.stream,
+            self.dlq,
+            group=group,
+            entry_id=entry_id,
+            owner=owner,
+            maxlen=int(maxlen),
+            minid=minid,
+            fields=fields,  # type: ignore[arg-type]
+        )
 
     def _count(self, done: RunStats) -> None:
         stats = self.stats
@@ -449,7 +511,7 @@ class Consumer:
                 if decision.error_type:
                     errors = self.stats.errors
                     errors[decision.error_type] = errors.get(decision.error_type, 0) + 1
-            self._settle(outcomes)
+            self._settle_retrying(outcomes)
 
     def _after_failure(self, error: BaseException | None, msg: StreamMessage) -> Decision:
         cfg = self.config
@@ -490,20 +552,34 @@ class Consumer:
         cfg = self.config
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         with signals_set(stop, *signals):
-            if cfg.create_group:
-                self.client.ensure_group(cfg.stream, cfg.group, cfg.group_start_id)
             self.metrics.watch(self.client, cfg.stream)
             outage = 0.0
+            group_ready = not cfg.create_group
             while not stop.is_set():
                 try:
+                    if not group_ready:
+                        # Inside the loop: a server that is down at start is waited for.
+                        self.client.ensure_group(cfg.stream, cfg.group, cfg.group_start_id)
+                        group_ready = True
                     if not self._step(handler, burst):
                         break
                     outage = 0.0
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    # Redis restarting or a dropped connection: whatever was in hand stays
-                    # pending and is claimed again, so waiting and retrying loses nothing.
+                except GroupNotFoundError:
+                    if not cfg.create_group:
+                        raise
+                    # The group or the stream was deleted (XGROUP DESTROY, DEL, a restart
+                    # without persistence): what it held is gone; recreate it and go on.
+                    log.warning(
+                        "group %r of stream %r is gone; creating it again", cfg.group, cfg.stream
+                    )
+                    group_ready = False
+                except _TRANSIENT as exc:
+                    # Redis restarting, a dropped connection or a full server: whatever was in
+                    # hand stays pending and is claimed again, so waiting loses nothing.
                     outage = min(max(outage * 2, 0.1), _MAX_OUTAGE_WAIT)
-                    log.warning("redis unavailable (%s); retrying in %.1f s", exc, outage)
+                    log.warning(
+                        "redis unavailable (%s); retrying in %.1f s", type(exc).__name__, outage
+                    )
                     stop.wait(outage)
         self.stats.duration = time.monotonic() - started
         return self.stats

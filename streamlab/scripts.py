@@ -12,7 +12,11 @@ from typing import Any
 
 from redis.commands.core import Script
 
-__all__ = ["Scripts", "lua_source"]
+__all__ = ["LUA_MAX_VALUES", "Scripts", "lua_source"]
+
+# Lua's unpack (and so a redis.call built from ARGV) stops at about 8,000 values; keep well
+# below it. Larger entries are moved by `streamlab._moves` with WATCH/MULTI instead.
+LUA_MAX_VALUES = 7000
 
 
 @cache

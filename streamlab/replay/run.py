@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
 
+from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
 from streamlab.client import RedisStreamsClient, seconds
 from streamlab.errors import ConfigError
@@ -19,6 +20,7 @@ from streamlab.events import format_time
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 from streamlab.replay._entries import _as_client, _Entry
 from streamlab.replay.selection import _FILTERS, ReplaySelection, select_dlq
+from streamlab.scripts import LUA_MAX_VALUES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,14 +184,38 @@ class _Replayer:
             self.loaded = True
         sha, dlq, tail, head = self.script.sha, self.report.dlq, self.keys_tail, self.head
         now = format_time(datetime.now(UTC)).encode()
-        for plan in batch:
+        keys = [dlq, "", *tail]
+        apart: dict[int, _Plan] = {}
+        for i, plan in enumerate(batch):
+            fields = [*plan.entry.original(), *self.stamp(plan, now)]
+            if len(fields) > LUA_MAX_VALUES:
+                apart[i] = plan  # too many fields for Lua: a transaction of its own, below
+                continue
             pipe.execute_command(
                 "EVALSHA", sha, 4, dlq, plan.target, *tail, plan.entry.id, *head,
-                plan.group or b"", *plan.entry.original(), *self.stamp(plan, now),
+                plan.group or b"", *fields,
             )  # fmt: skip
         if self.ttl and not self.report.dry_run:
             pipe.expire(self.ledger, self.ttl)
-        replies = pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False) if len(pipe) else []
+        for i, plan in sorted(apart.items()):
+            keys[1] = plan.target
+            try:
+                reply: Any = replay_tx(
+                    self.c.redis,
+                    keys,
+                    entry_id=plan.entry.id,
+                    dry_run=self.report.dry_run,
+                    keep_in_dlq=self.report.keep_in_dlq,
+                    replay_id=self.report.replay_id,
+                    group=plan.group or b"",
+                    fields=[*plan.entry.original(), *self.stamp(plan, now)],
+                )
+            except redis.ResponseError as exc:
+                reply = exc
+            replies.insert(i, reply)
+        if apart and self.ttl and not self.report.dry_run:
+            self.c.redis.expire(self.ledger, self.ttl)
         for plan, reply in zip(batch, replies, strict=False):
             self.record(plan, reply)
 
@@ -216,6 +242,10 @@ class _Replayer:
         elif status == "gone":
             report.skipped[dlq_id] = (
                 "no longer in the DLQ (replayed by another run, or deleted or trimmed)"
+            )
+        elif status == "full":
+            report.failed[dlq_id] = (
+                f"target {plan.target!r} has exhausted the last possible ID: XADD would fail"
             )
         else:
             report.failed[dlq_id] = f"target {plan.target!r} is a {detail}, not a stream"

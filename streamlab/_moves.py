@@ -1,0 +1,152 @@
+"""The atomic moves for entries too large for a Lua script: WATCH, check, MULTI … EXEC.
+
+Lua cannot call a command with more than about 8,000 arguments (``unpack`` stops there), so an
+entry of ~4,000 fields cannot pass through ``lua/dead_letter.lua`` or ``lua/replay.lua``. Such
+entries take this path instead, with the same checks and the same result. Every condition the
+script checks is checked here under WATCH, and everything that could make a queued command fail
+at EXEC time (a key of the wrong type, a stream whose last id is the maximum) is checked before
+MULTI: EXEC has no rollback either. Under ``maxmemory`` the server refuses the whole EXEC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import redis
+
+__all__ = ["MAX_ID", "dead_letter_tx", "exhausted", "replay_tx"]
+
+MAX_ID: Final = "18446744073709551615-18446744073709551615"
+# A WATCH fails when any client writes a watched key (a busy stream): retry, but not forever.
+_WATCH_TRIES: Final = 100
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def exhausted(r: Any, key: str) -> bool:
+    """True when stream ``key``'s last id is the maximum, so that ``XADD *`` must fail."""
+    try:
+        info = r.xinfo_stream(key)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc):
+            return False
+        raise
+    last = info.get("last-generated-id", info.get(b"last-generated-id"))
+    return last is not None and _text(last) == MAX_ID
+
+
+def _next_id(r: Any, key: str) -> str:
+    """The id ``XADD key *`` would give now: the server's time, or just past the last id."""
+    secs, micros = r.time()
+    now = int(secs) * 1000 + int(micros) // 1000
+    last_ms, last_seq = 0, 0
+    if r.exists(key):
+        last = _text(r.xinfo_stream(key)["last-generated-id"])
+        ms, _, seq = last.partition("-")
+        last_ms, last_seq = int(ms), int(seq)
+    if now > last_ms:
+        return f"{now}-0"
+    if last_seq < 2**64 - 1:
+        return f"{last_ms}-{last_seq + 1}"
+    return f"{last_ms + 1}-0"
+
+
+def _check_stream(pipe: Any, key: str) -> None:
+    kind = _text(pipe.type(key))
+    if kind not in ("stream", "none"):
+        raise redis.ResponseError(f"WRONGTYPE key {key!r} holds a {kind}, not a stream")
+    if kind == "stream" and exhausted(pipe, key):
+        raise redis.ResponseError(
+            f"ERR stream {key!r} has exhausted the last possible ID, unable to add more items"
+        )
+
+
+def _watch_failed(what: str) -> redis.WatchError:
+    return redis.WatchError(
+        f"{what}: the keys kept changing during {_WATCH_TRIES} tries; nothing was written"
+    )
+
+
+def dead_letter_tx(
+    r: Any,
+    stream: str,
+    dlq: str,
+    *,
+    group: str,
+    entry_id: str,
+    owner: str,
+    maxlen: int,
+    minid: str,
+    fields: Mapping[bytes, bytes | str],
+) -> bytes | None:
+    """`lua/dead_letter.lua` as a transaction; the new DLQ id, or None when not pending."""
+    with r.pipeline(transaction=True) as pipe:
+        for _ in range(_WATCH_TRIES):
+            try:
+                pipe.watch(stream, dlq)
+                rows = pipe.xpending_range(stream, group, entry_id, entry_id, 1)
+                if not rows or (owner and _text(rows[0]["consumer"]) != owner):
+                    return None
+                _check_stream(pipe, dlq)
+                pipe.multi()
+                pipe.xadd(dlq, dict(fields), maxlen=maxlen or None, approximate=True)
+                if minid:
+                    pipe.xtrim(dlq, minid=minid, approximate=False)
+                pipe.xack(stream, group, entry_id)
+                new_id: bytes = pipe.execute()[0]
+                return new_id
+            except redis.WatchError:
+                continue
+    raise _watch_failed(f"dead-lettering entry {entry_id} of {stream!r}")
+
+
+def replay_tx(
+    r: Any,
+    keys: Sequence[str],
+    *,
+    entry_id: str,
+    dry_run: bool,
+    keep_in_dlq: bool,
+    replay_id: str,
+    group: bytes,
+    fields: Sequence[bytes],
+) -> list[bytes]:
+    """`lua/replay.lua` as a transaction, with the same ``[status, detail]`` reply."""
+    dlq, target, replayed, ledger = keys
+    with r.pipeline(transaction=True) as pipe:
+        for _ in range(_WATCH_TRIES):
+            try:
+                pipe.watch(dlq, target, replayed, ledger)
+                marker = pipe.hget(replayed, entry_id)
+                if marker:
+                    return [b"marked", marker]
+                kind = _text(pipe.type(target))
+                if kind not in ("stream", "none"):
+                    return [b"wrongtype", kind.encode()]
+                if not pipe.xrange(dlq, entry_id, entry_id, count=1):
+                    done = pipe.hget(ledger, entry_id)
+                    return [b"done", done] if done else [b"gone", b""]
+                if dry_run:
+                    full = kind == "stream" and exhausted(pipe, target)
+                    return [b"full" if full else b"dry", b""]
+                _check_stream(pipe, target)
+                # MULTI cannot feed XADD's reply to the ledger: pick the id here, under the
+                # WATCH of the target, so that nobody can add a larger one before EXEC.
+                new_id = _next_id(pipe, target)
+                pipe.multi()
+                pipe.execute_command("XADD", target, new_id, *fields)
+                if keep_in_dlq:
+                    pipe.hset(replayed, entry_id, f"{replay_id}\n{new_id}\n{target}")
+                else:
+                    pipe.xdel(dlq, entry_id)
+                pipe.hset(
+                    ledger, entry_id, b"%s\n%s\n%s" % (new_id.encode(), group, target.encode())
+                )
+                pipe.execute()
+                return [b"ok", new_id.encode()]
+            except redis.WatchError:
+                continue
+    raise _watch_failed(f"replaying DLQ entry {entry_id} of {dlq!r}")
