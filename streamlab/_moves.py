@@ -10,7 +10,7 @@ MULTI: EXEC has no rollback either. Under ``maxmemory`` the server refuses the w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import redis
@@ -26,27 +26,28 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def exhausted(r: Any, key: str) -> bool:
-    """True when stream ``key``'s last id is the maximum, so that ``XADD *`` must fail."""
+def _last_id(r: Any, key: str) -> str | None:
+    """Stream ``key``'s last generated id, or None when there is no such key."""
     try:
         info = r.xinfo_stream(key)
     except redis.ResponseError as exc:
         if "no such key" in str(exc):
-            return False
+            return None
         raise
-    last = info.get("last-generated-id", info.get(b"last-generated-id"))
-    return last is not None and _text(last) == MAX_ID
+    return _text(info.get("last-generated-id", info.get(b"last-generated-id")))
 
 
-def _next_id(r: Any, key: str) -> str:
-    """The id ``XADD key *`` would give now: the server's time, or just past the last id."""
+def exhausted(r: Any, key: str) -> bool:
+    """True when stream ``key``'s last id is the maximum, so that ``XADD *`` must fail."""
+    return _last_id(r, key) == MAX_ID
+
+
+def _next_id(r: Any, last: str | None) -> str:
+    """The id ``XADD *`` would give now after ``last``: the server's time, or just past it."""
     secs, micros = r.time()
     now = int(secs) * 1000 + int(micros) // 1000
-    last_ms, last_seq = 0, 0
-    if r.exists(key):
-        last = _text(r.xinfo_stream(key)["last-generated-id"])
-        ms, _, seq = last.partition("-")
-        last_ms, last_seq = int(ms), int(seq)
+    ms, _, seq = (last or "0-0").partition("-")
+    last_ms, last_seq = int(ms), int(seq)
     if now > last_ms:
         return f"{now}-0"
     if last_seq < 2**64 - 1:
@@ -54,14 +55,17 @@ def _next_id(r: Any, key: str) -> str:
     return f"{last_ms + 1}-0"
 
 
-def _check_stream(pipe: Any, key: str) -> None:
+def _check_stream(pipe: Any, key: str) -> str | None:
+    """Raise what ``XADD key *`` would fail on; return the stream's last id (None if new)."""
     kind = _text(pipe.type(key))
     if kind not in ("stream", "none"):
         raise redis.ResponseError(f"WRONGTYPE key {key!r} holds a {kind}, not a stream")
-    if kind == "stream" and exhausted(pipe, key):
+    last = _last_id(pipe, key) if kind == "stream" else None
+    if last == MAX_ID:
         raise redis.ResponseError(
             f"ERR stream {key!r} has exhausted the last possible ID, unable to add more items"
         )
+    return last
 
 
 def _watch_failed(what: str) -> redis.WatchError:
@@ -70,19 +74,12 @@ def _watch_failed(what: str) -> redis.WatchError:
     )
 
 
-def dead_letter_tx(
-    r: Any,
-    stream: str,
-    dlq: str,
-    *,
-    group: str,
-    entry_id: str,
-    owner: str,
-    maxlen: int,
-    minid: str,
-    fields: Mapping[bytes, bytes | str],
-) -> bytes | None:
-    """`lua/dead_letter.lua` as a transaction; the new DLQ id, or None when not pending."""
+def dead_letter_tx(r: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes | None:
+    """`lua/dead_letter.lua` as a transaction, with the script's KEYS and ARGV; the new DLQ
+    id, or None when the entry is no longer pending for that consumer."""
+    stream, dlq = keys
+    group, entry_id, owner, maxlen, minid = (_text(a) for a in args[:5])
+    trim = ("MAXLEN", "~", maxlen) if maxlen != "0" else ()
     with r.pipeline(transaction=True) as pipe:
         for _ in range(_WATCH_TRIES):
             try:
@@ -92,7 +89,7 @@ def dead_letter_tx(
                     return None
                 _check_stream(pipe, dlq)
                 pipe.multi()
-                pipe.xadd(dlq, dict(fields), maxlen=maxlen or None, approximate=True)
+                pipe.execute_command("XADD", dlq, *trim, "*", *args[5:])
                 if minid:
                     pipe.xtrim(dlq, minid=minid, approximate=False)
                 pipe.xack(stream, group, entry_id)
@@ -132,10 +129,10 @@ def replay_tx(
                 if dry_run:
                     full = kind == "stream" and exhausted(pipe, target)
                     return [b"full" if full else b"dry", b""]
-                _check_stream(pipe, target)
+                last = _check_stream(pipe, target)
                 # MULTI cannot feed XADD's reply to the ledger: pick the id here, under the
                 # WATCH of the target, so that nobody can add a larger one before EXEC.
-                new_id = _next_id(pipe, target)
+                new_id = _next_id(pipe, last)
                 pipe.multi()
                 pipe.execute_command("XADD", target, new_id, *fields)
                 if keep_in_dlq:

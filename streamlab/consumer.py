@@ -57,6 +57,13 @@ _MAX_OUTAGE_WAIT = 5.0
 # Errors that a wait cures: the server restarting or unreachable, or out of memory.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)
 log = logging.getLogger("streamlab.consumer")
+# ARGV of lua/dead_letter.lua: group, id, owner, maxlen, minid, then the entry's fields.
+_DL_HEAD = 5
+
+
+def _fits_lua(args: Sequence[object]) -> bool:
+    """Whether a dead letter's fields pass through Lua's unpack (see scripts.LUA_MAX_VALUES)."""
+    return len(args) - _DL_HEAD <= LUA_MAX_VALUES
 
 
 class PendingRow(NamedTuple):
@@ -362,7 +369,7 @@ class Consumer:
             elif isinstance(msg, StreamMessage):
                 dead.append(msg)
                 args = self._dead_letter_args(msg, decision)
-                if len(args) - 5 <= LUA_MAX_VALUES and not self._cluster:
+                if _fits_lua(args) and not self._cluster:
                     self.client.scripts.dead_letter(keys=self._dl_keys, args=args, client=pipe)
                 else:
                     # Too large for Lua, or a cluster pipeline (which refuses EVALSHA): after
@@ -386,8 +393,7 @@ class Consumer:
             soonest = (self._min_idle_ms - max(idle for idle, _ in retries)) / 1000
             self._retry_due = min(self._retry_due, time.monotonic() + soonest)
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
-        done.acked = int(replies[len(dead)]) - done.skipped if acks else 0
-        done.acked = max(done.acked, 0)
+        done.acked = max(int(replies[len(dead)]) - done.skipped, 0) if acks else 0
         done.retried = sum(len(r) for r in replies[len(replies) - len(retries) :])
         self._count(done)
         return done
@@ -442,25 +448,9 @@ class Consumer:
     def _dead_letter_apart(self, args: list[bytes | str | int]) -> Any:
         """Dead-letter one entry outside the pipeline: by script on a cluster, and with
         WATCH/MULTI when the entry has too many fields for Lua."""
-        if len(args) - 5 <= LUA_MAX_VALUES:
+        if _fits_lua(args):
             return self.client.scripts.dead_letter(keys=self._dl_keys, args=args)
-        group, entry_id, owner, maxlen, minid = (str(a) for a in args[:5])
-        values = args[5:]
-        fields = {
-            values[i] if isinstance(values[i], bytes) else str(values[i]).encode(): values[i + 1]
-            for i in range(0, len(values), 2)
-        }
-        return dead_letter_tx(
-            self.redis,
-            self.config.stream,
-            self.dlq,
-            group=group,
-            entry_id=entry_id,
-            owner=owner,
-            maxlen=int(maxlen),
-            minid=minid,
-            fields=fields,  # type: ignore[arg-type]
-        )
+        return dead_letter_tx(self.redis, self._dl_keys, args)
 
     def _count(self, done: RunStats) -> None:
         stats = self.stats

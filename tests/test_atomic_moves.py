@@ -4,7 +4,7 @@ that cannot take another id, a server out of memory (reliability issue, defects 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -27,6 +27,17 @@ def config(stream: str, **kw: object) -> ConsumerConfig:
 
 def reject_all(msg: StreamMessage) -> None:
     raise Reject("no")
+
+
+def in_background(
+    consumer: Consumer, handler: Callable[[StreamMessage], object], stop: threading.Event
+) -> threading.Thread:
+    """Run ``consumer`` in a thread until ``stop`` is set."""
+    thread = threading.Thread(
+        target=consumer.run, args=(handler,), kwargs={"handle_signals": False, "stop_event": stop}
+    )
+    thread.start()
+    return thread
 
 
 def wide_entry(n: int = WIDE) -> dict[bytes, bytes]:
@@ -140,10 +151,7 @@ def test_dead_lettering_on_a_full_server_waits_and_loses_nothing(
 
     # ensure_group must not fail on a full server when the group exists.
     consumer = Consumer(client, config("s"))
-    thread = threading.Thread(
-        target=consumer.run, args=(handler,), kwargs={"handle_signals": False, "stop_event": stop}
-    )
-    thread.start()
+    thread = in_background(consumer, handler, stop)
     try:
         deadline = threading.Event()
         assert not deadline.wait(1.5)  # the worker is refused for 1.5 s ...
@@ -176,10 +184,7 @@ def test_a_worker_started_while_redis_is_down_waits_for_it() -> None:
         stop.set()
 
     consumer = Consumer(client, config("s"))
-    thread = threading.Thread(
-        target=consumer.run, args=(handler,), kwargs={"handle_signals": False, "stop_event": stop}
-    )
-    thread.start()
+    thread = in_background(consumer, handler, stop)
     try:
         assert not stop.wait(1.0)
         assert thread.is_alive(), "the worker died because Redis was down at start"
@@ -199,12 +204,7 @@ def test_a_group_deleted_under_a_running_consumer_is_created_again(
     stop = threading.Event()
     seen: list[str] = []
     consumer = Consumer(streams_client, config(stream_name, block_duration=timedelta(seconds=0.2)))
-    thread = threading.Thread(
-        target=consumer.run,
-        args=(lambda m: seen.append(m.id),),
-        kwargs={"handle_signals": False, "stop_event": stop},
-    )
-    thread.start()
+    thread = in_background(consumer, lambda m: seen.append(m.id), stop)
     try:
         first = streams_client.add_to_stream(stream_name, StreamEvent(event_type="push"))
         for _ in range(100):

@@ -185,11 +185,11 @@ class _Replayer:
         sha, dlq, tail, head = self.script.sha, self.report.dlq, self.keys_tail, self.head
         now = format_time(datetime.now(UTC)).encode()
         keys = [dlq, "", *tail]
-        apart: dict[int, _Plan] = {}
+        apart: dict[int, tuple[_Plan, list[bytes]]] = {}
         for i, plan in enumerate(batch):
             fields = [*plan.entry.original(), *self.stamp(plan, now)]
             if len(fields) > LUA_MAX_VALUES:
-                apart[i] = plan  # too many fields for Lua: a transaction of its own, below
+                apart[i] = plan, fields  # too many for Lua: a transaction of its own, below
                 continue
             pipe.execute_command(
                 "EVALSHA", sha, 4, dlq, plan.target, *tail, plan.entry.id, *head,
@@ -198,7 +198,7 @@ class _Replayer:
         if self.ttl and not self.report.dry_run:
             pipe.expire(self.ledger, self.ttl)
         replies: list[Any] = pipe.execute(raise_on_error=False) if len(pipe) else []
-        for i, plan in sorted(apart.items()):
+        for i, (plan, fields) in sorted(apart.items()):
             keys[1] = plan.target
             try:
                 reply: Any = replay_tx(
@@ -209,7 +209,7 @@ class _Replayer:
                     keep_in_dlq=self.report.keep_in_dlq,
                     replay_id=self.report.replay_id,
                     group=plan.group or b"",
-                    fields=[*plan.entry.original(), *self.stamp(plan, now)],
+                    fields=fields,
                 )
             except redis.ResponseError as exc:
                 reply = exc
