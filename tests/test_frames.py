@@ -479,7 +479,7 @@ def test_dlq_frame_typed(streams_client: RedisStreamsClient, stream_name: str) -
     assert df["event_id"].tolist() == [x["id"] for x in letters]
     assert set(df["error_signature"].astype(str)) == {
         "KeyError: order <n> not found for tenant <str> [" + df["error_signature"][1][-9:],
-        "TimeoutError: timeout after <n>s talking to <ip>",
+        "TimeoutError: timeout after <duration> talking to <ip>",
     }
 
 

@@ -53,7 +53,7 @@ def test_investigating_a_dlq_runs_and_gives_the_printed_figures() -> None:
     assert [s.rsplit(" [", 1)[0] for s in summary["error_signature"]] == [
         "KeyError: 'release_notes'",
         "ValueError: unknown installation <n> for tenant <str>",
-        "TimeoutError: upstream <ip> timed out after <n>s",
+        "TimeoutError: upstream <ip> timed out after <duration>",
     ]
     by_type = namespace["dlq_summary"](df, by=("error_type", "event_type"))
     assert by_type[["error_type", "event_type", "count"]].values.tolist() == [
