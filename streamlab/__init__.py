@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         failures_over_time,
         groups_to_dataframe,
         pending_to_dataframe,
+        plot_failures,
         read_parquet,
         stream_to_dataframe,
     )
@@ -74,6 +75,7 @@ _LAZY = {
         "failures_over_time",
         "groups_to_dataframe",
         "pending_to_dataframe",
+        "plot_failures",
         "read_parquet",
         "stream_to_dataframe",
     ),
@@ -136,6 +138,7 @@ __all__ = [
     "failures_over_time",
     "groups_to_dataframe",
     "pending_to_dataframe",
+    "plot_failures",
     "read_parquet",
     "stream_to_dataframe",
     "ReplayReport",

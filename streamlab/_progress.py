@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+import time
+from typing import Any, cast
 
 from streamlab.errors import MissingDependencyError
 
@@ -12,6 +13,8 @@ __all__ = ["NoProgress", "in_notebook", "progress_bar"]
 
 class NoProgress:
     """Stands in for a bar when none is shown."""
+
+    total: int | None = None
 
     def update(self, n: int = 1) -> None:
         """Ignore progress."""
@@ -29,13 +32,52 @@ def in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
+class _Bar:
+    """A tqdm bar that, once closed, leaves one plain line behind.
+
+    A notebook's bar is a widget, which a saved notebook does not keep, and a terminal's bar
+    is redrawn in place: the summary line (``replay: 1,200 events in 0.8 s``) is what survives
+    in both, on stderr next to the bar.
+    """
+
+    def __init__(self, bar: Any, desc: str, unit: str) -> None:
+        self._bar, self._desc, self._unit = bar, desc, unit
+        self._start = time.monotonic()
+        self._closed = False
+
+    @property
+    def total(self) -> int | None:
+        """The bar's total, when known."""
+        return cast("int | None", self._bar.total)
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self._bar.total = value
+        self._bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        """Advance by ``n``."""
+        self._bar.update(n)
+
+    def close(self) -> None:
+        """Remove the bar and print the summary line (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._bar.close()
+        done = int(self._bar.n)
+        of = f" of {self._bar.total:,}" if self._bar.total not in (None, done) else ""
+        took = time.monotonic() - self._start
+        print(f"{self._desc}: {done:,}{of} {self._unit} in {took:.1f} s", file=sys.stderr)
+
+
 def progress_bar(
     progress: bool | None, total: int | None, desc: str, *, unit: str = "entries"
-) -> Any:
+) -> _Bar | NoProgress:
     """A tqdm.auto bar when ``progress`` is True, or None and running in a notebook.
 
-    ``progress=True`` without tqdm installed raises `MissingDependencyError`; the automatic
-    notebook bar is simply left out.
+    Closing it leaves a summary line. ``progress=True`` without tqdm installed raises
+    `MissingDependencyError`; the automatic notebook bar is simply left out.
     """
     wanted = in_notebook() if progress is None else progress
     if not wanted:
@@ -48,4 +90,4 @@ def progress_bar(
                 "progress bars need tqdm: pip install 'streamlab[notebook]'"
             ) from None
         return NoProgress()
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False)
+    return _Bar(tqdm(total=total, desc=desc, unit=f" {unit}", leave=False), desc, unit)

@@ -16,13 +16,15 @@ from streamlab.frames.pending import (
     groups_to_dataframe,
     pending_to_dataframe,
 )
+from streamlab.frames.plot import plot_failures
 from streamlab.frames.stream import dlq_to_dataframe, stream_to_dataframe
-from streamlab.frames.summary import dlq_summary, failures_over_time
+from streamlab.frames.summary import bucket_for, dlq_summary, failures_over_time
 from streamlab.signatures import error_signature
 
 __all__ = [
     "PENDING_STATES",
     "RETRY_CONSUMER",
+    "bucket_for",
     "consumers_to_dataframe",
     "dlq_summary",
     "dlq_to_dataframe",
@@ -31,6 +33,7 @@ __all__ = [
     "failures_over_time",
     "groups_to_dataframe",
     "pending_to_dataframe",
+    "plot_failures",
     "read_parquet",
     "stream_to_dataframe",
 ]

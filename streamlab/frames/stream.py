@@ -52,7 +52,6 @@ def read_pages(
             with translate_errors(stream):
                 length = int(source.redis.xlen(stream))
             bar.total = length if count is None else min(count, length)
-            bar.refresh()
         for page in source.pages(stream, start, end, count, page_size):
             yield page
             bar.update(len(page))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-__all__ = ["dlq_summary", "failures_over_time"]
+__all__ = ["bucket_for", "dlq_summary", "failures_over_time"]
 
 
 def _keys(by: str | Sequence[str]) -> list[str]:
@@ -55,26 +55,48 @@ def dlq_summary(
     return out.reset_index(drop=True)
 
 
+# Bucket widths a reader expects on a time axis, smallest first.
+_STEPS = (
+    "1s", "5s", "10s", "30s", "1min", "5min", "10min", "15min", "30min",
+    "1h", "2h", "3h", "6h", "12h", "1D", "2D", "7D", "14D", "30D",
+)  # fmt: skip
+
+
+def bucket_for(span: pd.Timedelta, buckets: int = 40) -> str:
+    """The smallest usual bucket width that cuts ``span`` into at most ``buckets`` buckets."""
+    for step in _STEPS:
+        if span <= pd.Timedelta(step) * buckets:
+            return step
+    return _STEPS[-1]
+
+
 def failures_over_time(
     df: pd.DataFrame,
-    freq: str = "1h",
+    freq: str | None = None,
     *,
     by: str | None = None,
     time_column: str | None = None,
 ) -> pd.DataFrame:
-    """Failures per time bucket, ready to plot: ``failures_over_time(df, "15min").plot()``.
+    """Failures per time bucket, ready to plot (`plot_failures` draws it readably).
 
-    The index is the bucket start (UTC), with empty buckets as 0. Without ``by`` there is one
-    column ``failures``; with ``by`` (e.g. ``"error_signature"``) one column per value.
+    ``freq`` is a pandas frequency (``"5min"``); without it the bucket is picked from the
+    span of the data (`bucket_for`: a few dozen buckets). The index is the bucket start
+    (UTC), with empty buckets as 0. Without ``by`` there is one column ``failures``; with
+    ``by`` (e.g. ``"error_signature"``) one column per value. ``.attrs["freq"]`` holds the
+    bucket width used.
     """
     time = _time_column(df, time_column)
+    if freq is None:
+        times = df[time].dropna()
+        freq = bucket_for(times.max() - times.min()) if len(times) else "1h"
     if by is None:
-        counts = df.set_index(time).resample(freq).size()
-        return counts.to_frame("failures")
-    grouper = pd.Grouper(key=time, freq=freq)
-    table = df.groupby([grouper, by], observed=True).size().unstack(by, fill_value=0)
-    if len(table):
-        full = pd.date_range(table.index.min(), table.index.max(), freq=freq)
-        table = table.reindex(full, fill_value=0)
-    table.index.name = time
+        table = df.set_index(time).resample(freq).size().to_frame("failures")
+    else:
+        grouper = pd.Grouper(key=time, freq=freq)
+        table = df.groupby([grouper, by], observed=True).size().unstack(by, fill_value=0)
+        if len(table):
+            full = pd.date_range(table.index.min(), table.index.max(), freq=freq)
+            table = table.reindex(full, fill_value=0)
+        table.index.name = time
+    table.attrs["freq"] = freq
     return table

@@ -378,7 +378,7 @@ def replay_dlq(
     plans = _plan(selection, report, target, for_group)
     _check_slots(c, dlq, report.replay_id, (p.target for p in plans))
     replayer = _Replayer(c, report, ledger_ttl=max(ttl, 0))
-    bar = progress_bar(progress, len(plans), "dry run" if dry_run else "replay", unit="event")
+    bar = progress_bar(progress, len(plans), "dry run" if dry_run else "replay", unit="events")
     done = 0
     try:
         for batch in _batches(plans, batch_size, None if dry_run else rate, cancel):
