@@ -37,7 +37,7 @@ class _Bar:
 
     A notebook's bar is a widget, which a saved notebook does not keep, and a terminal's bar
     is redrawn in place: the summary line (``replay: 1,200 events in 0.8 s``) is what survives
-    in both, on stderr next to the bar.
+    in both (on stdout in a notebook, on stderr next to the bar in a terminal).
     """
 
     def __init__(self, bar: Any, desc: str, unit: str) -> None:
@@ -68,7 +68,9 @@ class _Bar:
         done = int(self._bar.n)
         of = f" of {self._bar.total:,}" if self._bar.total not in (None, done) else ""
         took = time.monotonic() - self._start
-        print(f"{self._desc}: {done:,}{of} {self._unit} in {took:.1f} s", file=sys.stderr)
+        # In a notebook stdout, a plain output line; in a terminal stderr, beside the bar.
+        out = sys.stdout if in_notebook() else sys.stderr
+        print(f"{self._desc}: {done:,}{of} {self._unit} in {took:.1f} s", file=out)
 
 
 def progress_bar(

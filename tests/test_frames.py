@@ -625,7 +625,9 @@ def test_notebook_shows_progress_by_default(
     assert stream_name not in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "IPython", FakeIPython)
     stream_to_dataframe(redis_client, stream_name)
-    assert stream_name in capsys.readouterr().err
+    shown = capsys.readouterr()
+    assert stream_name in shown.err  # the bar
+    assert f"{stream_name}: 1 entries in " in shown.out  # the line a saved notebook keeps
     stream_to_dataframe(redis_client, stream_name, progress=False)
     assert stream_name not in capsys.readouterr().err
 

@@ -33,21 +33,23 @@ def plot_failures(
     freq: str | None = None,
     *,
     by: str | None = None,
+    time_column: str | None = None,
     top: int = 8,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
     """Dead letters per time bucket as stacked bars: ``plot_failures(df, by="error_signature")``.
 
-    ``df`` is a DLQ frame (`dlq_to_dataframe`); ``freq`` and ``by`` are `failures_over_time`'s
-    (the bucket is picked from the span when not given). The ``top`` series by count are drawn,
+    ``df`` is a DLQ frame (`dlq_to_dataframe`); ``freq``, ``by`` and ``time_column`` are
+    `failures_over_time`'s (the bucket is picked from the span when not given; the time is
+    ``failed_at``, or e.g. the event's own ``timestamp``). The ``top`` series by count are drawn,
     the rest summed as ``other``; the legend sits outside the axes, labels wrapped, never cut.
     Bars are a bucket wide and the axis spans the data with half a bucket each side, so one
     bucket or a few points still read as a chart. Returns the axes (``ax.figure.savefig``).
     """
     plt, dates, ticker = (_matplotlib(m) for m in ("pyplot", "dates", "ticker"))
 
-    table = failures_over_time(df, freq, by=by)
+    table = failures_over_time(df, freq, by=by, time_column=time_column)
     step = pd.Timedelta(table.attrs["freq"])
     if by is not None and len(table.columns) > top:
         order = table.sum().sort_values(ascending=False).index
