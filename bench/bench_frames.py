@@ -136,16 +136,16 @@ def memory_child(url: str, stream: str, n: int, parquet: str | None = None) -> N
     """Run in a fresh process: peak RSS growth during one stream_to_dataframe call, or
     during one export_parquet call when ``parquet`` names a file."""
     r = redis.Redis.from_url(url)
-    stream_to_dataframe(r, stream, count=10)  # imports and first-use costs out of the way
+    stream_to_dataframe(r, stream, limit=10)  # imports and first-use costs out of the way
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = rss_now()
     if parquet:
-        rows = export_parquet(r, stream, parquet, count=n, chunk_rows=PARQUET_CHUNK)
+        rows = export_parquet(r, stream, parquet, limit=n, chunk_rows=PARQUET_CHUNK)
         frame = 0
     else:
-        df = stream_to_dataframe(r, stream, count=n)
+        df = stream_to_dataframe(r, stream, limit=n)
         rows, frame = len(df), int(df.memory_usage(deep=True).sum())
     peak = peak_rss() - before
     print(json.dumps({"rows": rows, "frame": frame, "peak": peak}))
@@ -198,7 +198,7 @@ def bench_stream(server: EmbeddedServer, sizes: list[int], repeat: int) -> None:
         runs = repeat if n <= 100_000 else 2
         t_bare, _ = best(lambda n=n: bare_fetch(r, STREAM, n), runs)
         t_raw, _ = best(lambda n=n: bare_fetch_raw(raw, STREAM, n), runs)
-        t_frame, df = best(lambda n=n: stream_to_dataframe(r, STREAM, count=n), runs)
+        t_frame, df = best(lambda n=n: stream_to_dataframe(r, STREAM, limit=n), runs)
         assert len(df) == n
         del df
         mem = measure_memory(server.url, n)

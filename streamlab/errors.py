@@ -11,6 +11,18 @@ class ConfigError(StreamlabError, ValueError):
     """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot."""
 
 
+class ArgumentError(StreamlabError, ValueError):
+    """A function was given a bad argument value; the message names the argument."""
+
+
+class NotFoundError(StreamlabError, KeyError):
+    """An id (a DLQ entry, a replay run) that is not there; the message names it."""
+
+    def __str__(self) -> str:
+        # KeyError's str() quotes its argument: give the sentence as written.
+        return str(self.args[0]) if self.args else ""
+
+
 class DecodeError(StreamlabError, ValueError):
     """A stream entry cannot be decoded into a `StreamEvent`.
 

@@ -16,7 +16,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 
-__all__ = ["error_signature", "normalise_error", "traceback_frames"]
+__all__ = ["error_signature", "failure_signature", "normalise_error", "traceback_frames"]
 
 MAX_TEXT = 200
 
@@ -136,3 +136,15 @@ def error_signature(error: str, traceback: str = "") -> str:
         "|".join(f"{name}:{func}" for name, func in frames).encode(), usedforsecurity=False
     ).hexdigest()[:8]
     return f"{text} [{digest}]"
+
+
+def failure_signature(error_type: str, error: str, traceback: str = "") -> str:
+    """The signature of a failure record (a DLQ entry's ``dlq_error_type``, ``dlq_error`` and
+    ``dlq_traceback``): the error text led by its type, as the DLQ frame's ``error_signature``.
+    """
+    text = (
+        error
+        if not (error_type and error) or error.startswith(error_type)
+        else (f"{error_type}: {error}")
+    )
+    return error_signature(text, traceback)

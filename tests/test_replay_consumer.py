@@ -57,7 +57,7 @@ def test_dead_letters_replayed_and_acked_by_a_running_consumer(
         broken, burst=True, handle_signals=False
     )
     assert stats.dead_lettered == 5
-    sel = select_dlq(streams_client, stream_name, error_types="ConnectionError")
+    sel = select_dlq(streams_client, stream_name, error_type="ConnectionError")
     assert len(sel) == 5
     assert {m.failure.group for m in sel if m.failure} == {"billing"}
 

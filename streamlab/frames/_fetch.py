@@ -10,7 +10,6 @@ is never modified.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -19,7 +18,7 @@ from streamlab.client import RedisStreamsClient, translate_errors
 from streamlab.errors import ConfigError
 from streamlab.keys import dlq_key
 
-__all__ = ["Fetcher", "RawEntry", "bound", "fetcher"]
+__all__ = ["Fetcher", "RawEntry", "fetcher"]
 
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
 RawEntry = Sequence[Any]
@@ -29,16 +28,6 @@ _RAW_COMMANDS = ("XRANGE", "XPENDING")
 
 def _identity(response: Any, **_options: Any) -> Any:
     return response
-
-
-def bound(value: str | bytes | int | datetime) -> str | bytes:
-    """An XRANGE bound: a stream id, ``-``/``+``, ``(id``, milliseconds or a datetime."""
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return str(int(aware.timestamp() * 1000))
-    if isinstance(value, int):
-        return str(value)
-    return value
 
 
 class Fetcher:
@@ -79,18 +68,19 @@ class Fetcher:
     def pages(
         self,
         stream: str,
-        start: Any = "-",
-        end: Any = "+",
-        count: int | None = None,
+        start: str = "-",
+        end: str = "+",
+        limit: int | None = None,
         page_size: int = PAGE_SIZE,
     ) -> Iterator[list[RawEntry]]:
-        """XRANGE pages from ``start`` to ``end``, at most ``count`` entries in all.
+        """XRANGE pages from ``start`` to ``end`` (ids), at most ``limit`` entries in all.
 
         Each next page starts after the last id seen (``(id``), so entries added or trimmed
         meanwhile never make a page repeat or skip one.
         """
-        lo, hi = bound(start), bound(end)
-        remaining = count
+        lo: str | bytes = start
+        hi = end
+        remaining = limit
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
             page = self.xrange(stream, lo, hi, size)

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 
 from streamlab.frames._build import CATEGORY_FIELDS, arrow_type, path_array, to_pandas
 from streamlab.frames._fetch import PAGE_SIZE, fetcher
-from streamlab.frames.stream import Bound, read_pages, stream_builder
+from streamlab.frames.stream import read_pages, stream_builder
+from streamlab.ids import Bound
 
 __all__ = ["RAW_TYPE", "export_parquet", "read_parquet"]
 
@@ -82,9 +83,9 @@ def export_parquet(
     stream: str,
     path: str | os.PathLike[str],
     *,
-    start: Bound = "-",
-    end: Bound = "+",
-    count: int | None = None,
+    since: Bound | None = None,
+    until: Bound | None = None,
+    limit: int | None = None,
     payload_fields: Iterable[str] | None = None,
     chunk_rows: int = 100_000,
     compression: str = "zstd",
@@ -118,7 +119,7 @@ def export_parquet(
         written += len(frame)
 
     pages = read_pages(
-        source, stream, start=start, end=end, count=count, progress=progress,
+        source, stream, since=since, until=until, limit=limit, progress=progress,
         page_size=min(PAGE_SIZE, chunk_rows),
     )  # fmt: skip
     try:

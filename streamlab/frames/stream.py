@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
 from streamlab._progress import NoProgress, progress_bar
 from streamlab.client import translate_errors
+from streamlab.errors import ArgumentError
 from streamlab.frames._build import (
     DLQ_RENAMES,
     STREAM_ALIASES,
@@ -17,11 +17,11 @@ from streamlab.frames._build import (
     FrameBuilder,
 )
 from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
-from streamlab.signatures import error_signature
+from streamlab.ids import Bound, id_range
+from streamlab.signatures import failure_signature
 
 __all__ = ["DLQ_COLUMNS", "dlq_to_dataframe", "read_pages", "stream_to_dataframe"]
 
-Bound = str | bytes | int | datetime
 DLQ_COLUMNS = (
     "failed_at",
     "error_type",
@@ -39,20 +39,26 @@ def read_pages(
     source: Fetcher,
     stream: str,
     *,
-    start: Bound,
-    end: Bound,
-    count: int | None,
+    since: Bound | None,
+    until: Bound | None,
+    limit: int | None,
     progress: bool | None,
     page_size: int = PAGE_SIZE,
 ) -> Iterator[list[Any]]:
-    """XRANGE pages of ``stream``, ticking a progress bar when one is wanted."""
+    """XRANGE pages of ``stream`` from ``since`` to ``until`` (`streamlab.ids`), at most
+    ``limit`` entries, ticking a progress bar when one is wanted."""
+    if limit is not None and (isinstance(limit, bool) or limit < 0):
+        raise ArgumentError(f"limit: must be an int >= 0, got {limit!r}")
+    bounds = id_range(since, until)
     bar = progress_bar(progress, None, stream)
     try:
+        if bounds is None or limit == 0:
+            return
         if not isinstance(bar, NoProgress):
             with translate_errors(stream):
                 length = int(source.redis.xlen(stream))
-            bar.total = length if count is None else min(count, length)
-        for page in source.pages(stream, start, end, count, page_size):
+            bar.total = length if limit is None else min(limit, length)
+        for page in source.pages(stream, *bounds, limit, page_size):
             yield page
             bar.update(len(page))
     finally:
@@ -81,9 +87,9 @@ def stream_to_dataframe(
     client: Any,
     stream: str,
     *,
-    start: Bound = "-",
-    end: Bound = "+",
-    count: int | None = None,
+    since: Bound | None = None,
+    until: Bound | None = None,
+    limit: int | None = None,
     payload_fields: Iterable[str] | None = None,
     progress: bool | None = None,
     page_size: int = PAGE_SIZE,
@@ -91,8 +97,8 @@ def stream_to_dataframe(
     """One row per entry of ``stream``, typed, built column-wise from paged XRANGE.
 
     ``client`` is a `RedisStreamsClient` or a redis-py ``redis.Redis`` (bytes replies).
-    ``start``/``end`` are stream ids (``(id`` for exclusive), milliseconds or datetimes;
-    ``count`` caps the rows.
+    ``since`` / ``until`` bound the entries read, inclusive: aware datetimes, timedeltas (that
+    long ago), stream ids or milliseconds (`streamlab.ids`); ``limit`` caps the rows.
 
     Columns: ``id`` (stream id, str), ``ts`` (``datetime64[ms, UTC]`` from the id), then one
     column per field, always including ``event_id``, ``event_type``, ``repository``,
@@ -126,8 +132,9 @@ def stream_to_dataframe(
     """
     source = fetcher(client)
     pages = read_pages(
-        source, stream, start=start, end=end, count=count, progress=progress, page_size=page_size
-    )
+        source, stream, since=since, until=until, limit=limit, progress=progress,
+        page_size=page_size,
+    )  # fmt: skip
     return _fill(stream_builder(payload_fields), pages)
 
 
@@ -136,9 +143,9 @@ def dlq_to_dataframe(
     stream: str,
     *,
     dlq: str | None = None,
-    start: Bound = "-",
-    end: Bound = "+",
-    count: int | None = None,
+    since: Bound | None = None,
+    until: Bound | None = None,
+    limit: int | None = None,
     payload_fields: Iterable[str] | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
@@ -149,6 +156,7 @@ def dlq_to_dataframe(
     failure fields without their ``dlq_`` prefix (``error_type``, ``error``, ``attempts``
     (``Int64``), ``source_stream``, ``source_id``, ``group``, ``consumer``, ``traceback``),
     then the original event's columns exactly as `stream_to_dataframe` gives them.
+    ``since`` / ``until`` bound when the entries were dead-lettered; ``limit`` caps the rows.
     A RedisStreamsClient's own DLQ names (``dlq_names``) are honoured.
     """
     source = fetcher(client)
@@ -158,7 +166,7 @@ def dlq_to_dataframe(
         columns=DLQ_COLUMNS + STREAM_COLUMNS,
         paths=payload_fields,
     )
-    pages = read_pages(source, name, start=start, end=end, count=count, progress=progress)
+    pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
     df = _fill(builder, pages)
     df.insert(3, "error_signature", _signatures(df))
     return df
@@ -173,7 +181,6 @@ def _signatures(df: pd.DataFrame) -> pd.Series:
         signature = cache.get(key)
         if signature is None:
             kind, error, tb = (v if isinstance(v, str) else "" for v in key)
-            text = error if not (kind and error) or error.startswith(kind) else f"{kind}: {error}"
-            signature = cache[key] = error_signature(text, tb)
+            signature = cache[key] = failure_signature(kind, error, tb)
         out.append(signature)
     return pd.Series(out, index=df.index, dtype=pd.CategoricalDtype(sorted(set(out))))

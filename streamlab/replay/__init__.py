@@ -2,7 +2,7 @@
 
 The flow is select, look, (try), replay, follow up::
 
-    sel = select_dlq(client, "{webhooks}", error_types=["TimeoutError"])   # what is there
+    sel = select_dlq(client, "{webhooks}", error_type=["TimeoutError"])   # what is there
     try_handler(fixed_handler, sel)                  # does the fix work? (writes nothing)
     replay_dlq(client, "{webhooks}", sel, dry_run=True)                      # what would happen
     report = replay_dlq(client, "{webhooks}", sel)                           # do it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -11,8 +10,8 @@ from typing import Any, Final
 import redis
 
 from streamlab.client import RedisStreamsClient, translate_errors
-from streamlab.errors import ConfigError
-from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS, StreamMessage, decode_message
+from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS, StreamEvent, StreamMessage, decode_message
+from streamlab.signatures import failure_signature
 
 PAGE: Final = 1000
 
@@ -20,7 +19,6 @@ _DLQ_B = frozenset(name.encode() for name in DLQ_FIELDS)
 _DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
 _REPO_KEYS = (b"repository", b"repo_name", b"repo")
 _TENANT_KEYS = (b"tenant_id", b"tenant")
-_ID = re.compile(r"^(\d+)-(\d+)$")
 
 
 def _as_client(client: Any) -> RedisStreamsClient:
@@ -33,18 +31,6 @@ def _as_client(client: Any) -> RedisStreamsClient:
     )
 
 
-def _parse_id(value: Any, what: str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    match = _ID.match(text.strip())
-    if not match:
-        raise ConfigError(f"{what}: {value!r} is not a stream id like '1700000000000-0'")
-    return int(match[1]), int(match[2])
-
-
-def _id_text(parsed: tuple[int, int]) -> str:
-    return f"{parsed[0]}-{parsed[1]}"
-
-
 # -- DLQ entries -------------------------------------------------------------------------------
 
 
@@ -54,6 +40,7 @@ class _Entry:
 
     id: str
     raw: dict[bytes, bytes]
+    dlq: str = ""
     _message: StreamMessage | None = None
 
     def text(self, name: bytes) -> str:
@@ -86,10 +73,28 @@ class _Entry:
             return ""
         return str(auth.get("tenant_id") or "") if isinstance(auth, dict) else ""
 
-    def message(self, dlq: str) -> StreamMessage:
+    def column(self, name: str) -> str:
+        """The value the DLQ frame's column ``name`` has for this entry (`DLQFilter`)."""
+        if name == "event_type":
+            return self.event_type
+        if name == "tenant_id":
+            return self.tenant
+        if name == "repository":
+            return self.repository
+        if name == "error_signature":
+            return failure_signature(
+                self.text(b"dlq_error_type"), self.text(b"dlq_error"), self.text(b"dlq_traceback")
+            )
+        return self.text(b"dlq_" + name.encode())  # error_type, error, ...
+
+    def event(self) -> StreamEvent | None:
+        """The event decoded; None when it does not decode."""
+        return self.message().event
+
+    def message(self) -> StreamMessage:
         """The DLQ entry decoded (``failure`` set; ``event`` None when it does not decode)."""
         if self._message is None:
-            self._message = decode_message(dlq, self.id, self.raw)
+            self._message = decode_message(self.dlq, self.id, self.raw)
         return self._message
 
     def original(self, retry_count: bytes = b"0") -> list[bytes]:

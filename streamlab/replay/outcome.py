@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streamlab.client import RedisStreamsClient
+from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
-from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page, _parse_id
+from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page
 
 if TYPE_CHECKING:
     import pandas as pd

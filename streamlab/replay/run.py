@@ -15,11 +15,12 @@ import redis
 from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
 from streamlab.client import RedisStreamsClient, seconds
-from streamlab.errors import ConfigError
+from streamlab.errors import ArgumentError
 from streamlab.events import format_time
+from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 from streamlab.replay._entries import _as_client, _Entry
-from streamlab.replay.selection import _FILTERS, ReplaySelection, select_dlq
+from streamlab.replay.selection import ReplaySelection, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES
 
 if TYPE_CHECKING:
@@ -367,9 +368,9 @@ def replay_dlq(
     dlq = c.dlq_stream(stream)
     selection = _selection(c, stream, dlq, selection, filters)
     if batch_size < 1:
-        raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size: must be >= 1, got {batch_size}")
     if rate is not None and rate <= 0:
-        raise ConfigError(f"rate: must be > 0 events per second, got {rate}")
+        raise ArgumentError(f"rate: must be > 0 events per second, got {rate}")
     ttl = 0 if ledger_ttl is None else int(seconds(ledger_ttl) or 0)
     report = ReplayReport(
         stream, dlq, replay_id or str(uuid.uuid4()), dry_run, keep_in_dlq=keep_in_dlq
@@ -406,18 +407,18 @@ def _selection(
     selection: ReplaySelection | None,
     filters: Mapping[str, Any],
 ) -> ReplaySelection:
-    unknown = set(filters) - _FILTERS
+    unknown = set(filters) - {*KEYWORDS, "filters", "since", "until", "limit"}
     if unknown:
         raise TypeError(
             f"replay_dlq() got unknown argument(s) {sorted(unknown)}; "
-            f"filters are {sorted(_FILTERS)}"
+            f"filters are {', '.join(KEYWORDS)}, and since, until, limit"
         )
     if selection is None:
         return select_dlq(c, stream, **filters)
     if filters:
-        raise ConfigError("pass either a selection or filters to replay_dlq, not both")
+        raise ArgumentError("pass either a selection or filters to replay_dlq, not both")
     if selection.dlq != dlq:
-        raise ConfigError(
+        raise ArgumentError(
             f"the selection is of DLQ {selection.dlq!r} but stream {stream!r} has DLQ {dlq!r}"
         )
     return selection
