@@ -326,6 +326,7 @@ def replay_dlq(
     stream: str,
     selection: ReplaySelection | None = None,
     *,
+    dlq: str | None = None,
     target: str | None = None,
     dry_run: bool = False,
     rate: float | None = None,
@@ -343,6 +344,7 @@ def replay_dlq(
     Replays ``selection`` (from `select_dlq`), or the entries the ``filters`` (the keyword
     arguments of `select_dlq`) select; with neither, the whole DLQ.
 
+    - ``dlq``: the DLQ to replay from, when it is not the client's DLQ of ``stream``.
     - ``target``: the stream to add the events to; by default each entry's source stream
       (``dlq_source_stream``). Entries with neither are skipped with the reason.
     - ``dry_run``: run every check (in the same script, against the live data) and write
@@ -365,7 +367,7 @@ def replay_dlq(
     the DLQ, and running the replay again finishes the job.
     """
     c = _as_client(client)
-    dlq = c.dlq_stream(stream)
+    dlq = dlq or c.dlq_stream(stream)
     selection = _selection(c, stream, dlq, selection, filters)
     if batch_size < 1:
         raise ArgumentError(f"batch_size: must be >= 1, got {batch_size}")
@@ -414,7 +416,7 @@ def _selection(
             f"filters are {', '.join(KEYWORDS)}, and since, until, limit"
         )
     if selection is None:
-        return select_dlq(c, stream, **filters)
+        return select_dlq(c, stream, dlq=dlq, **filters)
     if filters:
         raise ArgumentError("pass either a selection or filters to replay_dlq, not both")
     if selection.dlq != dlq:
