@@ -88,10 +88,9 @@ class ConsumerConfig(BaseModel):
     """How a consumer reads, retries and dead-letters. Unknown keys are rejected.
 
     ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
-    another consumer takes it over; backoff delays are independent of it (up to 30 days; a
-    waiting retry is looked at once per ``claim_min_idle``, see `streamlab.policy`).
-    ``dlq_retention`` trims DLQ entries older than it (MINID) whenever a message is
-    dead-lettered. ``dlq_stream`` defaults to
+    another consumer takes it over; backoff delays (up to 30 days) do not depend on it: a
+    waiting retry is looked at once per ``claim_min_idle``. ``dlq_retention`` trims DLQ entries
+    older than it (MINID) whenever a message is dead-lettered. ``dlq_stream`` defaults to
     ``<stream>_dlq`` (or to the client's ``dlq_names`` entry for the stream, when it has one
     and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
     stream (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's
@@ -446,14 +445,7 @@ class Consumer:
                     apart.append(args)
         if acks:
             pipe.xack(cfg.stream, cfg.group, *acks)
-        if settled:
-            # After the ack (a dead letter apart runs after the pipeline: a row of an entry in
-            # hand is never read, so removing it first is harmless if the dead letter fails).
-            pipe.zrem(self._due_key, *settled)
-        if due_at:
-            # The due time first, then the parking: a crash between the two leaves the entry
-            # in hand, reclaimed from this consumer after claim_min_idle; the row is not read.
-            pipe.zadd(self._due_key, due_at)
+        self._queue_due_times(pipe, settled, due_at)
         for (idle, held_ms), ids in retries.items():
             pipe.xclaim(cfg.stream, cfg.group, RETRY_CONSUMER, held_ms, ids, idle=idle, justid=True)
         if not (acks or retries or dead):
@@ -472,9 +464,26 @@ class Consumer:
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
         done.acked = max(int(replies[len(dead)]) - done.skipped, 0) if acks else 0
         done.retried = sum(len(r) for r in replies[len(replies) - len(retries) :])
-        self._redelivered.difference_update(e if isinstance(e, str) else e.id for e, _ in outcomes)
+        if self._redelivered:
+            self._redelivered.difference_update(
+                e if isinstance(e, str) else e.id for e, _ in outcomes
+            )
         self._count(done)
         return done
+
+    def _queue_due_times(self, pipe: Any, settled: list[str], due_at: dict[str, int]) -> None:
+        """Queue a batch's due-time writes: after its acks, before its retries are parked.
+
+        The removal of settled entries' rows follows the acks (a dead letter made apart runs
+        after the pipeline, but a row of an entry in hand is never read, so removing it first
+        is harmless if the dead letter fails). A retry's due time precedes its parking: a crash
+        between the two leaves the entry in hand, reclaimed from this consumer after
+        ``claim_min_idle``, and the row is not read.
+        """
+        if settled:
+            pipe.zrem(self._due_key, *settled)
+        if due_at:
+            pipe.zadd(self._due_key, due_at)
 
     def _settle_retrying(self, outcomes: Sequence[tuple[StreamMessage | str, Decision]]) -> None:
         """`_settle`, retried with backoff while the server is unreachable or out of memory.
