@@ -258,13 +258,15 @@ class Consumer:
         ``claim_min_idle`` but not due yet are parked again, and the next page looked at."""
         cfg = self.config
         self._prune_due_times()
+        start = "-"
         for _ in range(_CLAIM_PAGES):
-            rows = self._pending(idle=self._min_idle_ms, count=cfg.batch_size)
+            rows = self._pending(start=start, idle=self._min_idle_ms, count=cfg.batch_size)
             if len(rows) < cfg.batch_size:
                 self._next_claim = time.monotonic() + cfg.claim_interval.total_seconds()
             batch, parked_again = self._claim_rows(rows) if rows else ([], 0)
             if batch or not parked_again or len(rows) < cfg.batch_size:
                 return batch
+            start = f"({rows[-1].id}"
         return []
 
     def _claim_rows(self, rows: list[PendingRow]) -> tuple[list[StreamMessage], int]:
@@ -273,11 +275,10 @@ class Consumer:
         cfg = self.config
         owners = {row.id: row.consumer for row in rows}
         deliveries = {row.id: row.deliveries for row in rows}
-        waiting: list[Any] = [row.id for row in rows if row.consumer == RETRY_CONSUMER]
-        with translate_errors(cfg.stream, cfg.group):
-            due_at = self.redis.zmscore(self._due_key, waiting) if waiting else []
+        waiting = [row.id for row in rows if row.consumer == RETRY_CONSUMER]
+        due_at = self._due_times(waiting)
         parked = sort_parked(
-            dict(zip(waiting, due_at, strict=True)), int(time.time() * 1000), self._min_idle_ms
+            {i: due_at.get(i) for i in waiting}, int(time.time() * 1000), self._min_idle_ms
         )
         again = {i for ids in parked.again.values() for i in ids}
         ids: list[Any] = [i for i in owners if i not in again]
@@ -317,6 +318,14 @@ class Consumer:
             with translate_errors(cfg.stream, cfg.group):
                 self.redis.zrem(self._due_key, *claimed.lost)
         return batch, len(still_waiting)
+
+    def _due_times(self, ids: list[str]) -> dict[str, float]:
+        """The due times (Unix ms) of those of ``ids`` that have one."""
+        if not ids:
+            return {}
+        with translate_errors(self.config.stream, self.config.group):
+            scores = self.redis.zmscore(self._due_key, ids)
+        return {i: at for i, at in zip(ids, scores, strict=True) if at is not None}
 
     def _prune_due_times(self) -> None:
         """Drop due-time rows overdue by ``claim_min_idle``, once per ``claim_min_idle``.
@@ -692,7 +701,13 @@ class Consumer:
         waits: list[float] = []
         for owner in (RETRY_CONSUMER, cfg.consumer):
             rows = self._pending(consumer=owner)
-            waits += [(self._min_idle_ms - row.idle_ms) / 1000 for row in rows]
+            # A waiting retry is claimed once shown by the claim clock and due, not before.
+            due = self._due_times([r.id for r in rows]) if owner == RETRY_CONSUMER else {}
+            now_ms = time.time() * 1000
+            waits += [
+                max(self._min_idle_ms - row.idle_ms, due.get(row.id, 0) - now_ms) / 1000
+                for row in rows
+            ]
         if not waits:
             return None
         return max(min(waits), 0.0)

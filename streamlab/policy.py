@@ -171,7 +171,7 @@ def retry_due_ms(delay: float, now_ms: int) -> int:
 @dataclass(frozen=True, slots=True)
 class Parked:
     """Waiting retries the claim clock showed: those due now, and the rest to park again
-    (IDLE to set -> ids), with the seconds until the first of them shows again."""
+    (IDLE to set -> ids), with the seconds until the first of those is due."""
 
     due: tuple[str, ...]
     again: Mapping[int, tuple[str, ...]]
@@ -197,8 +197,7 @@ def sort_parked(due_ms: Mapping[str, float | None], now_ms: int, claim_min_idle_
             continue
         idle = max(claim_min_idle_ms - left, 0)
         again.setdefault(idle, []).append(entry_id)
-        shows = (claim_min_idle_ms - idle) / 1000
-        soonest = shows if soonest is None else min(soonest, shows)
+        soonest = left / 1000 if soonest is None else min(soonest, left / 1000)
     return Parked(tuple(due), {k: tuple(v) for k, v in again.items()}, soonest)
 
 

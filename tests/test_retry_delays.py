@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 import redis
 from faults.ledger import HandledLog, ledger_check
 
@@ -91,14 +92,22 @@ def read_until(consumer: Consumer, timeout: float) -> list[StreamMessage]:
 # -- the wait itself -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("claim_min_idle", "delay"),
+    [(0.5, 2.0), (0.0, 1.0)],  # with 0, a waiting retry always shows: parked again each poll
+)
 def test_a_2s_backoff_with_claim_min_idle_half_a_second_retries_after_2s(
-    redis_url: str, streams_client: RedisStreamsClient, stream_name: str
+    redis_url: str,
+    streams_client: RedisStreamsClient,
+    stream_name: str,
+    claim_min_idle: float,
+    delay: float,
 ) -> None:
     [entry] = add(streams_client, stream_name, 1)
     cfg = config(
         stream_name,
-        claim_min_idle=timedelta(seconds=0.5),
-        backoff=Backoff(initial=timedelta(seconds=2), first_immediate=False),
+        claim_min_idle=timedelta(seconds=claim_min_idle),
+        backoff=Backoff(initial=timedelta(seconds=delay), first_immediate=False),
     )
     calls: list[tuple[float, str, int]] = []
 
@@ -115,7 +124,7 @@ def test_a_2s_backoff_with_claim_min_idle_half_a_second_retries_after_2s(
 
     [(first, *one), (second, *two)] = calls
     assert (one, two) == ([entry, 1], [entry, 2])
-    assert 2.0 - EARLY <= second - first <= 2.0 + LATE, second - first
+    assert delay - EARLY <= second - first <= delay + LATE, second - first
     assert (stats.failed, stats.retried, stats.acked, stats.reclaimed) == (1, 1, 1, 0)
     assert cpu < 0.5 * stats.duration, (cpu, stats.duration)  # waiting, not polling hot
     assert pending_rows(streams_client.redis, stream_name) == {}
