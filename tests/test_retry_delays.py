@@ -29,6 +29,7 @@ from faults.ledger import HandledLog, ledger_check
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.errors import Retry
 from streamlab.events import StreamEvent, StreamMessage
 from streamlab.frames import pending_to_dataframe
 from streamlab.keys import retry_due_key
@@ -199,13 +200,17 @@ def test_a_24h_backoff_with_claim_min_idle_30s_stays_parked_until_due(
         assert (owner, deliveries) == (RETRY_CONSUMER, 1)
         assert idle < 30_000
     assert due_rows(r, stream_name) == {entry: due}
+    age(r, stream_name, entry, 31_000)  # shown by the claim clock, but not due: not claimable
     frame = pending_to_dataframe(streams_client, stream_name, "g", claim_min_idle=30)
     assert frame["state"].astype(str).tolist() == ["retry_wait"]
     assert frame["retry_due_at"].tolist() == [pd.Timestamp(int(due), unit="ms", tz="UTC")]
+    assert frame["claimable"].tolist() == [False]
 
     # The day has passed (faked): due, claimed as attempt 2, and the next retry a day away.
     r.zadd(retry_due_key(stream_name, "g"), {entry: time.time() * 1000 - 1000})
     age(r, stream_name, entry, 31_000)
+    frame = pending_to_dataframe(streams_client, stream_name, "g", claim_min_idle=30)
+    assert frame["claimable"].tolist() == [True]
     time.sleep(0.01)
     [again] = consumer.read_messages(block=0)
     assert (again.id, again.delivery_count) == (entry, 2)
@@ -226,6 +231,25 @@ def test_a_24h_backoff_with_claim_min_idle_30s_stays_parked_until_due(
     assert dead.fields["dlq_attempts"] == b"3"
     assert pending_rows(r, stream_name) == {}
     assert due_rows(r, stream_name) == {}  # removed with the dead letter
+
+
+def test_a_handlers_retry_delay_longer_than_claim_min_idle_is_kept(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    r = streams_client.redis
+    [entry] = add(streams_client, stream_name, 1)
+    streams_client.ensure_group(stream_name, "g")
+
+    def later(msg: StreamMessage) -> None:
+        raise Retry("rate limited", delay=3600)
+
+    consumer = Consumer(streams_client, config(stream_name, claim_min_idle=timedelta(seconds=1)))
+    before = int(time.time() * 1000)
+    consumer.process(consumer.read_messages(block=1), later)
+    assert (consumer.stats.failed, consumer.stats.retried) == (1, 1)
+    [due] = due_rows(r, stream_name).values()
+    assert before + 3_600_000 <= due <= time.time() * 1000 + 3_600_000  # not cut to 1 s
+    assert pending_rows(r, stream_name)[entry][:2] == (RETRY_CONSUMER, 1)
 
 
 # -- crashes between the steps, stale rows -------------------------------------------------

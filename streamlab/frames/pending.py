@@ -139,12 +139,12 @@ def pending_to_dataframe(
 
     Columns: ``id``, ``ts``, ``consumer`` (category), ``state`` (category), ``deliveries``
     (int64), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
-    owner's XINFO idle), ``claimable`` (idle >= ``claim_min_idle``: the next XAUTOCLAIM
-    takes it), ``retry_due_at`` (``datetime64[ms, UTC]``: when a ``retry_wait`` entry is due,
-    from the group's due-time set; for a waiting retry without a due time, when its idle
-    reaches ``claim_min_idle``; NaT on every other row), ``deleted`` (boolean; the entry is
-    gone from the stream, ``<NA>`` without ``with_entries``), then the entry's columns as
-    `stream_to_dataframe` gives them.
+    owner's XINFO idle), ``claimable`` (idle >= ``claim_min_idle``, and for a waiting retry
+    its due time reached: the next claim takes it), ``retry_due_at`` (``datetime64[ms, UTC]``:
+    when a ``retry_wait`` entry is due, from the group's due-time set; for a waiting retry
+    without a due time, when its idle reaches ``claim_min_idle``; NaT on every other row),
+    ``deleted`` (boolean; the entry is gone from the stream, ``<NA>`` without
+    ``with_entries``), then the entry's columns as `stream_to_dataframe` gives them.
 
     ``state``, the first that applies:
 
@@ -258,7 +258,7 @@ def _pending_columns(
         "consumer_idle": pd.to_timedelta(owner_idle.astype("float64"), unit="ms").astype(
             "timedelta64[ms]"
         ),
-        "claimable": idle >= claim_ms,
+        "claimable": (idle >= claim_ms) & ~(due > time.time() * 1000).fillna(False).astype(bool),
         "retry_due_at": pd.to_datetime(due.astype("float64"), unit="ms", utc=True).astype(
             "datetime64[ms, UTC]"
         ),
