@@ -252,6 +252,27 @@ def test_a_handlers_retry_delay_longer_than_claim_min_idle_is_kept(
     assert pending_rows(r, stream_name)[entry][:2] == (RETRY_CONSUMER, 1)
 
 
+def test_waiting_retries_shown_early_do_not_hide_a_dead_workers_message_behind_them(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """The claim path parks them again and looks at the next page in the same pass."""
+    r = streams_client.redis
+    ids = add(streams_client, stream_name, 6)
+    streams_client.ensure_group(stream_name, "g")
+    r.xreadgroup("g", "dead-worker", {stream_name: ">"}, count=6)
+    *waiting, orphan = ids
+    r.zadd(retry_due_key(stream_name, "g"), dict.fromkeys(waiting, time.time() * 1000 + 3.6e6))
+    r.xclaim(stream_name, "g", RETRY_CONSUMER, 0, waiting, idle=31_000, justid=True)
+    r.xclaim(stream_name, "g", "dead-worker", 0, [orphan], idle=31_000, justid=True)
+    cfg = config(stream_name, batch_size=2, claim_min_idle=timedelta(seconds=30))
+    consumer = Consumer(streams_client, cfg)
+    [msg] = consumer.read_messages(block=0)
+    assert (msg.id, msg.delivery_count) == (orphan, 2)
+    rows = pending_rows(r, stream_name)
+    assert {i: rows[i][:2] for i in waiting} == dict.fromkeys(waiting, (RETRY_CONSUMER, 1))
+    assert all(rows[i][2] < 30_000 for i in waiting)  # parked again, hidden from the claim
+
+
 # -- crashes between the steps, stale rows -------------------------------------------------
 
 
