@@ -9,6 +9,7 @@ makes it due.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -400,7 +401,7 @@ def test_worker_sigkilled_while_its_retries_wait_another_retries_them_when_due(
     worker = subprocess.Popen(
         [sys.executable, "-c", WORKER, redis_url, stream_name, str(log.path), *failing],
         cwd=tests_dir,
-        env={"PYTHONPATH": tests_dir, "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": tests_dir},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
