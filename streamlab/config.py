@@ -270,15 +270,11 @@ class ConsumerSettings(_Section):
         _positive(self.block_duration, "block_duration (0 would block forever)")
         _positive(self.claim_min_idle, "claim_min_idle")
         _positive(self.claim_interval, "claim_interval")
-        from streamlab.policy import max_delay
+        from streamlab.policy import schedule_error
 
-        worst = max_delay(self.max_retries, self.backoff.to_backoff())
-        if worst > self.claim_min_idle.total_seconds():
-            raise ValueError(
-                f"the backoff schedule asks for a {worst:g} s delay but claim_min_idle is "
-                f"{format_duration(self.claim_min_idle)}; raise claim_min_idle to at least the "
-                "longest delay (retries wait out their backoff on the claim clock)"
-            )
+        error = schedule_error(self.max_retries, self.backoff.to_backoff())
+        if error:
+            raise ValueError(error)
         return self
 
 

@@ -28,7 +28,7 @@ from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
-from streamlab.keys import check_same_slot, dlq_key, is_cluster
+from streamlab.keys import check_same_slot, dlq_key, is_cluster, retry_due_key
 from streamlab.metrics import Metrics, NullMetrics
 from streamlab.policy import (
     RETRY_CONSUMER,
@@ -39,9 +39,11 @@ from streamlab.policy import (
     before_handler,
     dlq_minid,
     failure_record,
-    max_delay,
+    retry_due_ms,
     retry_idle_ms,
+    schedule_error,
     sort_claimed,
+    sort_parked,
 )
 from streamlab.scripts import LUA_MAX_VALUES
 
@@ -57,6 +59,8 @@ _MAX_OUTAGE_WAIT = 5.0
 # Errors that a wait cures: the server restarting or unreachable, or out of memory.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)
 log = logging.getLogger("streamlab.consumer")
+# How many XPENDING pages one claim may go through while it finds only retries to park again.
+_CLAIM_PAGES = 10
 # ARGV of lua/dead_letter.lua: group, id, owner, maxlen, minid, then the entry's fields.
 _DL_HEAD = 5
 
@@ -84,8 +88,8 @@ class ConsumerConfig(BaseModel):
     """How a consumer reads, retries and dead-letters. Unknown keys are rejected.
 
     ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
-    another consumer takes it over; it must be at least the longest backoff delay, because
-    retries wait out their backoff on the same clock. ``dlq_retention`` trims DLQ entries
+    another consumer takes it over; backoff delays (up to 30 days) do not depend on it: a
+    waiting retry is looked at once per ``claim_min_idle``. ``dlq_retention`` trims DLQ entries
     older than it (MINID) whenever a message is dead-lettered. ``dlq_stream`` defaults to
     ``<stream>_dlq`` (or to the client's ``dlq_names`` entry for the stream, when it has one
     and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
@@ -118,13 +122,9 @@ class ConsumerConfig(BaseModel):
     def _check(self) -> Self:
         if self.consumer == RETRY_CONSUMER:
             raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
-        worst = max_delay(self.max_retries, self.backoff)
-        if worst > self.claim_min_idle.total_seconds():
-            raise ValueError(
-                f"the backoff schedule asks for a {worst:g} s delay but claim_min_idle is "
-                f"{self.claim_min_idle.total_seconds():g} s; raise claim_min_idle to at least "
-                "the longest delay (retries wait out their backoff on the claim clock)"
-            )
+        error = schedule_error(self.max_retries, self.backoff)
+        if error:
+            raise ValueError(error)
         return self
 
     @property
@@ -172,13 +172,18 @@ class Consumer:
         self.dlq = self._dlq_name(config)
         # The client then reads the DLQ where this consumer writes (read_dlq, exporters, replay).
         self.client.dlq_names.setdefault(config.stream, self.dlq)
+        # Due times of this group's waiting retries (see `streamlab.policy`).
+        self._due_key = retry_due_key(config.stream, config.group)
         if is_cluster(self.redis):
-            check_same_slot(config.stream, self.dlq)
+            check_same_slot(config.stream, self.dlq, self._due_key)
         self.stats = RunStats()
         self._in_hand: dict[str, StreamMessage] = {}
         # When each message in hand reached us: a retry is handed over only if nobody has
         # been given the message since (see _settle).
         self._received: dict[str, float] = {}
+        # Ids in hand that were claimed (delivered before): only those may have a due-time row.
+        self._redelivered: set[str] = set()
+        self._next_prune = 0.0
         self._next_claim = 0.0
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
@@ -227,7 +232,9 @@ class Consumer:
         left raw for `_message` to decode when their turn comes."""
         batch: list[Item] = []
         if time.monotonic() >= self._next_claim:
-            batch += self._claim_due()
+            claimed = self._claim_due()
+            self._redelivered.update(m.id for m in claimed)
+            batch += claimed
         room = self.config.batch_size - len(batch)
         if room > 0:
             cfg = self.config
@@ -247,25 +254,60 @@ class Consumer:
         return decode_message(self.config.stream, item[0], item[1])
 
     def _claim_due(self) -> list[StreamMessage]:
+        """Retries now due and messages of dead consumers; retries idle for
+        ``claim_min_idle`` but not due yet are parked again, and the next page looked at."""
         cfg = self.config
-        rows = self._pending(idle=self._min_idle_ms, count=cfg.batch_size)
-        if len(rows) < cfg.batch_size:
-            self._next_claim = time.monotonic() + cfg.claim_interval.total_seconds()
-        if not rows:
-            return []
+        self._prune_due_times()
+        start = "-"
+        for _ in range(_CLAIM_PAGES):
+            rows = self._pending(start=start, idle=self._min_idle_ms, count=cfg.batch_size)
+            if len(rows) < cfg.batch_size:
+                self._next_claim = time.monotonic() + cfg.claim_interval.total_seconds()
+            batch, parked_again = self._claim_rows(rows) if rows else ([], 0)
+            if batch or not parked_again or len(rows) < cfg.batch_size:
+                return batch
+            start = f"({rows[-1].id}"
+        return []
+
+    def _claim_rows(self, rows: list[PendingRow]) -> tuple[list[StreamMessage], int]:
+        """Claim ``rows`` (idle for ``claim_min_idle``), parking again the retries not due;
+        return the claimed messages and how many were parked again."""
+        cfg = self.config
         owners = {row.id: row.consumer for row in rows}
         deliveries = {row.id: row.deliveries for row in rows}
-        ids: list[Any] = list(owners)
-        with translate_errors(cfg.stream, cfg.group):
-            entries: list[Any] = self.redis.xclaim(
-                cfg.stream, cfg.group, cfg.consumer, self._min_idle_ms, ids
+        waiting = [row.id for row in rows if row.consumer == RETRY_CONSUMER]
+        due_at = self._due_times(waiting)
+        parked = sort_parked(
+            {i: due_at.get(i) for i in waiting}, int(time.time() * 1000), self._min_idle_ms
+        )
+        again = {i for ids in parked.again.values() for i in ids}
+        ids: list[Any] = [i for i in owners if i not in again]
+        pipe = self.redis.pipeline(transaction=False)
+        for idle, wait_ids in parked.again.items():
+            # JUSTID: parking again is no delivery, so the attempt count stays exact.
+            pipe.xclaim(
+                cfg.stream,
+                cfg.group,
+                RETRY_CONSUMER,
+                self._min_idle_ms,
+                list(wait_ids),
+                idle=idle,
+                justid=True,
             )
+        if ids:
+            pipe.xclaim(cfg.stream, cfg.group, cfg.consumer, self._min_idle_ms, ids)
+        with translate_errors(cfg.stream, cfg.group):
+            replies = pipe.execute()
+        entries: list[Any] = replies[-1] if ids else []
+        still_waiting = {i.decode() for reply in replies[: len(parked.again)] for i in reply}
+        if parked.soonest is not None:
+            self._retry_due = min(self._retry_due, time.monotonic() + parked.soonest)
         batch = [
             decode_message(cfg.stream, eid, raw, deliveries.get(eid.decode(), 0) + 1)
             for eid, raw in entries
             if raw is not None
         ]
-        missing = set(owners) - {m.id for m in batch}
+        missing = set(owners) - {m.id for m in batch} - still_waiting
         claimed = sort_claimed(owners, (m.id for m in batch), self._gone(missing))
         if claimed.reclaimed:
             self.stats.reclaimed += len(claimed.reclaimed)
@@ -273,7 +315,35 @@ class Consumer:
         if claimed.lost:
             self.stats.lost += len(claimed.lost)
             self.metrics.lost(*self._labels, len(claimed.lost))
-        return batch
+            with translate_errors(cfg.stream, cfg.group):
+                self.redis.zrem(self._due_key, *claimed.lost)
+        return batch, len(still_waiting)
+
+    def _due_times(self, ids: list[str]) -> dict[str, float]:
+        """The due times (Unix ms) of those of ``ids`` that have one."""
+        if not ids:
+            return {}
+        with translate_errors(self.config.stream, self.config.group):
+            scores = self.redis.zmscore(self._due_key, ids)
+        return {i: at for i, at in zip(ids, scores, strict=True) if at is not None}
+
+    def _prune_due_times(self) -> None:
+        """Drop due-time rows overdue by ``claim_min_idle``, once per ``claim_min_idle``.
+
+        Rows of settled entries are removed when they are settled; this catches the rest (an
+        ack by someone else, a worker dying between its ack and the row's removal). A row is
+        never pruned by whether its entry is pending: between that check and the removal the
+        entry may be parked again with a new row. By score it is safe: an overdue row and no
+        row mean the same (due once the claim clock shows it), and a row being written has a
+        due time at or after its writer's now.
+        """
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + max(self._min_idle_ms / 1000, 1.0)
+        cutoff = int(time.time() * 1000) - self._min_idle_ms
+        with translate_errors(self.config.stream, self.config.group):
+            self.redis.zremrangebyscore(self._due_key, "-inf", f"({cutoff}")
 
     def _pending(
         self,
@@ -352,15 +422,22 @@ class Consumer:
         retries: dict[tuple[int, int], list[str]] = defaultdict(list)
         dead: list[StreamMessage] = []
         apart: list[list[bytes | str | int]] = []
+        # Due-time rows to write (retries) and to remove (redelivered entries settled for good).
+        due_at: dict[str, int] = {}
+        settled: list[str] = []
         pipe = self.redis.pipeline(transaction=False)
         now = time.monotonic()
+        now_ms = int(time.time() * 1000)
         for msg, decision in outcomes:
             entry_id = msg if isinstance(msg, str) else msg.id
             received = self._received.pop(entry_id, None)
+            if decision.action is not Action.RETRY and entry_id in self._redelivered:
+                settled.append(entry_id)
             if decision.action in (Action.ACK, Action.SKIP):
                 acks.append(entry_id)
                 done.skipped += decision.action is Action.SKIP
             elif decision.action is Action.RETRY:
+                due_at[entry_id] = retry_due_ms(decision.delay, now_ms)
                 # XCLAIM's min-idle makes the hand-over fail when another consumer took the
                 # message over meanwhile (its delivery is younger than ours): it is theirs now.
                 held_ms = 0 if received is None else max(int((now - received) * 1000) - 1, 0)
@@ -377,6 +454,7 @@ class Consumer:
                     apart.append(args)
         if acks:
             pipe.xack(cfg.stream, cfg.group, *acks)
+        self._queue_due_times(pipe, settled, due_at)
         for (idle, held_ms), ids in retries.items():
             pipe.xclaim(cfg.stream, cfg.group, RETRY_CONSUMER, held_ms, ids, idle=idle, justid=True)
         if not (acks or retries or dead):
@@ -395,8 +473,26 @@ class Consumer:
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
         done.acked = max(int(replies[len(dead)]) - done.skipped, 0) if acks else 0
         done.retried = sum(len(r) for r in replies[len(replies) - len(retries) :])
+        if self._redelivered:
+            self._redelivered.difference_update(
+                e if isinstance(e, str) else e.id for e, _ in outcomes
+            )
         self._count(done)
         return done
+
+    def _queue_due_times(self, pipe: Any, settled: list[str], due_at: dict[str, int]) -> None:
+        """Queue a batch's due-time writes: after its acks, before its retries are parked.
+
+        The removal of settled entries' rows follows the acks (a dead letter made apart runs
+        after the pipeline, but a row of an entry in hand is never read, so removing it first
+        is harmless if the dead letter fails). A retry's due time precedes its parking: a crash
+        between the two leaves the entry in hand, reclaimed from this consumer after
+        ``claim_min_idle``, and the row is not read.
+        """
+        if settled:
+            pipe.zrem(self._due_key, *settled)
+        if due_at:
+            pipe.zadd(self._due_key, due_at)
 
     def _settle_retrying(self, outcomes: Sequence[tuple[StreamMessage | str, Decision]]) -> None:
         """`_settle`, retried with backoff while the server is unreachable or out of memory.
@@ -605,7 +701,13 @@ class Consumer:
         waits: list[float] = []
         for owner in (RETRY_CONSUMER, cfg.consumer):
             rows = self._pending(consumer=owner)
-            waits += [(self._min_idle_ms - row.idle_ms) / 1000 for row in rows]
+            # A waiting retry is claimed once shown by the claim clock and due, not before.
+            due = self._due_times([r.id for r in rows]) if owner == RETRY_CONSUMER else {}
+            now_ms = time.time() * 1000
+            waits += [
+                max(self._min_idle_ms - row.idle_ms, due.get(row.id, 0) - now_ms) / 1000
+                for row in rows
+            ]
         if not waits:
             return None
         return max(min(waits), 0.0)

@@ -8,7 +8,15 @@ from redis.crc import key_slot
 
 from streamlab.errors import ConfigError
 
-__all__ = ["DLQ_SUFFIX", "check_same_slot", "dlq_key", "is_cluster", "ledger_key", "replayed_key"]
+__all__ = [
+    "DLQ_SUFFIX",
+    "check_same_slot",
+    "dlq_key",
+    "is_cluster",
+    "ledger_key",
+    "replayed_key",
+    "retry_due_key",
+]
 
 DLQ_SUFFIX = "_dlq"
 
@@ -30,6 +38,13 @@ def replayed_key(dlq: str) -> str:
 def ledger_key(dlq: str, replay_id: str) -> str:
     """The hash recording what replay run ``replay_id`` injected from ``dlq``."""
     return f"{dlq}:replay:{replay_id}"
+
+
+def retry_due_key(stream: str, group: str) -> str:
+    """The sorted set of ``group``'s waiting retries on ``stream``: member = entry id, score =
+    when the retry is due (Unix ms). A hash-tagged stream (``{webhook_events}``) keeps it in
+    the stream's cluster slot."""
+    return f"{stream}:retry-due:{group}"
 
 
 def is_cluster(redis_client: Any) -> bool:

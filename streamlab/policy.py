@@ -4,16 +4,20 @@ The sync `Consumer` (and the asyncio consumer to come) only move bytes to and fr
 around these functions, so the rules below are tested without a server.
 
 How retries work: a failed message stays pending in its group (nothing is lost if the worker
-dies right then). It is handed to the placeholder consumer ``streamlab:retry`` with
-``XCLAIM ... IDLE (claim_min_idle - delay) JUSTID``, so it becomes claimable exactly when its
-backoff has elapsed, by the same query that finds messages held by dead consumers
-(``XPENDING ... IDLE claim_min_idle``). The group's delivery counter is the attempt count, and
-other groups on the stream never see the retry.
+dies right then). Its due time goes to the group's sorted set (`streamlab.keys.retry_due_key`),
+then it is handed to the placeholder consumer ``streamlab:retry`` with
+``XCLAIM ... IDLE max(claim_min_idle - delay, 0) JUSTID``: it becomes visible to the query that
+finds messages held by dead consumers (``XPENDING ... IDLE claim_min_idle``) when its backoff has
+elapsed, or after ``claim_min_idle`` when the backoff is longer. A visible retry that is not due
+yet is parked again (`sort_parked`), so a delay may exceed ``claim_min_idle`` by any amount.
+The group's delivery counter is the attempt count (parking does not bump it), and other groups
+on the stream never see the retry.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,21 +28,32 @@ from streamlab.errors import Reject, Retry
 from streamlab.events import Failure, StreamMessage
 
 __all__ = [
+    "MAX_RETRY_DELAY",
     "RETRY_CONSUMER",
     "Action",
     "Claimed",
     "Decision",
+    "Parked",
     "after_failure",
     "before_handler",
     "dlq_minid",
     "failure_record",
     "max_delay",
+    "retry_due_ms",
     "retry_idle_ms",
+    "schedule_error",
     "sort_claimed",
+    "sort_parked",
 ]
 
 RETRY_CONSUMER = "streamlab:retry"
 TRACEBACK_LIMIT = 4000
+# The longest a retry may wait (seconds): a longer `Retry` delay is cut to it, a longer
+# schedule is refused by configuration.
+MAX_RETRY_DELAY = 30 * 24 * 3600.0
+# A parked retry due within this many ms is claimed rather than parked again: the claim clock
+# (Redis' idle times) and the due times (the workers' clocks) agree to about a millisecond.
+DUE_SLACK_MS = 10
 
 
 class Action(enum.Enum):
@@ -118,14 +133,72 @@ def max_delay(max_retries: int, backoff: Backoff) -> float:
     return worst
 
 
-def retry_idle_ms(delay: float, claim_min_idle: timedelta) -> int:
-    """The IDLE to set on a retry so that it becomes claimable after ``delay`` seconds.
+def schedule_error(max_retries: int, backoff: Backoff) -> str | None:
+    """Why a schedule is refused (its longest delay is past `MAX_RETRY_DELAY`), else None."""
+    worst = max_delay(max_retries, backoff)
+    if worst <= MAX_RETRY_DELAY:
+        return None
+    return (
+        f"the backoff schedule asks for a {worst:g} s delay; the longest a retry may wait is "
+        f"{MAX_RETRY_DELAY:g} s (30 days)"
+    )
 
-    Delays longer than ``claim_min_idle`` are cut to it (configuration rejects such schedules;
-    a handler's `Retry` delay is capped here).
+
+def retry_idle_ms(delay: float, claim_min_idle: timedelta) -> int:
+    """The IDLE to park a retry with, so that the claim clock shows it after ``delay`` seconds.
+
+    A delay longer than ``claim_min_idle`` gives 0: the retry shows after ``claim_min_idle``
+    and is parked again until its due time (`sort_parked`).
     """
     threshold = int(claim_min_idle.total_seconds() * 1000)
-    return max(threshold - int(delay * 1000), 0)
+    return max(threshold - int(_bounded(delay) * 1000), 0)
+
+
+def _bounded(delay: float) -> float:
+    if math.isnan(delay):
+        return 0.0
+    return min(max(delay, 0.0), MAX_RETRY_DELAY)
+
+
+def retry_due_ms(delay: float, now_ms: int) -> int:
+    """When a retry asked at ``now_ms`` (Unix ms) with ``delay`` seconds is due (Unix ms).
+
+    Delays are cut to `MAX_RETRY_DELAY`; a negative one is due at once.
+    """
+    return now_ms + math.ceil(_bounded(delay) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Waiting retries the claim clock showed: those due now, and the rest to park again
+    (IDLE to set -> ids), with the seconds until the first of those is due."""
+
+    due: tuple[str, ...]
+    again: Mapping[int, tuple[str, ...]]
+    soonest: float | None
+
+
+def sort_parked(due_ms: Mapping[str, float | None], now_ms: int, claim_min_idle_ms: int) -> Parked:
+    """Split waiting retries idle for ``claim_min_idle`` by their due times (Unix ms).
+
+    A retry with no due time is due: the claim clock alone decides. (The due time is written
+    before the message is parked, so a crash leaves at worst a due time without a parked
+    message, which nothing reads; a row is missing only when pruned once overdue, or for a
+    message parked by an older streamlab.) One due later is parked again with the IDLE that
+    shows it at its due time, or after ``claim_min_idle`` when that is sooner.
+    """
+    due: list[str] = []
+    again: dict[int, list[str]] = {}
+    soonest: float | None = None
+    for entry_id, at in due_ms.items():
+        left = 0 if at is None else int(at) - now_ms
+        if left <= DUE_SLACK_MS:
+            due.append(entry_id)
+            continue
+        idle = max(claim_min_idle_ms - left, 0)
+        again.setdefault(idle, []).append(entry_id)
+        soonest = left / 1000 if soonest is None else min(soonest, left / 1000)
+    return Parked(tuple(due), {k: tuple(v) for k, v in again.items()}, soonest)
 
 
 def failure_record(

@@ -346,10 +346,17 @@ def test_zero_block_duration_is_rejected() -> None:
         load_settings(streams={"s": {"consumer_group": "g", "block_duration": "0s"}})
 
 
-def test_backoff_longer_than_claim_min_idle_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="raise claim_min_idle"):
+def test_backoff_longer_than_claim_min_idle_is_accepted_up_to_30_days() -> None:
+    day = {"initial": "24h", "max": "24h", "first_immediate": False}
+    settings = load_settings(
+        streams={"s": {"consumer_group": "g", "claim_min_idle": "30s", "backoff": day}}
+    )
+    assert settings.consumer_config("s").backoff.max == timedelta(hours=24)
+    with pytest.raises(ConfigError, match="30 days"):
         load_settings(
-            streams={"s": {"consumer_group": "g", "max_retries": 8, "claim_min_idle": "10s"}}
+            streams={
+                "s": {"consumer_group": "g", "backoff": {**day, "initial": "31d", "max": "31d"}}
+            }
         )
 
 

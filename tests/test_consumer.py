@@ -475,9 +475,14 @@ def test_entry_replayed_for_another_group_is_acked_and_skipped(
         assert pending_count(streams_client.redis, stream_name, group) == 0
 
 
-def test_consumer_config_rejects_a_schedule_longer_than_claim_min_idle() -> None:
-    with pytest.raises(ValueError, match="claim_min_idle"):
-        ConsumerConfig(stream="s", group="g", claim_min_idle=timedelta(seconds=1))
+def test_consumer_config_takes_a_schedule_longer_than_claim_min_idle() -> None:
+    # Retries no longer wait on the claim clock (tests/test_retry_delays.py); only a delay
+    # past 30 days is refused.
+    ConsumerConfig(stream="s", group="g", claim_min_idle=timedelta(seconds=1))
+    with pytest.raises(ValueError, match="30 days"):
+        ConsumerConfig(
+            stream="s", group="g", backoff=Backoff(max=timedelta(days=31)), max_retries=40
+        )
 
 
 def test_a_late_nack_does_not_take_back_a_message_another_consumer_took_over(

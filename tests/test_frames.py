@@ -304,6 +304,7 @@ def test_pending_rows_match_xpending(
         "idle": "timedelta64[ms]",
         "consumer_idle": "timedelta64[ms]",
         "claimable": "bool",
+        "retry_due_at": "datetime64[ms, UTC]",
         "deleted": "boolean",
         **{k: v for k, v in BASE_DTYPES.items() if k not in ("id", "ts")},
     }
@@ -659,7 +660,8 @@ def test_parsed_reply_fallback_gives_the_same_frames(
     for build in (
         lambda c: stream_to_dataframe(c, stream_name, page_size=7),
         lambda c: pending_to_dataframe(c, stream_name, "g", page_size=6).drop(
-            columns=["idle", "consumer_idle"]
+            # Times since now; retry_due_at too for a waiting retry without a due time.
+            columns=["idle", "consumer_idle", "retry_due_at"]
         ),
     ):
         pd.testing.assert_frame_equal(build(parsed), build(redis_client))

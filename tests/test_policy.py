@@ -10,15 +10,21 @@ from streamlab.consumer import ConsumerConfig
 from streamlab.errors import DecodeError, Reject, Retry
 from streamlab.events import StreamEvent, StreamMessage, encode_event
 from streamlab.policy import (
+    DUE_SLACK_MS,
+    MAX_RETRY_DELAY,
     RETRY_CONSUMER,
     Action,
+    Parked,
     after_failure,
     before_handler,
     dlq_minid,
     failure_record,
     max_delay,
+    retry_due_ms,
     retry_idle_ms,
+    schedule_error,
     sort_claimed,
+    sort_parked,
 )
 
 
@@ -92,7 +98,43 @@ def test_before_handler_dead_letters_messages_whose_consumers_keep_dying() -> No
 def test_retry_idle_makes_the_entry_due_after_its_delay() -> None:
     assert retry_idle_ms(0.0, timedelta(seconds=60)) == 60_000
     assert retry_idle_ms(2.0, timedelta(seconds=60)) == 58_000
+    # Longer than the claim clock: shown after claim_min_idle, then parked again.
     assert retry_idle_ms(90.0, timedelta(seconds=60)) == 0
+    assert retry_idle_ms(float("nan"), timedelta(seconds=60)) == 60_000
+
+
+def test_retry_due_times_are_bounded() -> None:
+    assert retry_due_ms(2.5, 1_000) == 3_500
+    assert retry_due_ms(-1.0, 1_000) == 1_000
+    assert retry_due_ms(float("nan"), 1_000) == 1_000
+    assert retry_due_ms(float("inf"), 0) == retry_due_ms(1e12, 0) == MAX_RETRY_DELAY * 1000
+
+
+def test_parked_retries_are_claimed_when_due_and_parked_again_until_then() -> None:
+    now, cmi = 1_000_000, 30_000
+    parked = sort_parked(
+        {
+            "1-0": None,  # no due time: the claim clock alone decides
+            "2-0": now - 5,  # overdue
+            "3-0": now + DUE_SLACK_MS,  # due within the slack
+            "4-0": now + 12_000,  # due before the claim clock shows it again
+            "5-0": now + 86_400_000,  # a day away: shown again after claim_min_idle
+            "6-0": now + 90_000,
+        },
+        now,
+        cmi,
+    )
+    assert parked.due == ("1-0", "2-0", "3-0")
+    assert parked.again == {18_000: ("4-0",), 0: ("5-0", "6-0")}
+    assert parked.soonest == 12.0
+    assert sort_parked({}, now, cmi) == Parked((), {}, None)
+
+
+def test_schedule_error_names_the_30_day_bound() -> None:
+    assert schedule_error(3, Backoff(initial=timedelta(hours=24), max=timedelta(hours=24))) is None
+    error = schedule_error(3, Backoff(initial=timedelta(days=40), max=timedelta(days=40)))
+    assert error is not None
+    assert "30 days" in error
 
 
 def test_failure_record_and_minid() -> None:
@@ -119,10 +161,12 @@ def test_claims_are_sorted_by_previous_owner() -> None:
     assert claimed.lost == {"3-0"}
 
 
-def test_config_rejects_a_schedule_longer_than_the_claim_clock() -> None:
-    with pytest.raises(ValidationError, match="claim_min_idle"):
-        ConsumerConfig(stream="s", group="g", max_retries=10, claim_min_idle=timedelta(seconds=30))
-    ConsumerConfig(stream="s", group="g", max_retries=10, claim_min_idle=timedelta(seconds=300))
+def test_config_takes_a_schedule_longer_than_the_claim_clock() -> None:
+    ConsumerConfig(stream="s", group="g", max_retries=10, claim_min_idle=timedelta(seconds=30))
+    with pytest.raises(ValidationError, match="30 days"):
+        ConsumerConfig(
+            stream="s", group="g", backoff=Backoff(max=timedelta(days=60)), max_retries=30
+        )
 
 
 def test_config_rejects_unknown_keys_and_the_reserved_consumer_name() -> None:

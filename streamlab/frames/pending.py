@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from streamlab._progress import progress_bar
 from streamlab.client import translate_errors
 from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
 from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
+from streamlab.keys import retry_due_key
 from streamlab.policy import RETRY_CONSUMER  # where a retry waits out its backoff
 
 __all__ = [
@@ -137,8 +139,11 @@ def pending_to_dataframe(
 
     Columns: ``id``, ``ts``, ``consumer`` (category), ``state`` (category), ``deliveries``
     (int64), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
-    owner's XINFO idle), ``claimable`` (idle >= ``claim_min_idle``: the next XAUTOCLAIM
-    takes it), ``deleted`` (boolean; the entry is gone from the stream, ``<NA>`` without
+    owner's XINFO idle), ``claimable`` (idle >= ``claim_min_idle``, and for a waiting retry
+    its due time reached: the next claim takes it), ``retry_due_at`` (``datetime64[ms, UTC]``:
+    when a ``retry_wait`` entry is due, from the group's due-time set; for a waiting retry
+    without a due time, when its idle reaches ``claim_min_idle``; NaT on every other row),
+    ``deleted`` (boolean; the entry is gone from the stream, ``<NA>`` without
     ``with_entries``), then the entry's columns as `stream_to_dataframe` gives them.
 
     ``state``, the first that applies:
@@ -149,7 +154,7 @@ def pending_to_dataframe(
       ``max_retries``): it keeps failing, or keeps killing the workers that take it.
     - ``retry_wait``: owned by ``streamlab:retry``, the consumer name under which a failed
       message waits for its backoff; that name never reads, so its idle time says nothing
-      about a dead worker. ``claimable`` tells when the backoff has elapsed.
+      about a dead worker. ``retry_due_at`` tells when its backoff elapses.
     - ``dead_consumer``: its consumer has been idle for ``claim_min_idle`` or longer (default
       60 s, the consumer's default; the same bound as ``claimable`` and XPENDING's IDLE): the
       worker is gone and a reclaim will take the entry.
@@ -160,7 +165,10 @@ def pending_to_dataframe(
     source = fetcher(client)
     owners = {_get(c, "name"): _get(c, "idle") for c in _consumer_rows(source, stream, group)}
     builder = FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=payload_fields)
-    meta: dict[str, list[Any]] = {"consumer": [], "idle": [], "deliveries": [], "deleted": []}
+    meta: dict[str, list[Any]] = {
+        "consumer": [], "idle": [], "deliveries": [], "deleted": [], "due": [],
+    }  # fmt: skip
+    claim_ms = _millis(claim_min_idle) or 0
     bar = progress_bar(progress, None, f"{stream} pending")
     try:
         for page in _pending_pages(
@@ -178,11 +186,12 @@ def pending_to_dataframe(
             meta["idle"] += [int(row[2]) for row in page]
             meta["deliveries"] += [int(row[3]) for row in page]
             meta["deleted"] += [i not in found if with_entries else None for i in ids]
+            meta["due"] += _due_times(source, stream, group, page, claim_ms)
             bar.update(len(page))
     finally:
         bar.close()
     entries = builder.frame()
-    head = _pending_columns(meta, owners, poison_threshold, _millis(claim_min_idle) or 0)
+    head = _pending_columns(meta, owners, poison_threshold, claim_ms)
     return pd.concat([entries[["id", "ts"]], head, entries.drop(columns=["id", "ts"])], axis=1)
 
 
@@ -208,6 +217,25 @@ def _pending_pages(
         start = b"(" + page[-1][0]
 
 
+def _due_times(
+    source: Fetcher, stream: str, group: str, page: Sequence[Any], claim_ms: int
+) -> list[float | None]:
+    """When each waiting retry of an XPENDING page is due (Unix ms; None for other rows)."""
+    waiting = [row[0] for row in page if _text(row[1]) == RETRY_CONSUMER]
+    if not waiting:
+        return [None] * len(page)
+    with translate_errors(stream, group):
+        scores = source.redis.zmscore(retry_due_key(stream, group), waiting)
+    now_ms = time.time() * 1000
+    due = dict(zip(waiting, scores, strict=True))
+    return [
+        (due[row[0]] if due[row[0]] is not None else now_ms - int(row[2]) + claim_ms)
+        if row[0] in due
+        else None
+        for row in page
+    ]
+
+
 def _pending_columns(
     meta: Mapping[str, list[Any]], owners: Mapping[str, Any], poison: int, claim_ms: int
 ) -> pd.DataFrame:
@@ -216,6 +244,7 @@ def _pending_columns(
     consumers = pd.Series(meta["consumer"], dtype="str")
     owner_idle = consumers.map(owners.get).astype("Float64")
     deleted = pd.Series(meta["deleted"], dtype="boolean")
+    due = pd.Series(meta.get("due") or [None] * len(idle), dtype="Float64").round()
     state = pd.Series("in_flight", index=idle.index, dtype="str")
     state = state.mask((owner_idle >= claim_ms).fillna(False), "dead_consumer")
     state = state.mask(consumers == RETRY_CONSUMER, "retry_wait")
@@ -229,6 +258,9 @@ def _pending_columns(
         "consumer_idle": pd.to_timedelta(owner_idle.astype("float64"), unit="ms").astype(
             "timedelta64[ms]"
         ),
-        "claimable": idle >= claim_ms,
+        "claimable": (idle >= claim_ms) & ~(due > time.time() * 1000).fillna(False).astype(bool),
+        "retry_due_at": pd.to_datetime(due.astype("float64"), unit="ms", utc=True).astype(
+            "datetime64[ms, UTC]"
+        ),
         "deleted": deleted,
     })  # fmt: skip
