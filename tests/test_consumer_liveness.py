@@ -21,7 +21,9 @@ from pydantic import ValidationError
 from streamlab._lease import Watchdog
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
+from streamlab.config import load_settings
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
+from streamlab.errors import ConfigError
 from streamlab.events import StreamEvent, StreamMessage
 
 FAST = Backoff(initial=timedelta(milliseconds=50), max=timedelta(milliseconds=50))
@@ -292,3 +294,16 @@ def test_time_limits_take_duration_strings() -> None:
         timedelta(milliseconds=250),
     )
     assert ConsumerConfig(stream="s", group="g").handler_timeout is None
+
+
+def test_settings_carry_the_time_limits_to_the_consumer() -> None:
+    streams = {
+        "a": {"consumer_group": "g", "handler_timeout": "30s", "shutdown_grace": "2s"},
+        "b": {"consumer_group": "g"},
+    }
+    settings = load_settings(streams=streams)
+    a, b = settings.consumer_config("a"), settings.consumer_config("b")
+    assert (a.handler_timeout, a.shutdown_grace) == (timedelta(seconds=30), timedelta(seconds=2))
+    assert (b.handler_timeout, b.shutdown_grace) == (None, timedelta(seconds=10))
+    with pytest.raises(ConfigError, match="handler_timeout"):
+        load_settings(streams={"c": {"consumer_group": "g", "handler_timeout": "0s"}})
