@@ -95,8 +95,10 @@ class Watchdog:
         self._timeout = handler_timeout
         self._grace = shutdown_grace
         self._stop = stop
-        self._cond = threading.Condition()
-        self._closed = False
+        # Held while the thread works (a renewal, an interruption) and by `release`, so that
+        # settling never races a renewal; the per-call path (arm, disarm) takes no lock.
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         # The batch in hand: items, and when each id's idle time was last reset (None: ids
         # not read yet; they all start at the hold stamp).
         self._batch: Sequence[object] | None = None
@@ -126,9 +128,7 @@ class Watchdog:
         return self
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        self._closed.set()
         self._thread.join()
         if self._signal:
             previous = self._previous
@@ -142,7 +142,7 @@ class Watchdog:
         Call it after the read returned: the stamp taken here is no earlier than the moment
         Redis delivered the batch, so the first renewal's min-idle never exceeds the real idle.
         """
-        with self._cond:
+        with self._lock:
             self._batch = batch
             self._stamps = None
             self._held_at = time.monotonic()
@@ -150,7 +150,7 @@ class Watchdog:
 
     def release(self) -> dict[str, float]:
         """End the lease (after a renewal in flight); when each renewed id was last reset."""
-        with self._cond:
+        with self._lock:
             stamps = self._stamps or {}
             self._batch = None
             self._stamps = None
@@ -171,19 +171,25 @@ class Watchdog:
     # -- one handler call --------------------------------------------------------------------
 
     def arm(self) -> None:
-        with self._cond:
-            self._token += 1
-            self._armed = self._token
-            self._started = time.monotonic()
-            self._thread_id = threading.get_ident()
-            self.reason = None
+        # Start time before token: the thread reads the token first, then the start time.
+        self.reason = None
+        self._thread_id = threading.get_ident()
+        self._started = time.monotonic()
+        self._token += 1
+        self._armed = self._token
 
     def disarm(self) -> None:
-        """End the handler call; an interruption not delivered yet is cancelled."""
-        with self._cond:
-            if self._fired is not None and self._fired == self._armed and not self._signal:
+        """End the handler call; an interruption not delivered yet is cancelled.
+
+        Lock-free unless this call was interrupted: the thread marks `_fired` before it
+        checks `_armed`, so if it saw this call still armed, we see the mark here and wait
+        for it (the lock) before cancelling what it sent.
+        """
+        token = self._armed
+        self._armed = None
+        if token is not None and self._fired == token and not self._signal:
+            with self._lock:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
-            self._armed = None
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between two bytecodes: the handler call is still armed, or
@@ -202,18 +208,18 @@ class Watchdog:
     def _loop(self) -> None:
         # A fixed tick, not a wake-up per batch or per handler call: the hot path then takes
         # an uncontended lock per call and never hands the GIL to this thread.
-        with self._cond:
-            while not self._closed:
+        while not self._closed.wait(self._tick):
+            with self._lock:
                 now = time.monotonic()
                 if self._batch is not None and now >= self._renew_at:
                     self._renew()
                     self._renew_at = time.monotonic() + self._interval
-                if self._armed is not None and self._fired != self._armed:
-                    self._check_handler(now)
-                self._cond.wait(self._tick)
+                armed = self._armed
+                if armed is not None and self._fired != armed:
+                    self._check_handler(armed, now)
 
-    def _check_handler(self, now: float) -> None:
-        """Interrupt the running handler if it is past its time limit or the shutdown grace."""
+    def _check_handler(self, token: int, now: float) -> None:
+        """Interrupt handler call ``token`` if it is past its time limit or the grace."""
         deadline, reason = float("inf"), Reason.TIMEOUT
         if self._timeout is not None:
             deadline = self._started + self._timeout
@@ -222,7 +228,9 @@ class Watchdog:
         if now < deadline:
             return
         self.reason = reason
-        self._fired = self._armed
+        self._fired = token  # before the check below: see `disarm`
+        if self._armed != token:
+            return  # it returned meanwhile
         log.warning("handler interrupted after %.1f s (%s)", now - self._started, reason.value)
         if self._signal:
             self._alarm_sent = True

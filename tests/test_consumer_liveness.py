@@ -7,15 +7,18 @@ in the test's main thread (the SIGALRM path), on the session's real server.
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
+from faults.ledger import ledger_check
 from pydantic import ValidationError
 
 from streamlab._lease import Watchdog
@@ -307,3 +310,48 @@ def test_settings_carry_the_time_limits_to_the_consumer() -> None:
     assert (b.handler_timeout, b.shutdown_grace) == (None, timedelta(seconds=10))
     with pytest.raises(ConfigError, match="handler_timeout"):
         load_settings(streams={"c": {"consumer_group": "g", "handler_timeout": "0s"}})
+
+
+def test_handlers_ending_around_their_deadline_never_leak_an_interruption(
+    redis_client: redis.Redis, streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    # The race an asynchronous exception invites: the handler returns just as the watchdog
+    # fires. The exception must land in the handler or be cancelled, never in the loop.
+    ids = add(streams_client, stream_name, 40)
+    handled: Counter[str] = Counter()
+    rng = random.Random(8)
+
+    def handler(msg: StreamMessage) -> None:
+        end = time.monotonic() + rng.uniform(0.03, 0.07)
+        while time.monotonic() < end:
+            time.sleep(0.001)
+        handled[msg.id] += 1
+
+    cfg = ConsumerConfig(
+        stream=stream_name,
+        group="g",
+        max_retries=20,
+        backoff=FAST,
+        handler_timeout=timedelta(seconds=0.05),
+        claim_min_idle=timedelta(seconds=5),
+    )
+    result: list[RunStats] = []
+    errors: list[BaseException] = []
+    consumer = Consumer(streams_client, cfg)
+
+    def run() -> None:
+        try:
+            result.append(consumer.run(handler, burst=True, handle_signals=False))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert errors == []
+    [stats] = result
+    assert list(stats.errors) == ["TimeoutError"], stats.errors
+    ledger = ledger_check(redis_client, stream_name, "g", ids, handled)
+    ledger.assert_nothing_lost()
+    assert ledger.dlq == 0
