@@ -8,7 +8,11 @@ One thread per running consumer does three things while a batch is being handled
   extends a visibility timeout. ``JUSTID`` leaves the delivery counter (the attempt count)
   alone; ``min-idle`` is the time since this worker last reset the messages, less a
   millisecond, so a message another consumer took over meanwhile (its idle time restarted
-  then) is not taken back: it is theirs, and is dropped from the lease.
+  then) is not taken back: it is theirs, and is dropped from the lease. (Another consumer
+  can take a message over only once its idle time reached ``claim_min_idle``, so the one
+  window left is a renewal whose reply arrives ``claim_min_idle`` late.) While Redis cannot
+  be reached the renewals fail, and after ``claim_min_idle`` the batch may be reclaimed
+  elsewhere: handled twice, at least once, never lost.
 - **Handler time limit.** A handler running past ``handler_timeout`` is interrupted.
 - **Shutdown grace.** Once the stop event is set, a running handler gets ``shutdown_grace``
   to finish; then it is interrupted and what it held is left pending.
@@ -258,7 +262,7 @@ class Watchdog:
                 kept: list[Any] = self._redis.xclaim(
                     stream, group, consumer, min_idle, claim, justid=True
                 )
-            except redis.RedisError as exc:
+            except Exception as exc:  # keep the thread alive: the next tick tries again
                 log.warning("renewing %d messages failed (%s)", len(ids), type(exc).__name__)
                 continue
             renewed = time.monotonic()
