@@ -249,8 +249,8 @@ class ConsumerSettings(_Section):
 
     ``max_length`` caps the stream for producers (``XADD MAXLEN ~``); ``dlq_stream`` overrides
     the DLQ name (default: the top-level ``dlq.stream_name``, else ``<stream>_dlq``).
-    ``claim_interval``, ``group_start_id`` and ``create_group`` default to the consumer's own
-    defaults when not set.
+    ``claim_interval``, ``group_start_id``, ``create_group``, ``handler_timeout`` and
+    ``shutdown_grace`` default to the consumer's own defaults when not set.
     """
 
     consumer_group: str = Field(min_length=1)
@@ -264,9 +264,12 @@ class ConsumerSettings(_Section):
     claim_interval: Duration | None = None
     group_start_id: str | None = Field(default=None, min_length=1)
     create_group: bool | None = None
+    handler_timeout: Duration | None = None
+    shutdown_grace: Duration | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        _positive(self.handler_timeout, "handler_timeout")
         _positive(self.block_duration, "block_duration (0 would block forever)")
         _positive(self.claim_min_idle, "claim_min_idle")
         _positive(self.claim_interval, "claim_interval")
@@ -459,7 +462,14 @@ class StreamlabSettings(BaseSettings):
             known = ", ".join(repr(name) for name in sorted(self.streams)) or "none"
             raise ConfigError(f"stream {stream!r} is not configured; configured streams: {known}")
         optional = settings.model_dump(
-            include={"claim_interval", "group_start_id", "create_group"}, exclude_none=True
+            include={
+                "claim_interval",
+                "group_start_id",
+                "create_group",
+                "handler_timeout",
+                "shutdown_grace",
+            },
+            exclude_none=True,
         )
         try:
             return ConsumerConfig(

@@ -14,7 +14,8 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple, Self
@@ -22,10 +23,12 @@ from typing import Any, NamedTuple, Self
 import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
 from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
+from streamlab.config import Duration
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, dlq_key, is_cluster, retry_due_key
@@ -95,6 +98,12 @@ class ConsumerConfig(BaseModel):
     and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
     stream (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's
     ``stream_maxlen``; `StreamlabSettings.client` fills that in from the settings).
+
+    ``handler_timeout`` (default None: no limit) interrupts a handler that runs longer and
+    counts a `TimeoutError` failure (retried, then dead-lettered, like any failure).
+    ``shutdown_grace`` is how long a running handler may go on after a stop request before
+    it is interrupted and its message left pending. See `streamlab._lease` for how, and its
+    limit: a handler blocked in C code outside the main thread stops only when it returns.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -117,9 +126,13 @@ class ConsumerConfig(BaseModel):
     group_start_id: str = "0"
     create_group: bool = True
     traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
+    handler_timeout: Duration | None = None
+    shutdown_grace: Duration = timedelta(seconds=10)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.handler_timeout is not None and self.handler_timeout <= timedelta(0):
+            raise ValueError("handler_timeout must be greater than 0 (None: no limit)")
         if self.consumer == RETRY_CONSUMER:
             raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
         error = schedule_error(self.max_retries, self.backoff)
@@ -190,6 +203,8 @@ class Consumer:
         self._labels = (config.stream, config.group)
         self._dl_keys = [config.stream, self.dlq]
         self._cluster = is_cluster(self.redis)
+        # Set while `run` runs: renews the batch in hand, enforces the time limits.
+        self._watchdog: Watchdog | None = None
 
     def _dlq_name(self, config: ConsumerConfig) -> str:
         mapped = self.client.dlq_names.get(config.stream)
@@ -577,18 +592,29 @@ class Consumer:
         cfg = self.config
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
         failed = 0
+        dog = self._watchdog
+        if dog is not None:
+            dog.hold(batch)
         try:
             for item in batch:
+                if dog is not None and dog.grace_over():
+                    break  # stopping: the rest stays pending, untouched
                 msg = self._message(item)
                 decision = before_handler(msg, cfg.group, cfg.max_retries)
                 if decision.action is Action.HANDLE:
-                    decision = self._handle(msg, handler)
+                    handled = self._handle(msg, handler)
+                    if handled is None:
+                        break  # interrupted at shutdown: left pending
+                    decision = handled
                     if decision is ACK:
                         outcomes.append((msg.id, ACK))
                         continue
                     failed += 1
                 outcomes.append((msg, decision))
         finally:
+            if dog is not None:
+                # Renewed messages were last given to us then (see _settle's retry hand-over).
+                self._received.update(dog.release())
             self.stats.handled += len(outcomes)
             if failed:
                 self.stats.failed += failed
@@ -603,10 +629,24 @@ class Consumer:
         cfg = self.config
         return after_failure(error, msg.delivery_count, cfg.max_retries, cfg.backoff)
 
-    def _handle(self, msg: StreamMessage, handler: Handler) -> Decision:
+    def _handle(self, msg: StreamMessage, handler: Handler) -> Decision | None:
+        """The handler's outcome; None when it was interrupted by a shutdown."""
         started = time.perf_counter()
+        dog = self._watchdog
         try:
-            handler(msg)
+            if dog is None:
+                handler(msg)
+            else:
+                dog.arm()
+                try:
+                    handler(msg)
+                finally:
+                    dog.disarm()
+        except Interrupted:
+            assert dog is not None
+            if dog.reason is Reason.SHUTDOWN:
+                return None
+            decision = self._after_failure(self._timed_out(), msg)
         except Exception as exc:
             decision = after_failure(
                 exc, msg.delivery_count, self.config.max_retries, self.config.backoff
@@ -615,6 +655,11 @@ class Consumer:
             decision = ACK
         self.metrics.observe(*self._labels, time.perf_counter() - started)
         return decision
+
+    def _timed_out(self) -> TimeoutError:
+        limit = self.config.handler_timeout
+        assert limit is not None
+        return TimeoutError(f"handler ran past handler_timeout ({limit.total_seconds():g} s)")
 
     def run(
         self,
@@ -629,7 +674,10 @@ class Consumer:
         The handler receives each `StreamMessage`; returning acks it, raising retries it (or
         dead-letters it once its retries are spent; `Reject` at once, `Retry(delay=...)` with its
         own delay). SIGTERM and SIGINT (when ``handle_signals``) or ``stop_event`` finish the
-        messages in hand, settle them, and stop. ``burst=True`` returns once the stream is
+        messages in hand, settle them, and stop; a handler still running ``shutdown_grace``
+        after the request is interrupted, and what is left of its batch stays pending (neither
+        acked nor dead-lettered) for another consumer. While a batch is handled its messages are
+        renewed, so no other consumer reclaims them. ``burst=True`` returns once the stream is
         drained and no retry is waiting, which suits tests, notebooks and cron jobs.
         """
         stop = stop_event or threading.Event()
@@ -637,7 +685,7 @@ class Consumer:
         started = time.monotonic()
         cfg = self.config
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
-        with signals_set(stop, *signals):
+        with signals_set(stop, *signals), self._watching(stop, handle_signals):
             self.metrics.watch(self.client, cfg.stream)
             outage = 0.0
             group_ready = not cfg.create_group
@@ -669,6 +717,27 @@ class Consumer:
                     stop.wait(outage)
         self.stats.duration = time.monotonic() - started
         return self.stats
+
+    @contextmanager
+    def _watching(self, stop: threading.Event, handle_signals: bool) -> Iterator[None]:
+        cfg = self.config
+        timeout = cfg.handler_timeout
+        self._watchdog = Watchdog(
+            self.redis,
+            cfg.stream,
+            cfg.group,
+            cfg.consumer,
+            claim_min_idle=cfg.claim_min_idle.total_seconds(),
+            handler_timeout=None if timeout is None else timeout.total_seconds(),
+            shutdown_grace=cfg.shutdown_grace.total_seconds(),
+            stop=stop,
+            use_signal=handle_signals,
+        ).start()
+        try:
+            yield
+        finally:
+            self._watchdog.close()
+            self._watchdog = None
 
     def _step(self, handler: Handler, burst: bool) -> bool:
         """Read and process one batch; False when a burst run has nothing left to do."""

@@ -13,6 +13,8 @@ Modes (the handler the worker runs):
 - ``slow``: sleeps ``--sleep`` seconds per message, then appends its id to ``--out``; writes
   ``--ready`` after the first message (for SIGTERM tests).
 
+``--handler-timeout`` and ``--shutdown-grace`` (seconds) set the consumer's fields of those names.
+
 Every handled id is appended to ``--out`` (one line, flushed) when the handler returns. At
 exit the worker prints its `RunStats` as JSON on stdout.
 """
@@ -50,6 +52,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--claim-min-idle", type=float, default=5.0)
     parser.add_argument("--backoff-initial", type=float, default=1.0)
     parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--handler-timeout", type=float)
+    parser.add_argument("--shutdown-grace", type=float, default=10.0)
     return parser.parse_args(argv)
 
 
@@ -109,6 +113,10 @@ def main(argv: list[str]) -> int:
         claim_min_idle=timedelta(seconds=args.claim_min_idle),
         block_duration=timedelta(seconds=0.5),
         backoff=Backoff(initial=timedelta(seconds=args.backoff_initial)),
+        handler_timeout=None
+        if args.handler_timeout is None
+        else timedelta(seconds=args.handler_timeout),
+        shutdown_grace=timedelta(seconds=args.shutdown_grace),
     )
     consumer = Consumer(RedisStreamsClient(connect(args.url)), config)
     stats = consumer.run(make_handler(args), burst=args.burst, handle_signals=True)
