@@ -246,8 +246,8 @@ def test_missing_stream_and_wrong_type(
     empty = stream_to_dataframe(redis_client, stream_name)
     assert empty.empty
     assert dtypes(empty) == BASE_DTYPES
-    assert list(dlq_to_dataframe(redis_client, stream_name).columns)[:4] == [
-        "id", "ts", "failed_at", "error_signature",
+    assert list(dlq_to_dataframe(redis_client, stream_name).columns)[:7] == [
+        "id", "ts", "failed_at", "event_type", "tenant_id", "repository", "error_signature",
     ]  # fmt: skip
     redis_client.set(stream_name, "not a stream")
     with pytest.raises(WrongTypeError, match="not a stream"):
@@ -471,9 +471,12 @@ def _dead_letters(client: RedisStreamsClient, stream: str) -> list[dict[str, str
 def test_dlq_frame_typed(streams_client: RedisStreamsClient, stream_name: str) -> None:
     letters = _dead_letters(streams_client, stream_name)
     df = dlq_to_dataframe(streams_client, stream_name)
+    # When, which event, which bug first; then the rest of the failure and of the event.
     assert list(df.columns) == [
-        "id", "ts", "failed_at", "error_signature", "error_type", "error", "attempts",
-        "source_stream", "source_id", "group", "consumer", "traceback", *BASE[2:],
+        "id", "ts", "failed_at", "event_type", "tenant_id", "repository", "error_signature",
+        "error_type", "error", "attempts", "event_id", "source_stream", "source_id", "group",
+        "consumer", "timestamp", "retry_count", "payload", "auth_context", "traceback",
+        *BASE[10:],
     ]  # fmt: skip
     assert dtypes(df) == {
         **BASE_DTYPES,

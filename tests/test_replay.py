@@ -599,7 +599,10 @@ def test_selection_and_report_render(streams_client: Client, stream_name: str) -
     assert str(frame["ts"].dtype) == "datetime64[ms, UTC]"
     assert frame["attempts"].tolist() == [4] * 12
     assert frame["tenant_id"].tolist()[:2] == ["tenant-0", "tenant-1"]
-    assert "<table" in sel._repr_html_()
+    page = sel._repr_html_()
+    assert "<table" in page
+    assert "selected by: <code>error_type=KeyError|TimeoutError</code>" in page  # the filter
+    assert "selected by: error_type=KeyError|TimeoutError" in text
     report = replay_dlq(streams_client, stream_name, sel, dry_run=True)
     assert isinstance(report, ReplayReport)
     assert "DRY RUN" in str(report)
@@ -607,10 +610,21 @@ def test_selection_and_report_render(streams_client: Client, stream_name: str) -
     assert repr(report) == f"<ReplayReport: {report}>"
     assert "12 selected, 12 would replay" in repr(report)
     assert not any(dlq_id in repr(report) for dlq_id in ids)
-    assert "<table" in report._repr_html_()
     rows = report.to_dataframe()
     assert rows["outcome"].tolist() == ["replayed"] * 12
     assert rows["new_id"].isna().all()
+    # Twelve identical rows fold into one: "would replay" to the source stream, the ids folded.
+    groups = report.groups()
+    assert groups[["outcome", "target", "reason", "count"]].values.tolist() == [
+        ["would replay", stream_name, "", 12]
+    ]
+    assert groups["ids"][0] == ids
+    page = report._repr_html_()
+    assert page.count("<tr>") == 2  # the header and one group
+    assert "would replay" in page
+    assert "<summary>12 DLQ ids</summary>" in page
+    assert "None" not in page
+    assert "nan" not in page.casefold()
 
 
 def test_progress_bar_and_missing_tqdm(

@@ -22,15 +22,24 @@ from streamlab.signatures import failure_signature
 
 __all__ = ["DLQ_COLUMNS", "dlq_to_dataframe", "read_pages", "stream_to_dataframe"]
 
+# The DLQ frame leads with what an investigator reads first: when, which event, which bug.
 DLQ_COLUMNS = (
     "failed_at",
+    "event_type",
+    "tenant_id",
+    "repository",
     "error_type",
     "error",
     "attempts",
+    "event_id",
     "source_stream",
     "source_id",
     "group",
     "consumer",
+    "timestamp",
+    "retry_count",
+    "payload",
+    "auth_context",
     "traceback",
 )
 
@@ -151,11 +160,13 @@ def dlq_to_dataframe(
 ) -> pd.DataFrame:
     """The DLQ of ``stream`` (``<stream>_dlq``, or ``dlq``), one row per dead letter.
 
-    Columns: ``id``, ``ts``, ``failed_at`` (``datetime64[us, UTC]``), ``error_signature``
-    (see `streamlab.signatures.error_signature`; the error type is part of it), the
-    failure fields without their ``dlq_`` prefix (``error_type``, ``error``, ``attempts``
-    (``Int64``), ``source_stream``, ``source_id``, ``group``, ``consumer``, ``traceback``),
-    then the original event's columns exactly as `stream_to_dataframe` gives them.
+    Columns, what an investigator reads first leading: ``id``, ``ts``, ``failed_at``,
+    ``event_type``, ``tenant_id``, ``repository``, ``error_signature`` (see
+    `streamlab.signatures.error_signature`; the error type is part of it), ``error_type``,
+    ``error``, ``attempts`` (``Int64``), ``event_id``, ``source_stream``, ``source_id``,
+    ``group``, ``consumer``, ``timestamp``, ``retry_count``, ``payload``, ``auth_context``,
+    ``traceback``, then any other field: the failure fields without their ``dlq_`` prefix and
+    the original event's columns typed exactly as `stream_to_dataframe` types them.
     ``since`` / ``until`` bound when the entries were dead-lettered; ``limit`` caps the rows.
     A RedisStreamsClient's own DLQ names (``dlq_names``) are honoured.
     """
@@ -163,12 +174,12 @@ def dlq_to_dataframe(
     name = dlq or source.dlq_stream(stream)
     builder = FrameBuilder(
         renames={**STREAM_ALIASES, **DLQ_RENAMES},
-        columns=DLQ_COLUMNS + STREAM_COLUMNS,
+        columns=DLQ_COLUMNS,
         paths=payload_fields,
     )
     pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
     df = _fill(builder, pages)
-    df.insert(3, "error_signature", _signatures(df))
+    df.insert(df.columns.get_loc("error_type"), "error_signature", _signatures(df))
     return df
 
 

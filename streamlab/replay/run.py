@@ -110,7 +110,8 @@ class ReplayReport:
         return f"<ReplayReport: {self}>"
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per selected id: ``dlq_id``, ``outcome``, ``target``, ``new_id``, ``reason``."""
+        """One row per selected id: ``dlq_id``, ``outcome``, ``target``, ``new_id``, ``reason``
+        (NA where there is none; a dry run's ``new_id`` is always NA)."""
         import pandas as pd
 
         ids = self.selected
@@ -122,18 +123,36 @@ class ReplayReport:
                     [self.outcome(i) for i in ids],
                     categories=["replayed", "skipped", "failed", "remaining"],
                 ),
-                "target": pd.Series([self.targets.get(i) for i in ids], dtype="str"),
-                "new_id": pd.Series([self.mapping.get(i) for i in ids], dtype="str"),
-                "reason": pd.Series([reasons.get(i) for i in ids], dtype="str"),
+                "target": pd.Series([self.targets.get(i) for i in ids], dtype="string"),
+                "new_id": pd.Series([self.mapping.get(i) for i in ids], dtype="string"),
+                "reason": pd.Series([reasons.get(i) for i in ids], dtype="string"),
             }
         )
 
-    def _repr_html_(self) -> str:
+    def groups(self) -> pd.DataFrame:
+        """The report folded: one row per (outcome, target, reason) with its ``count`` and
+        ``ids``, the largest first. A dry run's outcome reads ``would replay``."""
         frame = self.to_dataframe()
-        counts = frame["outcome"].value_counts(sort=False).to_frame().T.to_html(index=False)
-        shown = frame.head(50).to_html(index=False)
-        more = f"<p>… {len(frame) - 50:,} more rows</p>" if len(frame) > 50 else ""
-        return f"<p><b>{html.escape(str(self))}</b></p>{counts}{shown}{more}"
+        if self.dry_run:
+            frame["outcome"] = frame["outcome"].cat.rename_categories({"replayed": "would replay"})
+        keys = ["outcome", "target", "reason"]
+        grouped = frame.fillna({"target": "", "reason": ""}).groupby(keys, observed=True)
+        out = grouped["dlq_id"].agg(count="size", ids=list).reset_index()
+        return out.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for outcome, target, reason, count, group_ids in self.groups().to_dict("split")["data"]:
+            ids = ", ".join(group_ids[:200]) + (" …" if count > 200 else "")
+            cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in (outcome, target, reason))
+            rows.append(
+                f"<tr>{cells}<td style='text-align:right'>{count:,}</td>"
+                f"<td><details><summary>{count:,} DLQ ids</summary>"
+                f"<code style='white-space:normal'>{html.escape(ids)}</code></details></td></tr>"
+            )
+        head = "".join(f"<th>{h}</th>" for h in ("outcome", "target", "reason", "count", "ids"))
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        return f"<p><b>{html.escape(str(self))}</b></p>{table if rows else ''}"
 
 
 # -- replaying ---------------------------------------------------------------------------------
