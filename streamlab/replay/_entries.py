@@ -21,6 +21,7 @@ _DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
 _REPO_KEYS = (b"repository", b"repo_name", b"repo")
 _TENANT_KEYS = (b"tenant_id", b"tenant")
 _ID = re.compile(r"^(\d+)-(\d+)$")
+_ID_MAX: Final = 2**64 - 1
 
 
 def _as_client(client: Any) -> RedisStreamsClient:
@@ -38,7 +39,10 @@ def _parse_id(value: Any, what: str) -> tuple[int, int]:
     match = _ID.match(text.strip())
     if not match:
         raise ConfigError(f"{what}: {value!r} is not a stream id like '1700000000000-0'")
-    return int(match[1]), int(match[2])
+    ms, seq = int(match[1]), int(match[2])
+    if ms > _ID_MAX or seq > _ID_MAX:
+        raise ConfigError(f"{what}: {text!r} is out of range: each part of an id is < 2**64")
+    return ms, seq
 
 
 def _id_text(parsed: tuple[int, int]) -> str:

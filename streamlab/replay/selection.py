@@ -61,7 +61,10 @@ def _bound_ms(value: datetime | timedelta | str, name: str) -> int:
         value = datetime.now(UTC) - value
     if isinstance(value, str):
         if re.fullmatch(r"[0-9]+", value.strip()):
-            return int(value)
+            ms = int(value)
+            if ms > 2**64 - 1:
+                raise ConfigError(f"{name}: {value!r} is out of range: an id's time is < 2**64")
+            return ms
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
