@@ -95,6 +95,8 @@ def _client(args: argparse.Namespace) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamlab.demo import run_demo, server_url
 
+    if args.url:
+        _client(args).redis.ping()  # a bad URL, password or host fails here, within --timeout
     with server_url(args.url) as url:
         where = redact_url(url) if args.url else f"embedded server at {url}"
         if not args.json:

@@ -290,6 +290,8 @@ def test_bad_urls_are_usage_errors() -> None:
     ):
         line = assert_one_line_error(streamlab("info", "s", "--url", url), 2, says)
         assert "hunter2" not in line
+    run = streamlab("demo", "--url", "http://127.0.0.1:1/0")
+    assert_one_line_error(run, 2, "bad --url")
     run = streamlab("info", "s", "--url", "redis://127.0.0.1:1/0", "--tls-ca", "/nope.pem")
     assert_one_line_error(run, 2, "--tls-ca needs a rediss:// URL")
 
@@ -346,7 +348,7 @@ def test_passwords_are_redacted_and_a_wrong_one_is_one_line(
     assert f"redis://:***@127.0.0.1:{port}/0" in run.stdout
 
     wrong = f"redis://:wrong-pw@127.0.0.1:{port}/0"
-    for command in (("info", "s"), ("dlq", "s"), ("replay", "s", "--dry-run")):
+    for command in (("info", "s"), ("dlq", "s"), ("replay", "s", "--dry-run"), ("demo",)):
         started = time.monotonic()
         run = streamlab(*command, "--url", wrong)
         assert time.monotonic() - started < 30  # no retry loop on a refused password
