@@ -23,16 +23,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import redis
 
 from streamlab._redact import redact, redact_url
 from streamlab._signals import signals_set
 from streamlab.client import permission_error, reply_text
-from streamlab.errors import (
-    ConfigError,
-    StreamlabError,
-)
+from streamlab.errors import ConfigError, StreamlabError
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "UsageError", "describe_error", "main"]
 
@@ -95,9 +93,12 @@ def _client(args: argparse.Namespace) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamlab.demo import run_demo, server_url
 
-    if args.url:
+    given = args.url
+    if given:
         _client(args).redis.ping()  # a bad URL, password or host fails here, within --timeout
-    with server_url(args.url) as url:
+        if args.tls_ca:
+            given += f"{'&' if '?' in given else '?'}ssl_ca_certs={quote(args.tls_ca)}"
+    with server_url(given) as url:
         where = redact_url(url) if args.url else f"embedded server at {url}"
         if not args.json:
             print(f"streamlab demo: {args.events} webhook events on {where}")

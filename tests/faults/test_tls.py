@@ -154,6 +154,9 @@ def test_produce_consume_dead_letter_and_replay_over_tls(
         run = streamlab("dlq", STREAM, *flags, "--json", "--count", "1000")
         assert run.returncode == 0, run.stderr
         assert len(json.loads(run.stdout)) == 20
+    run = streamlab("demo", "--events", "50", "--url", url, "--tls-ca", str(certs["ca"]), "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["produced"] == 50
     # Without the CA the certificate cannot be verified: one line, exit 1.
     run = streamlab("info", STREAM, "--url", url, "--timeout", "5")
     assert run.returncode == 1
