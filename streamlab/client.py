@@ -41,6 +41,7 @@ __all__ = [
     "RawEntry",
     "RedisStreamsClient",
     "StreamsClient",
+    "acl_errors",
     "connect",
     "permission_error",
     "reply_text",
@@ -124,6 +125,18 @@ def permission_error(exc: BaseException) -> PermissionDeniedError | None:
         what = "the server's ACL refused a command"
         fix = "see the README's Least privilege section for the rights each role needs"
     return PermissionDeniedError(f"{what}; {fix} (README: Least privilege)", command=command)
+
+
+@contextmanager
+def acl_errors() -> Iterator[None]:
+    """Turn an ACL refusal (NOPERM) into `PermissionDeniedError`; other errors pass unchanged."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        denied = permission_error(exc)
+        if denied is None:
+            raise
+        raise denied from exc
 
 
 @contextmanager

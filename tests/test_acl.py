@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -326,3 +327,38 @@ def test_the_cli_names_the_refused_command_in_one_line(private_server: EmbeddedS
     run = streamlab("dlq", STREAM, "--url", url, "--json")
     assert run.returncode == 0, run.stderr  # reading the DLQ needs no XPENDING
     assert [d["error"] for d in json.loads(run.stdout)] == ["boom"]
+
+
+INVESTIGATOR_RIGHTS = [
+    a[1:] for a in readme_rule("investigator") if a.startswith("+") and "@" not in a
+]
+
+
+@pytest.mark.parametrize("right", INVESTIGATOR_RIGHTS)
+def test_an_investigator_missing_a_right_gets_an_error_naming_it(
+    private_server: EmbeddedServer, tmp_path: Path, right: str
+) -> None:
+    admin = private_server.client()
+    userinfo = create_user(admin, "investigator", drop=right)
+    ids = seed_events(admin, 4)
+    worker_run(RedisStreamsClient(admin), HandledLog(tmp_path / "h.log"), set(ids[:2]), set())
+    run_id = replay_dlq(RedisStreamsClient(admin), STREAM, limit=1).replay_id
+    nosy = user_client(private_server, userinfo)
+    reads: list[Callable[[], object]] = [
+        lambda: stream_to_dataframe(nosy, STREAM),
+        lambda: dlq_to_dataframe(nosy, STREAM),
+        lambda: groups_to_dataframe(nosy, STREAM),
+        lambda: consumers_to_dataframe(nosy, STREAM, GROUP),
+        lambda: pending_to_dataframe(nosy, STREAM, GROUP),
+        lambda: nosy.get_stream_info(STREAM),
+        lambda: replay_outcome(nosy, STREAM, run_id),
+    ]
+    refused: list[PermissionDeniedError] = []
+    for read in reads:
+        try:
+            read()
+        except PermissionDeniedError as exc:
+            refused.append(exc)
+    assert refused, f"nothing needed {right}: the README's rule lists a right nobody uses"
+    assert {exc.command for exc in refused} == {right}
+    assert all(f"+{right}" in str(exc) for exc in refused)
