@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = ["redact", "redact_url"]
@@ -50,11 +51,15 @@ def _secrets(url: str) -> list[str]:
     return [s for secret in found if secret for s in {secret, unquote(secret)}]
 
 
-def redact(text: str, url: str | None) -> str:
-    """``text`` with ``url`` and the password in it masked wherever they appear."""
-    if not url:
-        return text
-    text = text.replace(url, redact_url(url))
-    for secret in sorted(_secrets(url), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+# Any URL's ``user:password@`` part, for texts that quote a URL we were not told about.
+_USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with ``url`` and the password in it masked wherever they appear, and the
+    password of any other URL in it."""
+    if url:
+        text = text.replace(url, redact_url(url))
+        for secret in sorted(_secrets(url), key=len, reverse=True):
+            text = text.replace(secret, MASK)
+    return _USERINFO.sub(rf"\g<head>{MASK}@", text)

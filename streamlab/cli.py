@@ -336,7 +336,8 @@ class _Parser(argparse.ArgumentParser):
     """An `ArgumentParser` whose usage errors are one line (exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        line = redact(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        self.exit(EXIT_USAGE, line + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -379,6 +379,14 @@ def test_redact_url_masks_every_password_form() -> None:
     assert redact("can't reach redis://:p%40w@h/0 (p@w)", "redis://:p%40w@h/0") == (
         "can't reach redis://:***@h/0 (***)"
     )
+    assert (
+        redact("see rediss://u:pw@h:1/0 and redis://h/0")
+        == "see rediss://u:***@h:1/0 and redis://h/0"
+    )
+    # A URL typed where the command name goes is quoted by the usage error: redacted too.
+    run = streamlab("redis://:hunter2@127.0.0.1:1/0", "info")
+    line = assert_one_line_error(run, 2, "invalid choice")
+    assert "hunter2" not in line
 
 
 def test_a_command_the_acl_refuses_is_one_line_naming_it(private_server: EmbeddedServer) -> None:
