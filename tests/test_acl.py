@@ -251,7 +251,9 @@ def test_investigator_role_reads_everything_and_writes_nothing(
 # -- a missing right: a clear error naming the command, nothing half-written ------------------
 
 
-@pytest.mark.parametrize("right", ["evalsha", "xack", "xadd", "multi", "type", "script|load"])
+@pytest.mark.parametrize(
+    "right", ["evalsha", "xack", "xadd", "multi", "watch", "type", "script|load", "script|exists"]
+)
 def test_a_worker_missing_a_right_stops_with_an_error_naming_it(
     private_server: EmbeddedServer, right: str
 ) -> None:
@@ -275,11 +277,11 @@ def test_a_worker_missing_a_right_stops_with_an_error_naming_it(
     dead = {f[b"dlq_source_id"].decode() for _, f in admin.xrange(f"{STREAM}_dlq")}
     pending = {r["message_id"].decode() for r in admin.xpending_range(STREAM, GROUP, "-", "+", 99)}
     assert not dead & pending, (dead, pending)
-    if right in ("evalsha", "xack", "script|load"):
+    if right in ("evalsha", "xack", "script|load", "script|exists"):
         assert not dead  # the scripts refused before their first write
 
 
-@pytest.mark.parametrize("right", ["hset", "xdel", "expire", "time", "hget"])
+@pytest.mark.parametrize("right", ["hset", "xdel", "xadd", "expire", "time", "hget", "watch"])
 def test_a_replayer_missing_a_right_stops_with_an_error_naming_it(
     private_server: EmbeddedServer, right: str
 ) -> None:
