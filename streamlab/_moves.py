@@ -68,6 +68,20 @@ def _check_stream(pipe: Any, key: str) -> str | None:
     return last
 
 
+def _execute(pipe: Any) -> list[Any]:
+    """EXEC the transaction. "EXEC without MULTI" means the server refused MULTI, which only
+    an ACL does: say so, naming the command, rather than the confusing EXEC error."""
+    try:
+        replies: list[Any] = pipe.execute()
+    except redis.ResponseError as exc:
+        if "EXEC without MULTI" not in str(exc):
+            raise
+        raise redis.exceptions.NoPermissionError(
+            "this user has no permissions to run the 'multi' command"
+        ) from exc
+    return replies
+
+
 def _watch_failed(what: str) -> redis.WatchError:
     return redis.WatchError(
         f"{what}: the keys kept changing during {_WATCH_TRIES} tries; nothing was written"
@@ -93,7 +107,7 @@ def dead_letter_tx(r: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes | 
                 if minid:
                     pipe.xtrim(dlq, minid=minid, approximate=False)
                 pipe.xack(stream, group, entry_id)
-                new_id: bytes = pipe.execute()[0]
+                new_id: bytes = _execute(pipe)[0]
                 return new_id
             except redis.WatchError:
                 continue
@@ -142,7 +156,7 @@ def replay_tx(
                 pipe.hset(
                     ledger, entry_id, b"%s\n%s\n%s" % (new_id.encode(), group, target.encode())
                 )
-                pipe.execute()
+                _execute(pipe)
                 return [b"ok", new_id.encode()]
             except redis.WatchError:
                 continue

@@ -2,7 +2,13 @@
 
 ``streamlab demo`` runs the whole flow on a private embedded server (no Redis needed).
 ``info``, ``pending`` and ``dlq`` are the seed's redis-cli debugging set with typed output;
-``--json`` prints machine-readable results. The URL comes from ``--url`` or ``REDIS_URL``.
+``--json`` prints machine-readable results. The URL comes from ``--url`` or ``REDIS_URL``
+(``redis://``, or ``rediss://`` for TLS with ``--tls-ca``).
+
+Every error is one line on stderr, never a traceback: exit code 2 for a usage error (a bad
+flag, URL or id), 1 for an operational one (a missing stream, an unreachable server, a refused
+command, a replay whose events failed). `describe_error` is the one place that maps an
+exception to its line and exit code. Passwords never appear in what the command prints.
 """
 
 from __future__ import annotations
@@ -10,17 +16,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import quote
 
+import redis
+
+from streamlab._redact import redact, redact_url
 from streamlab._signals import signals_set
-from streamlab.errors import StreamlabError
+from streamlab.client import permission_error, reply_text
+from streamlab.errors import ArgumentError, ConfigError, StreamlabError
 
-__all__ = ["main"]
+__all__ = ["EXIT_ERROR", "EXIT_USAGE", "UsageError", "describe_error", "main"]
+
+EXIT_ERROR = 1  # operational: the server, the data or a run failed
+EXIT_USAGE = 2  # the command line is wrong
+# Connect and read timeout of the command's connections (seconds): never wait unbounded.
+DEFAULT_TIMEOUT = 10.0
+
+
+class UsageError(StreamlabError):
+    """The command line cannot work as given (exit code 2)."""
+
+
+class RunFailed(StreamlabError):
+    """The command ran and its work failed; the message says why (exit code 1)."""
 
 
 def _print(data: Any, as_json: bool) -> None:
@@ -32,13 +57,34 @@ def _print(data: Any, as_json: bool) -> None:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
 
 
+def _url(args: argparse.Namespace) -> str | None:
+    url: str | None = args.url or os.environ.get("REDIS_URL")
+    return url
+
+
 def _client(args: argparse.Namespace) -> Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     from streamlab.client import RedisStreamsClient
 
-    url = args.url or os.environ.get("REDIS_URL")
+    url = _url(args)
     if not url:
-        raise StreamlabError("no server: pass --url or set REDIS_URL")
-    client = RedisStreamsClient.from_url(url)
+        raise UsageError("no server: pass --url or set REDIS_URL")
+    options: dict[str, Any] = {
+        "socket_connect_timeout": args.timeout,
+        "socket_timeout": args.timeout,
+        # One attempt: redis-py retries a refused password or a dead host with backoff.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if args.tls_ca:
+        if not url.startswith("rediss://"):
+            raise UsageError("--tls-ca needs a rediss:// URL")
+        options["ssl_ca_certs"] = args.tls_ca
+    try:
+        client = RedisStreamsClient.from_url(url, **options)
+    except ValueError as exc:  # redis-py's URL parser
+        raise UsageError(f"bad --url {redact_url(url)}: {exc}") from exc
     if getattr(args, "dlq", None):
         client.dlq_names[args.stream] = args.dlq
     return client
@@ -47,8 +93,13 @@ def _client(args: argparse.Namespace) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamlab.demo import run_demo, server_url
 
-    with server_url(args.url) as url:
-        where = url if args.url else f"embedded server at {url}"
+    given = args.url
+    if given:
+        _client(args).redis.ping()  # a bad URL, password or host fails here, within --timeout
+        if args.tls_ca:
+            given += f"{'&' if '?' in given else '?'}ssl_ca_certs={quote(args.tls_ca)}"
+    with server_url(given) as url:
+        where = redact_url(url) if args.url else f"embedded server at {url}"
         if not args.json:
             print(f"streamlab demo: {args.events} webhook events on {where}")
         # A private server starts empty; on someone else's server use a fresh stream name.
@@ -94,8 +145,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
+    from streamlab.client import translate_errors
+
     client = _client(args)
-    rows = client.redis.xpending_range(args.stream, args.group, "-", "+", args.count)
+    with translate_errors(args.stream, args.group):
+        rows = client.redis.xpending_range(args.stream, args.group, "-", "+", args.count)
     data = [
         {
             "id": r["message_id"].decode(),
@@ -147,7 +201,7 @@ def _when(value: str | None) -> Any:
 
 def _confirm(prompt: str) -> bool:
     if not sys.stdin.isatty():
-        raise StreamlabError("refusing to replay without a terminal to confirm: pass --yes")
+        raise UsageError("refusing to replay without a terminal to confirm: pass --yes")
     return input(f"{prompt} [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -185,6 +239,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     plan = replay_dlq(client, args.stream, selection, dry_run=True, **options)
     if args.dry_run or not plan.replayed:
         _report(plan, args.json)
+        _check_failed(plan)
         return 0
     if not args.yes:
         print(selection)
@@ -200,7 +255,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _report(report, args.json)
     if report.cancelled:
         return EXIT_INTERRUPTED
-    return 0 if report.ok else 1
+    _check_failed(report)
+    return 0
+
+
+def _check_failed(report: Any) -> None:
+    """Raise `RunFailed` saying why when events of the run failed (they stay in the DLQ)."""
+    if not report.failed:
+        return
+    first, reason = next(iter(report.failed.items()))
+    failed, selected = len(report.failed), len(report.selected)
+    share = f"all {selected:,}" if failed == selected else f"{failed:,} of {selected:,}"
+    raise RunFailed(
+        f"{share} selected events "
+        f"{'would fail' if report.dry_run else 'failed'} and stay in the DLQ; "
+        f"first {first}: {reason}"
+    )
 
 
 def _report(report: Any, as_json: bool) -> None:
@@ -226,6 +296,12 @@ def cmd_outcome(args: argparse.Namespace) -> int:
     from streamlab.replay import replay_outcome
 
     frame = replay_outcome(_client(args), args.stream, args.replay_id)
+    if frame.empty:
+        raise RunFailed(
+            f"no replay run {args.replay_id!r} found for stream {args.stream!r}: the id is "
+            "wrong, the run replayed nothing, or its ledger expired (ledger_ttl) and its "
+            "events are no longer in the stream"
+        )
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:
@@ -236,19 +312,57 @@ def cmd_outcome(args: argparse.Namespace) -> int:
 DLQ_HELP = "the DLQ stream, when it is not <stream>_dlq (a configured dlq_stream)"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors are one line (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        line = redact(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        self.exit(EXIT_USAGE, line + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``streamlab`` command."""
-    parser = argparse.ArgumentParser(prog="streamlab", description=__doc__)
+    parser = _Parser(prog="streamlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=None, help="redis:// URL (default: REDIS_URL)")
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--url", default=None, help="redis:// or rediss:// URL (default: REDIS_URL)")
+        p.add_argument(
+            "--tls-ca", default=None, metavar="FILE", help="CA certificate for a rediss:// URL"
+        )
+        p.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help=f"connect and reply timeout (default {DEFAULT_TIMEOUT:g})",
+        )
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
     demo = command("demo", "produce, consume, retry and dead-letter on an embedded server")
-    demo.add_argument("--events", type=int, default=3000)
+    demo.add_argument("--events", type=_positive_int, default=3000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     info = command("info", "stream length, first/last ids and groups with lag")
@@ -257,12 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     pending = command("pending", "pending entries of a group (XPENDING)")
     pending.add_argument("stream")
     pending.add_argument("group")
-    pending.add_argument("--count", type=int, default=100)
+    pending.add_argument("--count", type=_positive_int, default=100)
     pending.set_defaults(func=cmd_pending)
     dlq = command("dlq", "dead-lettered entries with their failures")
     dlq.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
     dlq.add_argument("--dlq", help=DLQ_HELP)
-    dlq.add_argument("--count", type=int, default=100)
+    dlq.add_argument("--count", type=_positive_int, default=100)
     dlq.set_defaults(func=cmd_dlq)
 
     replay = command("replay", "re-inject DLQ events (shows a dry run and asks first)")
@@ -280,14 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     when = "an ISO time, or a DLQ stream id (or its milliseconds part)"
     replay.add_argument("--since", help=f"6h (that long ago), {when}")
     replay.add_argument("--until", help=f"6h (that long ago), {when}")
-    replay.add_argument("--limit", type=int)
+    replay.add_argument("--limit", type=_positive_int)
     replay.add_argument("--target", help="stream to inject into (default: each source stream)")
     replay.add_argument("--keep-in-dlq", action="store_true")
     groups = replay.add_mutually_exclusive_group()
     groups.add_argument("--for-group", help="only this group handles the replayed events")
     groups.add_argument("--all-groups", action="store_true", help="every group sees them")
-    replay.add_argument("--rate", type=float, help="events per second")
-    replay.add_argument("--batch-size", type=int, default=500)
+    replay.add_argument("--rate", type=_positive_float, help="events per second")
+    replay.add_argument("--batch-size", type=_positive_int, default=500)
     replay.add_argument("--dry-run", action="store_true", help="report only, write nothing")
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     replay.set_defaults(func=cmd_replay)
@@ -299,14 +413,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code the command reports for ``exc``: the only such mapping."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        return "output closed before everything was printed (broken pipe)", EXIT_ERROR
+    if isinstance(exc, UsageError | ConfigError | ArgumentError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, StreamlabError):
+        return str(exc), EXIT_ERROR
+    if isinstance(exc, redis.RedisError):
+        denied = permission_error(exc)
+        if denied is not None:
+            return str(denied), EXIT_ERROR
+    text = (reply_text(exc).splitlines() or [""])[0].strip()
+    if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
+        return f"authentication failed: {text} (check the URL's user and password)", EXIT_ERROR
+    if isinstance(exc, redis.TimeoutError):
+        return f"the server did not answer in time: {text} (see --timeout)", EXIT_ERROR
+    if isinstance(exc, redis.ConnectionError):
+        return f"cannot reach the server: {text}", EXIT_ERROR
+    if isinstance(exc, redis.ResponseError):
+        return f"the server refused the command: {text}", EXIT_ERROR
+    if isinstance(exc, redis.RedisError):
+        return f"{type(exc).__name__}: {text}", EXIT_ERROR
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename or text}", EXIT_ERROR
+    if isinstance(exc, EOFError):
+        return "no answer to confirm on (stdin closed): pass --yes", EXIT_USAGE
+    return f"unexpected {type(exc).__name__}: {text}", EXIT_ERROR
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamlab`` console script."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except StreamlabError as exc:
-        print(f"streamlab: error: {exc}", file=sys.stderr)
-        return 2
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+    except (Exception, KeyboardInterrupt) as exc:
+        if isinstance(exc, BrokenPipeError):
+            _quiet_stdout()
+        message, code = describe_error(exc)
+        line = " ".join(redact(message, _url(args)).split())
+        print(f"streamlab: error: {line}", file=sys.stderr)
     return code
 
 

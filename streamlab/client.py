@@ -7,6 +7,7 @@ may be binary; known fields are decoded in `streamlab.events`). Raw replies beco
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,13 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 import redis.connection
 
-from streamlab.errors import ConfigError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.errors import (
+    ConfigError,
+    GroupNotFoundError,
+    PermissionDeniedError,
+    StreamNotFoundError,
+    WrongTypeError,
+)
 from streamlab.events import (
     GroupInfo,
     StreamEvent,
@@ -28,13 +35,16 @@ from streamlab.events import (
 )
 from streamlab.keys import dlq_key
 from streamlab.metrics import Metrics, NullMetrics
-from streamlab.scripts import Scripts
+from streamlab.scripts import SCRIPT_COMMANDS, Scripts, script_by_sha
 
 __all__ = [
     "RawEntry",
     "RedisStreamsClient",
     "StreamsClient",
+    "acl_errors",
     "connect",
+    "permission_error",
+    "reply_text",
     "seconds",
     "translate_errors",
 ]
@@ -67,15 +77,80 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **kwargs)
 
 
+# redis-py's pipeline errors quote the command, whose arguments may be field values.
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
+def reply_text(exc: BaseException) -> str:
+    """The server's error text of ``exc``, without the command redis-py's pipelines quote."""
+    return _PIPELINE_PREFIX.sub("", str(exc))
+
+
+_REFUSED_COMMAND = re.compile(r"permissions to run the '([^']+)' command")
+_SCRIPT_SHA = re.compile(r"script: ([0-9a-fA-F]{40})")
+_SCRIPT_ACL = ("NOPERM", "ACL failure in script", "The user executing the script can't")
+
+
+def permission_error(exc: BaseException) -> PermissionDeniedError | None:
+    """A `PermissionDeniedError` naming the refused command when ``exc`` is an ACL refusal
+    (NOPERM, or a command refused inside one of streamlab's scripts), else None.
+
+    Only the command's name is kept: redis-py's pipeline errors quote the command's arguments,
+    which may be an entry's field values.
+    """
+    text = str(exc)
+    if not isinstance(exc, redis.exceptions.NoPermissionError) and not any(
+        marker in text for marker in _SCRIPT_ACL
+    ):
+        return None
+    named = _REFUSED_COMMAND.search(text)
+    sha = _SCRIPT_SHA.search(text)
+    script = script_by_sha(sha[1]) if sha else None
+    where = f" inside streamlab's {script}.lua script" if script else ""
+    if named:
+        command = named[1]
+        what = f"the server's ACL refused the {command.upper()} command{where}"
+        fix = f"grant it to this user (ACL SETUSER <user> +{command})"
+    elif script:
+        command = None
+        listed = " ".join(f"+{c}" for c in SCRIPT_COMMANDS[script])
+        what = f"the server's ACL refused a command{where}"
+        fix = f"the script runs {', '.join(SCRIPT_COMMANDS[script])}: grant {listed}"
+    elif "access a key" in text or "access one of the keys" in text:
+        command = None
+        what = "the server's ACL refused access to a key"
+        fix = "grant this user the key pattern (ACL SETUSER <user> ~<pattern>)"
+    else:
+        command = None
+        what = "the server's ACL refused a command"
+        fix = "see the README's Least privilege section for the rights each role needs"
+    return PermissionDeniedError(f"{what}; {fix} (README: Least privilege)", command=command)
+
+
+@contextmanager
+def acl_errors() -> Iterator[None]:
+    """Turn an ACL refusal (NOPERM) into `PermissionDeniedError`; other errors pass unchanged."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        denied = permission_error(exc)
+        if denied is None:
+            raise
+        raise denied from exc
+
+
 @contextmanager
 def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
     """Turn Redis errors about ``stream`` into streamlab's: WRONGTYPE into `WrongTypeError`;
     with a ``group``, NOGROUP (or a missing key, as XINFO CONSUMERS says) into
-    `GroupNotFoundError`."""
+    `GroupNotFoundError`; an ACL refusal (NOPERM) into `PermissionDeniedError`."""
     try:
         yield
     except redis.ResponseError as exc:
-        text = str(exc)
+        denied = permission_error(exc)
+        if denied is not None:
+            raise denied from exc
+        text = reply_text(exc)
         if text.startswith("WRONGTYPE"):
             raise WrongTypeError(f"key {stream!r} exists but is not a stream") from exc
         # UNBLOCKED: the stream was deleted while a blocking XREADGROUP waited on it.

@@ -53,6 +53,17 @@ class WrongTypeError(StreamlabError, TypeError):
     """The key exists but holds something other than a stream."""
 
 
+class PermissionDeniedError(StreamlabError, PermissionError):
+    """The server's ACL refused a command (Redis NOPERM); ``command`` names it when known.
+
+    The README's "Least privilege" section lists the rights each role needs.
+    """
+
+    def __init__(self, message: str, *, command: str | None = None):
+        self.command = command
+        super().__init__(message)
+
+
 class MissingDependencyError(StreamlabError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

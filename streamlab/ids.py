@@ -37,6 +37,8 @@ def parse_id(value: str | bytes, name: str = "id") -> StreamId:
     text = value.decode() if isinstance(value, bytes) else str(value)
     match = _ID.fullmatch(text.strip())
     if not match or int(match[1]) > _MAX or int(match[2]) > _MAX:
+        if match:
+            raise ArgumentError(f"{name}: {text!r} is out of range: each part of an id is < 2**64")
         raise ArgumentError(f"{name}: {value!r} is not a stream id like '1700000000000-0'")
     return int(match[1]), int(match[2])
 
@@ -75,7 +77,7 @@ def bound(value: Bound, name: str, *, upper: bool) -> StreamId:
         ms = _ms(value, name)
     elif isinstance(value, int):
         if not 0 <= value <= _MAX:
-            raise ArgumentError(f"{name}: milliseconds must be between 0 and 2**64-1, got {value}")
+            raise ArgumentError(f"{name}: {value} is out of range: milliseconds are 0 to 2**64-1")
         ms = value
     elif isinstance(value, str):
         text = value.strip()

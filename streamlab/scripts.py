@@ -6,17 +6,34 @@ scripts valid on Redis Cluster when the keys share a hash tag.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache, cached_property
 from importlib import resources
 from typing import Any
 
 from redis.commands.core import Script
 
-__all__ = ["LUA_MAX_VALUES", "Scripts", "lua_source"]
+__all__ = ["LUA_MAX_VALUES", "SCRIPT_COMMANDS", "Scripts", "lua_source", "script_by_sha"]
 
 # Lua's unpack (and so a redis.call built from ARGV) stops at about 8,000 values; keep well
 # below it. Larger entries are moved by `streamlab._moves` with WATCH/MULTI instead.
 LUA_MAX_VALUES = 7000
+
+
+# The commands each script runs, for ACL errors: Redis 7.0 does not name the command a script
+# was refused (Valkey does), so the error lists the script's commands instead.
+SCRIPT_COMMANDS = {
+    "dead_letter": ("xpending", "xadd", "xtrim", "xack"),
+    "replay": ("hget", "type", "xrange", "xinfo|stream", "xadd", "xdel", "hset"),
+}
+
+
+def script_by_sha(sha: str) -> str | None:
+    """The name of streamlab's script whose SHA1 is ``sha``, or None."""
+    for name in SCRIPT_COMMANDS:
+        if hashlib.sha1(lua_source(name).encode()).hexdigest() == sha.lower():
+            return name
+    return None
 
 
 @cache

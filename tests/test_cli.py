@@ -1,14 +1,21 @@
 """The `streamlab` command, run as a user runs it."""
 
+import contextlib
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import pytest
+
+from streamlab._redact import redact, redact_url
 from streamlab.client import RedisStreamsClient
 from streamlab.demo import BROKEN_REPOSITORY
+from streamlab.embedded import EmbeddedServer
 from streamlab.events import Failure, encode_event
 from streamlab.samples import sample_events
 
@@ -198,3 +205,245 @@ def test_ctrl_c_cancels_a_replay_between_batches_and_reports_what_remains(
     replayed = [f[b"replay_of"].decode() for _, f in r.xrange(stream_name)]
     assert sorted(replayed) == sorted(ids)
     assert r.xlen(dlq) == 0
+
+
+# -- errors: one line on stderr, exit 1 (operational) or 2 (usage), never a traceback ---------
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess[str], code: int, *says: str) -> str:
+    assert run.returncode == code, (run.returncode, run.stdout[-500:], run.stderr[-2000:])
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("streamlab"), run.stderr
+    assert "Traceback" not in run.stderr
+    for text in says:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_stream_or_group_and_wrong_key_types_are_one_line_errors(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    r = streams_client.redis
+    streams_client.add_to_stream(stream_name, next(iter(sample_events(1))))
+    not_a_stream = f"{stream_name}:string"
+    r.set(not_a_stream, "x")
+    missing = f"{stream_name}:missing"
+
+    run = streamlab("info", missing, "--url", redis_url)
+    assert_one_line_error(run, 1, f"stream {missing!r} does not exist")
+    run = streamlab("pending", stream_name, "nogroup", "--url", redis_url)
+    assert_one_line_error(run, 1, "consumer group 'nogroup' does not exist")
+    run = streamlab("pending", missing, "g", "--url", redis_url, "--json")
+    assert_one_line_error(run, 1, "does not exist")
+    for command in (("info", not_a_stream), ("pending", not_a_stream, "g")):
+        run = streamlab(*command, "--url", redis_url)
+        assert_one_line_error(run, 1, f"key {not_a_stream!r} exists but is not a stream")
+    r.set(f"{stream_name}_dlq", "x")
+    run = streamlab("dlq", stream_name, "--url", redis_url)
+    assert_one_line_error(run, 1, "is not a stream")
+
+
+def test_usage_errors_are_one_line_and_exit_2(redis_url: str) -> None:
+    for flags, says in (
+        (("replay", "s", "--rate", "nan", "--yes"), "--rate: must be a finite number above 0"),
+        (("replay", "s", "--rate", "inf", "--yes"), "--rate: must be a finite number above 0"),
+        (("replay", "s", "--rate", "-3", "--yes"), "--rate"),
+        (("pending", "s", "g", "--count", "0"), "--count: must be at least 1"),
+        (("dlq", "s", "--count", "0"), "--count: must be at least 1"),
+        (("dlq", "s", "--count", "many"), "--count: expected a whole number"),
+        (("replay", "s", "--batch-size", "0", "--yes"), "--batch-size"),
+        (("info",), "the following arguments are required: stream"),
+        (("nosuchcommand",), "invalid choice"),
+    ):
+        assert_one_line_error(streamlab(*flags, "--url", redis_url), 2, says)
+
+
+def test_out_of_range_and_malformed_ids_are_usage_errors(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream_name)
+    fields = {**encode_event(next(iter(sample_events(1)))), **failure.to_fields()}
+    streams_client.redis.xadd(streams_client.dlq_stream(stream_name), fields)
+    big = str(2**64)
+    for flags in (
+        ("--since", big),  # bare digits: an id's time part
+        ("--until", f"1-{big}"),
+        ("--id", f"{big}-0"),
+        ("--id", f"1-{big}"),
+    ):
+        run = streamlab("replay", stream_name, "--url", redis_url, "--dry-run", *flags)
+        assert_one_line_error(run, 2, "out of range")
+    run = streamlab("replay", stream_name, "--url", redis_url, "--dry-run", "--id", "abc")
+    assert_one_line_error(run, 2, "is not a stream id")
+    # The largest id is still a valid bound.
+    top = f"{2**64 - 1}-{2**64 - 1}"
+    run = streamlab("replay", stream_name, "--url", redis_url, "--dry-run", "--until", top)
+    assert run.returncode == 0, run.stderr
+    assert "1 would replay" in run.stdout
+
+
+def test_bad_urls_are_usage_errors() -> None:
+    for url, says in (
+        ("http://127.0.0.1:1/0", "bad --url"),
+        ("redis://:hunter2@127.0.0.1:notaport/0", "bad --url"),
+    ):
+        line = assert_one_line_error(streamlab("info", "s", "--url", url), 2, says)
+        assert "hunter2" not in line
+    run = streamlab("demo", "--url", "http://127.0.0.1:1/0")
+    assert_one_line_error(run, 2, "bad --url")
+    run = streamlab("info", "s", "--url", "redis://127.0.0.1:1/0", "--tls-ca", "/nope.pem")
+    assert_one_line_error(run, 2, "--tls-ca needs a rediss:// URL")
+
+
+def test_an_unreachable_or_silent_server_fails_within_the_timeout() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    run = streamlab("info", "s", "--url", f"redis://127.0.0.1:{closed}/0")
+    assert_one_line_error(run, 1, "cannot reach the server", "refused")
+
+    # A full accept queue: the kernel drops the SYN, so connecting hangs until the timeout.
+    with socket.socket() as full, socket.socket() as silent:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(full.getsockname())
+        # A listener that never answers: connected (backlog) but no reply.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        try:
+            for port in (full.getsockname()[1], silent.getsockname()[1]):
+                started = time.monotonic()
+                url = f"redis://127.0.0.1:{port}/0"
+                run = streamlab("info", "s", "--url", url, "--timeout", "1")
+                elapsed = time.monotonic() - started
+                assert_one_line_error(run, 1, "did not answer in time", "--timeout")
+                assert elapsed < 30  # 1 s timeout, one attempt; wide margin for a busy box
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.fixture
+def password_server(private_server: EmbeddedServer) -> EmbeddedServer:
+    """The private server with the default user's password set to ``s3cret-pw``."""
+    admin = private_server.client()
+    admin.config_set("requirepass", "s3cret-pw")
+    admin.close()
+    return private_server
+
+
+def test_passwords_are_redacted_and_a_wrong_one_is_one_line(
+    password_server: EmbeddedServer,
+) -> None:
+    port = password_server.port
+    good = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
+    run = streamlab("demo", "--events", "60", "--url", good)
+    assert run.returncode == 0, run.stderr
+    assert "s3cret-pw" not in run.stdout + run.stderr
+    assert f"redis://:***@127.0.0.1:{port}/0" in run.stdout
+
+    wrong = f"redis://:wrong-pw@127.0.0.1:{port}/0"
+    for command in (("info", "s"), ("dlq", "s"), ("replay", "s", "--dry-run"), ("demo",)):
+        started = time.monotonic()
+        run = streamlab(*command, "--url", wrong)
+        assert time.monotonic() - started < 30  # no retry loop on a refused password
+        line = assert_one_line_error(run, 1, "authentication failed")
+        assert "wrong-pw" not in line
+    run = streamlab("info", "s", "--url", f"redis://127.0.0.1:{port}/0")
+    assert_one_line_error(run, 1, "uthentication")
+
+    # The URL may also come from REDIS_URL; its password is redacted in errors just the same.
+    env = {**os.environ, "REDIS_URL": f"redis://:wrong-pw@127.0.0.1:{port}:x/0"}
+    run = subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", "info", "s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    line = assert_one_line_error(run, 2, "bad --url")
+    assert "wrong-pw" not in line
+
+
+def test_redact_url_masks_every_password_form() -> None:
+    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
+    assert redact_url("redis://h:1/0?password=pw&db=1") == "redis://h:1/0?password=***&db=1"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+    assert redact("can't reach redis://:p%40w@h/0 (p@w)", "redis://:p%40w@h/0") == (
+        "can't reach redis://:***@h/0 (***)"
+    )
+    assert (
+        redact("see rediss://u:pw@h:1/0 and redis://h/0")
+        == "see rediss://u:***@h:1/0 and redis://h/0"
+    )
+    # A URL typed where the command name goes is quoted by the usage error: redacted too.
+    run = streamlab("redis://:hunter2@127.0.0.1:1/0", "info")
+    line = assert_one_line_error(run, 2, "invalid choice")
+    assert "hunter2" not in line
+
+
+def test_a_command_the_acl_refuses_is_one_line_naming_it(private_server: EmbeddedServer) -> None:
+    admin = private_server.client()
+    admin.execute_command(
+        "ACL", "SETUSER", "nosy", "on", ">nosy-pw", "~*", "+@connection", "+xlen", "+xrange"
+    )
+    admin.close()
+    url = f"redis://nosy:nosy-pw@127.0.0.1:{private_server.port}/0"
+    line = assert_one_line_error(streamlab("info", "s", "--url", url), 1, "ACL refused")
+    assert "+xrevrange" in line or "+xinfo" in line
+    line = assert_one_line_error(streamlab("pending", "s", "g", "--url", url), 1, "XPENDING")
+    assert "nosy-pw" not in line
+
+
+def test_a_broken_pipe_is_one_line_not_a_traceback(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    r = streams_client.redis
+    failure = Failure(error="boom " * 40, error_type="KeyError", source_stream=stream_name)
+    pipe = r.pipeline(transaction=False)
+    for event in sample_events(1500):
+        pipe.xadd(
+            streams_client.dlq_stream(stream_name), {**encode_event(event), **failure.to_fields()}
+        )
+    pipe.execute()
+    cli = f"{sys.executable} -m streamlab.cli dlq '{stream_name}' --url {redis_url} --count 1500"
+    run = subprocess.run(
+        ["bash", "-c", f'{cli} | head -1; echo "exit=${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert len(run.stdout.splitlines()) == 1
+    error, status = run.stderr.splitlines()  # output is ~400 KB: the pipe surely broke
+    assert error == "streamlab: error: output closed before everything was printed (broken pipe)"
+    assert status == "exit=1"
+
+
+def test_unknown_replay_id_and_a_replay_where_every_event_fails_exit_1(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str
+) -> None:
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream_name, group="g")
+    for event in sample_events(3):
+        r.xadd(dlq, {**encode_event(event), **failure.to_fields()})
+    run = streamlab("outcome", stream_name, "no-such-run", "--url", redis_url)
+    assert_one_line_error(run, 1, "no replay run 'no-such-run' found")
+
+    target = f"{stream_name}:not-a-stream"
+    r.set(target, "x")
+    args = ("replay", stream_name, "--url", redis_url, "--target", target)
+    for mode in ("--dry-run", "--yes"):
+        run = streamlab(*args, mode)
+        line = assert_one_line_error(run, 1, "all 3 selected events", "stay in the DLQ")
+        assert f"target {target!r} is a string, not a stream" in line
+        assert "3 failed" in run.stdout  # the report itself is still printed
+    assert r.xlen(dlq) == 3

@@ -179,7 +179,7 @@ def dlq_to_dataframe(
     )
     pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
     df = _fill(builder, pages)
-    df.insert(df.columns.get_loc("error_type"), "error_signature", _signatures(df))
+    df.insert(list(df.columns).index("error_type"), "error_signature", _signatures(df))
     return df
 
 

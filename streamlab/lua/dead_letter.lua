@@ -28,6 +28,22 @@ end
 if ARGV[3] ~= '' and pending[1][2] ~= ARGV[3] then
   return false
 end
+-- Scripts are not rolled back, and an ACL is checked per call: a user allowed XADD but not
+-- XACK would leave the entry both in the DLQ and pending. Check every write first, and
+-- refuse with nothing written.
+local function refuse(command)
+  return redis.error_reply("NOPERM this user has no permissions to run the '" .. command ..
+    "' command")
+end
+if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
+  return refuse('xadd')
+end
+if ARGV[5] ~= '' and not redis.acl_check_cmd('XTRIM', KEYS[2], 'MINID', ARGV[5]) then
+  return refuse('xtrim')
+end
+if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[1], ARGV[2]) then
+  return refuse('xack')
+end
 local id
 if ARGV[4] ~= '0' then
   id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))

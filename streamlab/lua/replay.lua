@@ -49,6 +49,26 @@ if #redis.call('XRANGE', KEYS[1], id, id, 'COUNT', 1) == 0 then
   end
   return {'gone', ''}
 end
+-- Scripts are not rolled back, and an ACL is checked per call: a user allowed XADD but not
+-- XDEL would leave the event both replayed and in the DLQ. Check every write first (the dry
+-- run too, so that it reports what the real run would do), and refuse with nothing written.
+local function refuse(command)
+  return redis.error_reply("NOPERM this user has no permissions to run the '" .. command ..
+    "' command")
+end
+if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
+  return refuse('xadd')
+end
+if ARGV[3] == '1' then
+  if not redis.acl_check_cmd('HSET', KEYS[3], id, 'v') then
+    return refuse('hset')
+  end
+elseif not redis.acl_check_cmd('XDEL', KEYS[1], id) then
+  return refuse('xdel')
+end
+if not redis.acl_check_cmd('HSET', KEYS[4], id, 'v') then
+  return refuse('hset')
+end
 if ARGV[2] == '1' then
   -- What the real run's XADD would refuse, the dry run reports too.
   if kind == 'stream' then

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from streamlab.client import RedisStreamsClient
+from streamlab.client import RedisStreamsClient, acl_errors
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
 from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page
@@ -60,15 +60,16 @@ def replay_outcome(
     """
     c = _as_client(client)
     dlq = c.dlq_stream(stream)
-    injected = _ledger(c.redis, ledger_key(dlq, replay_id))
-    if not injected:
-        injected = _scan_for_run(c.redis, targets or [stream], replay_id)
-    by_target: dict[str, list[_Injected]] = {}
-    for dlq_id, (new_id, dest, group) in injected.items():
-        by_target.setdefault(dest, []).append((dlq_id, new_id, group))
-    rows: list[dict[str, Any]] = []
-    for dest, items in by_target.items():
-        rows += _target_outcome(c, dest, sorted(items, key=lambda i: _parse_id(i[1], "id")))
+    with acl_errors():
+        injected = _ledger(c.redis, ledger_key(dlq, replay_id))
+        if not injected:
+            injected = _scan_for_run(c.redis, targets or [stream], replay_id)
+        by_target: dict[str, list[_Injected]] = {}
+        for dlq_id, (new_id, dest, group) in injected.items():
+            by_target.setdefault(dest, []).append((dlq_id, new_id, group))
+        rows: list[dict[str, Any]] = []
+        for dest, items in by_target.items():
+            rows += _target_outcome(c, dest, sorted(items, key=lambda i: _parse_id(i[1], "id")))
     return _outcome_frame(rows)
 
 

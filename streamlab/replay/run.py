@@ -14,7 +14,7 @@ import redis
 
 from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
-from streamlab.client import RedisStreamsClient, seconds
+from streamlab.client import RedisStreamsClient, permission_error, seconds
 from streamlab.errors import ArgumentError
 from streamlab.events import format_time
 from streamlab.filters import KEYWORDS
@@ -215,9 +215,11 @@ class _Replayer:
                 "EVALSHA", sha, 4, dlq, plan.target, *tail, plan.entry.id, *head,
                 plan.group or b"", *fields,
             )  # fmt: skip
-        if self.ttl and not self.report.dry_run:
+        expiring = bool(self.ttl and not self.report.dry_run)
+        if expiring:
             pipe.expire(self.ledger, self.ttl)
-        replies: list[Any] = pipe.execute(raise_on_error=False) if len(pipe) else []
+        replies: list[Any] = self._execute(pipe) if len(pipe) else []
+        expired = replies.pop() if expiring and replies else None
         for i, (plan, fields) in sorted(apart.items()):
             keys[1] = plan.target
             try:
@@ -234,16 +236,38 @@ class _Replayer:
             except redis.ResponseError as exc:
                 reply = exc
             replies.insert(i, reply)
-        if apart and self.ttl and not self.report.dry_run:
-            self.c.redis.expire(self.ledger, self.ttl)
+        if apart and expiring and not isinstance(expired, Exception):
+            try:
+                self.c.redis.expire(self.ledger, self.ttl)
+            except redis.ResponseError as exc:
+                expired = exc
         for plan, reply in zip(batch, replies, strict=False):
             self.record(plan, reply)
+        if isinstance(expired, Exception):  # the batch is recorded; the ledger lacks its TTL
+            denied = permission_error(expired)
+            raise denied or expired from expired
+
+    @staticmethod
+    def _execute(pipe: Any) -> list[Any]:
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except redis.ResponseError as exc:  # loading the script (SCRIPT EXISTS / LOAD)
+            denied = permission_error(exc)
+            if denied is None:
+                raise
+            raise denied from exc
+        return replies
 
     def record(self, plan: _Plan, reply: Any) -> None:
         report, dlq_id = self.report, plan.entry.id
         if isinstance(reply, Exception):
             if isinstance(reply, redis.ConnectionError):
                 raise reply
+            denied = permission_error(reply)
+            if denied is not None:
+                # Not this entry's fault: every entry would fail the same way. Nothing of it
+                # was written (replay.lua checks its rights before its first write).
+                raise denied from reply
             report.failed[dlq_id] = f"{type(reply).__name__}: {reply}"
             return
         status, detail = reply[0].decode(), reply[1].decode("utf-8", "replace")
@@ -294,7 +318,7 @@ def _plan(
             count = int(prior) + 1
         except ValueError:
             report.failed[entry.id] = (
-                f"DLQ entry {entry.id}: field 'replay_count' is not an integer: {prior!r}"
+                f"DLQ entry {entry.id}: field 'replay_count' is not an integer"
             )
             continue
         if isinstance(for_group, _FailedGroup):
