@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 import redis.connection
+from redis.cluster import RedisCluster
 
 from streamlab.errors import ConfigError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import (
@@ -35,6 +36,8 @@ __all__ = [
     "RedisStreamsClient",
     "StreamsClient",
     "connect",
+    "connect_any",
+    "connect_cluster",
     "seconds",
     "translate_errors",
 ]
@@ -65,6 +68,48 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     if kwargs.get("decode_responses"):
         raise ConfigError("decode_responses=True breaks binary payloads; leave it False")
     return redis.Redis.from_url(url, **kwargs)
+
+
+# ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a cluster node explicitly.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def connect_cluster(url: str, **kwargs: Any) -> RedisCluster:
+    """A `redis.cluster.RedisCluster` from the URL of any one node, with `connect`'s defaults.
+
+    The client learns the cluster's slots from that node and follows MOVED and ASK replies.
+    """
+    scheme, sep, rest = url.partition("://")
+    url = f"{CLUSTER_SCHEMES.get(scheme, scheme)}{sep}{rest}"
+    kwargs.setdefault("socket_timeout", None)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    if kwargs.get("decode_responses"):
+        raise ConfigError("decode_responses=True breaks binary payloads; leave it False")
+    return RedisCluster.from_url(url, **kwargs)
+
+
+def connect_any(url: str, *, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """`connect` or `connect_cluster`, for a URL that may name a cluster node.
+
+    ``cluster=None`` decides by itself: a ``redis+cluster://`` URL is a cluster; otherwise the
+    server is asked (``INFO cluster``) and a node with ``cluster_enabled:1`` gets a cluster
+    client, so that commands follow MOVED instead of failing. A server that refuses INFO
+    (an ACL without ``+info``) is taken as a single server.
+    """
+    if cluster is None:
+        if url.partition("://")[0] in CLUSTER_SCHEMES:
+            cluster = True
+        else:
+            single = connect(url, **kwargs)
+            try:
+                info = single.info("cluster")
+            except redis.ResponseError:
+                return single
+            if not int(info.get("cluster_enabled", 0)):
+                return single
+            single.close()
+            cluster = True
+    return connect_cluster(url, **kwargs) if cluster else connect(url, **kwargs)
 
 
 @contextmanager
@@ -146,7 +191,7 @@ class RedisStreamsClient:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: redis.Redis | RedisCluster,
         *,
         metrics: Metrics | None = None,
         dlq_names: Mapping[str, str] | None = None,
