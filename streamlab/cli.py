@@ -33,12 +33,14 @@ def _print(data: Any, as_json: bool) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from streamlab.client import RedisStreamsClient
+    from streamlab.client import RedisStreamsClient, connect_any
 
     url = args.url or os.environ.get("REDIS_URL")
     if not url:
         raise StreamlabError("no server: pass --url or set REDIS_URL")
-    client = RedisStreamsClient.from_url(url)
+    # A cluster node (--cluster, a redis+cluster:// URL, or cluster_enabled in INFO) gets a
+    # cluster client, which follows MOVED to the node serving each key.
+    client = RedisStreamsClient(connect_any(url, cluster=True if args.cluster else None))
     if getattr(args, "dlq", None):
         client.dlq_names[args.stream] = args.dlq
     return client
@@ -245,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=None, help="redis:// URL (default: REDIS_URL)")
         p.add_argument("--json", action="store_true", help="print JSON")
+        if name != "demo":
+            p.add_argument(
+                "--cluster",
+                action="store_true",
+                help="the URL is a Redis Cluster node (found by itself from INFO otherwise)",
+            )
         return p
 
     demo = command("demo", "produce, consume, retry and dead-letter on an embedded server")

@@ -1,0 +1,268 @@
+"""Everything on a 3-master Redis Cluster the suite starts (`cluster` fixture): the consumer
+handles, retries and dead-letters; the exporters, replay and the CLI work; keys share slots.
+
+Streams are hash-tagged (``{orders-…}``) so that a stream, its DLQ and replay's bookkeeping
+keys live in one slot. The CLI is given the URL of a node that does *not* serve the stream,
+so every command must follow MOVED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from faults.ledger import ledger_check
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from streamlab.backoff import Backoff
+from streamlab.client import RedisStreamsClient, connect_any
+from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.embedded import EmbeddedCluster
+from streamlab.errors import ConfigError
+from streamlab.events import StreamEvent, StreamMessage
+from streamlab.frames import dlq_to_dataframe, pending_to_dataframe, stream_to_dataframe
+from streamlab.keys import dlq_key, ledger_key, replayed_key
+from streamlab.replay import replay_dlq, replay_outcome, select_dlq
+
+FAST = Backoff(initial=timedelta(milliseconds=50), max=timedelta(milliseconds=100))
+
+
+@pytest.fixture
+def orders() -> str:
+    """A hash-tagged stream name of this test's own."""
+    return f"{{orders-{uuid.uuid4().hex[:8]}}}"
+
+
+@pytest.fixture
+def client(cluster_client: RedisCluster) -> RedisStreamsClient:
+    return RedisStreamsClient(cluster_client)
+
+
+def produce(client: RedisStreamsClient, stream: str, n: int) -> list[str]:
+    events = (
+        StreamEvent(
+            id=f"evt-{i}",
+            event_type="bad" if i % 4 == 0 else "push",
+            repository="acme/api",
+            tenant_id="t1",
+            payload={"n": i},
+        )
+        for i in range(n)
+    )
+    return client.add_many(stream, events)
+
+
+def failing_handler(seen: Counter[str]) -> Any:
+    """Counts every call; events of type ``bad`` always fail."""
+
+    def handle(msg: StreamMessage) -> None:
+        seen[msg.id] += 1
+        assert msg.event is not None
+        if msg.event.event_type == "bad":
+            raise ValueError("bad event")
+
+    return handle
+
+
+def consume(client: RedisStreamsClient, stream: str, **kwargs: Any) -> tuple[Any, Counter[str]]:
+    options: dict[str, Any] = {
+        "consumer": "c1",
+        "max_retries": 2,
+        "backoff": FAST,
+        "claim_min_idle": timedelta(seconds=1),
+        "block_duration": timedelta(milliseconds=100),
+        **kwargs,
+    }
+    cfg = ConsumerConfig(stream=stream, group="g", **options)
+    seen: Counter[str] = Counter()
+    stats = Consumer(client, cfg).run(failing_handler(seen), burst=True, handle_signals=False)
+    return stats, seen
+
+
+def other_node_url(cluster: EmbeddedCluster, key: str) -> str:
+    """The URL of a master that does not serve ``key``: talking to it draws MOVED."""
+    owner = cluster.master_of(key)
+    return next(n.url for n in cluster.masters if n.port != owner.port)
+
+
+def test_derived_keys_share_the_stream_slot(orders: str) -> None:
+    dlq = dlq_key(orders)
+    keys = [orders, dlq, replayed_key(dlq), ledger_key(dlq, "run-1")]
+    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+
+
+def test_an_untagged_stream_is_refused_at_configuration(client: RedisStreamsClient) -> None:
+    # Without a hash tag `orders_x` and `orders_x_dlq` hash apart; say so before any write.
+    untagged = "orders_x" if key_slot(b"orders_x") != key_slot(b"orders_x_dlq") else "orders_y"
+    with pytest.raises(ConfigError, match="hash tag"):
+        Consumer(client, ConsumerConfig(stream=untagged, group="g"))
+
+
+def test_consumer_handles_retries_and_dead_letters(
+    client: RedisStreamsClient, cluster_client: RedisCluster, orders: str
+) -> None:
+    ids = produce(client, orders, 40)
+    stats, seen = consume(client, orders)
+    bad = ids[::4]
+    assert stats.dead_lettered == len(bad)
+    assert stats.retried == 2 * len(bad)
+    assert stats.acked == len(ids) - len(bad)
+    # Each bad event: the first delivery and two retries, then the DLQ.
+    assert all(seen[i] == 3 for i in bad)
+    result = ledger_check(cluster_client, orders, "g", ids, seen)
+    result.assert_nothing_lost()
+    assert result.dlq == len(bad)
+    assert result.duplicated == 2 * len(bad)
+    dead = client.read_dlq(orders)
+    assert sorted(m.failure.source_id for m in dead if m.failure) == sorted(bad)
+
+
+def test_an_entry_too_large_for_lua_is_dead_lettered_by_transaction(
+    client: RedisStreamsClient, cluster_client: RedisCluster, orders: str
+) -> None:
+    # 5,000 fields pass Lua's unpack limit: the move runs as WATCH/MULTI on the stream's node.
+    fields = {f"f{i}": str(i) for i in range(5000)}
+    fields["event_type"] = "bad"
+    entry = client.add_to_stream(orders, fields)
+    stats, _ = consume(client, orders, max_retries=0)
+    assert stats.dead_lettered == 1
+    [(_, dead)] = cluster_client.xrange(dlq_key(orders), "-", "+")
+    assert dead[b"dlq_source_id"] == entry.encode()
+    assert all(dead[f"f{i}".encode()] == str(i).encode() for i in range(5000))
+    assert cluster_client.xpending(orders, "g")["pending"] == 0
+
+
+def test_exporters(client: RedisStreamsClient, cluster_client: RedisCluster, orders: str) -> None:
+    ids = produce(client, orders, 12)
+    frame = stream_to_dataframe(client, orders)
+    assert frame["id"].tolist() == ids
+    assert set(frame["event_type"]) == {"push", "bad"}
+
+    # Leave the entries pending with a consumer, as a crashed worker would.
+    client.ensure_group(orders, "g")
+    client.read_from_stream(orders, "g", "dead-worker", 5)
+    pending = pending_to_dataframe(client, orders, "g")
+    assert pending["id"].tolist() == ids[:5]
+    assert set(pending["consumer"]) == {"dead-worker"}
+    assert pending["event_type"].notna().all()
+
+    # The dead worker's entries, made idle past claim_min_idle, are reclaimed and settled.
+    cluster_client.xclaim(orders, "g", "dead-worker", 0, ids[:5], idle=5000, justid=True)
+    stats, _ = consume(client, orders)
+    assert stats.reclaimed == 5
+    assert cluster_client.xpending(orders, "g")["pending"] == 0
+    dlq = dlq_to_dataframe(client, orders)
+    assert sorted(dlq["source_id"]) == sorted(ids[::4])
+    assert set(dlq["error_type"]) == {"ValueError"}
+    assert (dlq["group"] == "g").all()
+
+
+def test_replay_dry_run_real_run_and_outcome(
+    client: RedisStreamsClient, cluster_client: RedisCluster, orders: str
+) -> None:
+    ids = produce(client, orders, 8)
+    consume(client, orders)
+    bad = ids[::4]
+    selection = select_dlq(client, orders, event_types="bad")
+    assert len(selection.ids) == len(bad)
+
+    plan = replay_dlq(client, orders, selection, dry_run=True)
+    assert len(plan.replayed) == len(bad)
+    assert not plan.failed
+    assert cluster_client.xlen(dlq_key(orders)) == len(bad)  # a dry run writes nothing
+
+    report = replay_dlq(client, orders, selection)
+    assert report.ok
+    assert report.replayed == plan.replayed
+    assert cluster_client.xlen(dlq_key(orders)) == 0
+    assert all(new is not None for new in report.mapping.values())
+
+    # The replayed events fail again and go back to the DLQ; the outcome says so.
+    consume(client, orders)
+    outcome = replay_outcome(client, orders, report.replay_id)
+    assert len(outcome) == len(bad)
+    assert set(outcome["state"]) == {"dead_lettered"}
+    assert cluster_client.xlen(dlq_key(orders)) == len(bad)
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", *args, "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_cli_follows_moved(
+    cluster: EmbeddedCluster, client: RedisStreamsClient, orders: str
+) -> None:
+    ids = produce(client, orders, 8)
+    consume(client, orders)
+    url = other_node_url(cluster, orders)
+
+    info = cli(url, "info", orders, "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["length"] == len(ids)
+    assert [g["name"] for g in data["groups"]] == ["g"]
+
+    pending = cli(url, "pending", orders, "g", "--json")
+    assert pending.returncode == 0, pending.stderr
+    assert json.loads(pending.stdout) == []
+
+    dlq = cli(url, "dlq", orders, "--json")
+    assert dlq.returncode == 0, dlq.stderr
+    assert len(json.loads(dlq.stdout)) == len(ids[::4])
+
+    replay = cli(url, "replay", orders, "--yes", "--json")
+    assert replay.returncode == 0, replay.stderr
+    report = json.loads(replay.stdout)
+    assert len(report["replayed"]) == len(ids[::4])
+
+    outcome = cli(url, "outcome", orders, report["replay_id"], "--json")
+    assert outcome.returncode == 0, outcome.stderr
+    assert {row["state"] for row in json.loads(outcome.stdout)} == {"waiting"}
+    assert "Traceback" not in info.stderr + dlq.stderr + replay.stderr + outcome.stderr
+
+
+@pytest.mark.parametrize("how", ["scheme", "flag"])
+def test_cli_cluster_url_scheme_and_flag(
+    cluster: EmbeddedCluster, client: RedisStreamsClient, orders: str, how: str
+) -> None:
+    produce(client, orders, 3)
+    url = other_node_url(cluster, orders)
+    if how == "scheme":
+        done = cli(url.replace("redis://", "redis+cluster://"), "info", orders, "--json")
+    else:
+        done = cli(url, "info", orders, "--json", "--cluster")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["length"] == 3
+
+
+def test_connect_any_detects_a_cluster_node(cluster: EmbeddedCluster) -> None:
+    detected = connect_any(cluster.url)
+    try:
+        assert isinstance(detected, RedisCluster)
+    finally:
+        detected.close()
+
+
+def test_connect_any_keeps_a_single_server_single(redis_url: str) -> None:
+    single = connect_any(redis_url)
+    try:
+        assert not isinstance(single, RedisCluster)
+        assert single.ping()
+    finally:
+        single.close()
