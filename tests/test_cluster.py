@@ -138,6 +138,16 @@ def test_an_entry_too_large_for_lua_is_dead_lettered_by_transaction(
     assert dead[b"dlq_source_id"] == entry.encode()
     assert all(dead[f"f{i}".encode()] == str(i).encode() for i in range(5000))
     assert cluster_client.xpending(orders, "g")["pending"] == 0
+    # And back by replay, by transaction too (it picks the new id from the node's TIME).
+    plan = replay_dlq(client, orders, dry_run=True)
+    assert len(plan.replayed) == 1
+    report = replay_dlq(client, orders)
+    assert report.ok
+    assert len(report.replayed) == 1
+    assert cluster_client.xlen(dlq_key(orders)) == 0
+    [new_id] = report.mapping.values()
+    [(_, again)] = cluster_client.xrange(orders, new_id, new_id)
+    assert all(again[f"f{i}".encode()] == str(i).encode() for i in range(5000))
 
 
 def test_exporters(client: RedisStreamsClient, cluster_client: RedisCluster, orders: str) -> None:
