@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from faults.ledger import ledger_check
+from prometheus_client import CollectorRegistry
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -28,8 +29,15 @@ from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.embedded import EmbeddedCluster
 from streamlab.errors import ConfigError
 from streamlab.events import StreamEvent, StreamMessage
-from streamlab.frames import dlq_to_dataframe, pending_to_dataframe, stream_to_dataframe
+from streamlab.frames import (
+    consumers_to_dataframe,
+    dlq_to_dataframe,
+    groups_to_dataframe,
+    pending_to_dataframe,
+    stream_to_dataframe,
+)
 from streamlab.keys import dlq_key, ledger_key, replayed_key
+from streamlab.metrics import PrometheusMetrics
 from streamlab.replay import replay_dlq, replay_outcome, select_dlq
 
 FAST = Backoff(initial=timedelta(milliseconds=50), max=timedelta(milliseconds=100))
@@ -276,3 +284,41 @@ def test_connect_any_keeps_a_single_server_single(redis_url: str) -> None:
         assert single.ping()
     finally:
         single.close()
+
+
+def test_replay_to_a_stream_in_another_slot_is_refused_before_any_write(
+    client: RedisStreamsClient, cluster_client: RedisCluster, orders: str
+) -> None:
+    ids = produce(client, orders, 4)
+    consume(client, orders)
+    elsewhere = "{elsewhere}" if key_slot(b"{elsewhere}") != key_slot(orders.encode()) else "{x}"
+    with pytest.raises(ConfigError, match="hash tag"):
+        replay_dlq(client, orders, target=elsewhere)
+    assert cluster_client.xlen(dlq_key(orders)) == 1
+    assert not cluster_client.exists(elsewhere)
+    # A target with the stream's tag is in its slot: that works.
+    same_slot = f"{orders}:retry"
+    report = replay_dlq(client, orders, target=same_slot)
+    assert report.ok
+    [(_, replayed)] = cluster_client.xrange(same_slot, "-", "+")
+    assert replayed[b"replay_id"] == report.replay_id.encode()
+    assert replayed[b"id"] == b"evt-0"  # the original event id is kept
+    assert cluster_client.xlen(dlq_key(orders)) == 0
+    assert ids[0] in {m.id for m in client.range(orders)}
+
+
+def test_group_and_consumer_frames_and_lag_metric(client: RedisStreamsClient, orders: str) -> None:
+    ids = produce(client, orders, 6)
+    client.ensure_group(orders, "g")
+    client.read_from_stream(orders, "g", "w1", 2)
+    groups = groups_to_dataframe(client, orders)
+    assert groups["group"].tolist() == ["g"]
+    assert groups["pending"].tolist() == [2]
+    consumers = consumers_to_dataframe(client, orders, "g")
+    assert consumers["consumer"].tolist() == ["w1"]
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    metrics.watch(client, orders)
+    lag = registry.get_sample_value("queue_consumer_lag", {"stream": orders, "group": "g"})
+    assert lag == len(ids) - 2
