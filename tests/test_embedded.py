@@ -1,6 +1,7 @@
 """The private server: both binaries start, AOF survives a kill, nothing is left behind."""
 
 import shutil
+import time
 
 import pytest
 
@@ -57,3 +58,24 @@ def test_a_cluster_serves_every_slot_and_leaves_nothing_behind() -> None:
         assert int(info["cluster_known_nodes"]) == 3
         client.close()
     assert all(node.pid is None and not node.dir.exists() for node in cluster.nodes)
+
+
+def test_a_killed_master_is_replaced_by_its_replica_and_comes_back_as_one() -> None:
+    with EmbeddedCluster(masters=3, replicas=1) as cluster:
+        client = cluster.client()
+        client.set("{k}", "v")
+        old = cluster.kill_master_of("{k}")
+        assert old.pid is None
+        new = cluster.wait_failover("{k}", timeout=30)
+        assert new in cluster.replicas
+        assert client.get("{k}") == b"v"  # the client follows the new master
+        old.start()  # same folder and nodes.conf: it rejoins as the new master's replica
+        cluster.wait_ok(timeout=30)
+        node = old.client()
+        deadline = time.monotonic() + 30
+        while node.info("replication")["role"] != "slave":
+            assert time.monotonic() < deadline, "the old master did not rejoin as a replica"
+            time.sleep(0.1)
+        assert cluster.master_of("{k}").port == new.port
+        node.close()
+        client.close()
