@@ -322,3 +322,14 @@ def test_group_and_consumer_frames_and_lag_metric(client: RedisStreamsClient, or
     metrics.watch(client, orders)
     lag = registry.get_sample_value("queue_consumer_lag", {"stream": orders, "group": "g"})
     assert lag == len(ids) - 2
+
+
+def test_cli_demo_on_a_cluster(cluster: EmbeddedCluster) -> None:
+    done = cli(cluster.url, "demo", "--json")  # 3,000 events, some of them dead-lettered
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["stream"].startswith("{webhook_events:demo-")  # hash-tagged on a cluster
+    assert summary["produced"] == 3000
+    assert summary["pending"] == 0
+    assert summary["dead_lettered"] == summary["dlq_length"] > 0
+    assert summary["acked"] + summary["dead_lettered"] == 3000
