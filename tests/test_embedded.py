@@ -61,7 +61,7 @@ def test_a_cluster_serves_every_slot_and_leaves_nothing_behind() -> None:
 
 
 def test_a_killed_master_is_replaced_by_its_replica_and_comes_back_as_one() -> None:
-    with EmbeddedCluster(masters=3, replicas=1) as cluster:
+    with EmbeddedCluster(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
         client = cluster.client()
         client.set("{k}", "v")
         old = cluster.kill_master_of("{k}")
