@@ -17,6 +17,8 @@ handled or dead-lettered exactly once, nothing stays pending, and the consumer n
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -220,3 +222,66 @@ def test_a_killed_master_is_replaced_and_the_consumer_finishes(
 def absent_from_stream(r: RedisCluster, stream: str, ids: list[str]) -> list[str]:
     """Those of ``ids`` that the stream does not hold."""
     return [i for i in ids if not r.xrange(stream, i, i, count=1)]
+
+
+def test_adds_acked_but_not_replicated_are_what_a_failover_loses(
+    failover_cluster: EmbeddedCluster, fault_report: Any
+) -> None:
+    """The loss made certain: the replica is frozen (SIGSTOP) and its link cut (CLIENT KILL
+    TYPE replica) while the master acks 10 more adds; WAIT reports them unreplicated; then the
+    master is killed and the replica promoted. Exactly those 10 are lost; everything the new
+    master holds is handled, nothing pending."""
+    cluster = failover_cluster
+    stream = f"{{orders-{uuid.uuid4().hex[:8]}}}"
+    r = cluster.client()
+    owner = cluster.master_of(stream)
+    replica = cluster.replicas[cluster.masters.index(owner)]
+    node = r.get_node_from_key(stream)
+
+    def add(n: int) -> str:
+        event = StreamEvent(id=f"evt-{n}", event_type="push", payload={"n": n})
+        return r.xadd(stream, dict(encode_event(event))).decode()
+
+    def replicated(timeout_ms: int) -> int:
+        """WAIT on the stream's master: how many replicas have every write acked so far."""
+        return int(r.execute_command("WAIT", 1, timeout_ms, target_nodes=node))
+
+    safe = [add(n) for n in range(50)]
+    assert replicated(5000) == 1  # these are on the replica
+    assert replica.pid is not None
+    # Frozen, and cut off: what the master had sent already sits in the replica's socket and
+    # would still arrive; from now on nothing more does.
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        master = redis.Redis(host="127.0.0.1", port=owner.port)
+        assert master.client_kill_filter(_type="replica") == 1
+        master.close()
+        unreplicated = [add(n) for n in range(50, 60)]
+        assert replicated(200) == 0  # acked, yet on the master alone
+        cluster.kill_master_of(stream)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    promoted = cluster.wait_failover(stream, timeout=30)
+    assert promoted.port == replica.port
+
+    handled: Counter[str] = Counter()
+    cfg = ConsumerConfig(stream=stream, group="g", consumer="c1")
+    worker = RedisStreamsClient(cluster.client())
+    Consumer(worker, cfg).run(lambda m: handled.update([m.id]), burst=True, handle_signals=False)
+    result = ledger_check(r, stream, "g", safe + unreplicated, handled)
+    assert sorted(result.lost_ids) == sorted(unreplicated)
+    assert result.handled == len(safe)
+    assert result.pending == 0
+    new_master = redis.Redis(host="127.0.0.1", port=promoted.port)
+    fault_report(
+        scenario="22 cluster failover",
+        fault="replica frozen and cut off, 10 adds acked by the master alone (WAIT 1 says 0), "
+        "master SIGKILLed, replica promoted",
+        result=result,
+        client=new_master,
+        expect_lost=True,
+        note=NOTE + "; here exactly the 10 unreplicated adds are lost",
+    )
+    new_master.close()
+    worker.redis.close()
+    r.close()
