@@ -12,10 +12,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import redis
 import redis.connection
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from streamlab.errors import ConfigError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import (
@@ -85,7 +87,18 @@ def connect_cluster(url: str, **kwargs: Any) -> RedisCluster:
     kwargs.setdefault("socket_connect_timeout", 5)
     if kwargs.get("decode_responses"):
         raise ConfigError("decode_responses=True breaks binary payloads; leave it False")
-    return RedisCluster.from_url(url, **kwargs)
+    try:
+        return RedisCluster.from_url(url, **kwargs)
+    except RedisClusterException as exc:
+        # redis-py says both "not a cluster" and "unreachable" with this one class.
+        parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 6379}"  # never the password
+        if "cluster mode is not enabled" in str(exc).lower():
+            raise ConfigError(
+                f"{where} is not a Redis Cluster node (cluster mode is not enabled); "
+                "connect to it as a single server"
+            ) from exc
+        raise redis.ConnectionError(f"cannot reach the cluster at {where}: {exc}") from exc
 
 
 def connect_any(url: str, *, cluster: bool | None = None, **kwargs: Any) -> Any:

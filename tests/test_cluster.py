@@ -18,13 +18,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from faults.ledger import ledger_check
 from prometheus_client import CollectorRegistry
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from streamlab.backoff import Backoff
-from streamlab.client import RedisStreamsClient, connect_any
+from streamlab.client import RedisStreamsClient, connect_any, connect_cluster
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.embedded import EmbeddedCluster
 from streamlab.errors import ConfigError
@@ -333,3 +334,19 @@ def test_cli_demo_on_a_cluster(cluster: EmbeddedCluster) -> None:
     assert summary["pending"] == 0
     assert summary["dead_lettered"] == summary["dlq_length"] > 0
     assert summary["acked"] + summary["dead_lettered"] == 3000
+
+
+def test_cli_cluster_flag_on_a_single_server_is_one_clear_line(redis_url: str) -> None:
+    done = cli(redis_url, "info", "{orders}", "--cluster")
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "is not a Redis Cluster node" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_connect_cluster_to_nothing_is_a_connection_error_without_the_password() -> None:
+    with pytest.raises(redis.ConnectionError, match=r"cannot reach the cluster at 127\.0\.0\.1:1"):
+        connect_cluster("redis+cluster://:secret@127.0.0.1:1")
+    with pytest.raises(redis.ConnectionError) as caught:
+        connect_cluster("redis+cluster://:secret@127.0.0.1:1")
+    assert "secret" not in str(caught.value)
