@@ -26,6 +26,7 @@ from redis.crc import key_slot
 
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect_any, connect_cluster
+from streamlab.config import load_settings
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.embedded import EmbeddedCluster
 from streamlab.errors import ConfigError
@@ -350,3 +351,24 @@ def test_connect_cluster_to_nothing_is_a_connection_error_without_the_password()
     with pytest.raises(redis.ConnectionError) as caught:
         connect_cluster("redis+cluster://:secret@127.0.0.1:1")
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("how", ["scheme", "flag"])
+def test_settings_give_a_cluster_client(cluster: EmbeddedCluster, orders: str, how: str) -> None:
+    node = cluster.masters[0]
+    if how == "scheme":
+        redis_settings: dict[str, Any] = {"url": f"redis+cluster://127.0.0.1:{node.port}/0"}
+    else:
+        redis_settings = {"addr": f"127.0.0.1:{node.port}", "cluster": True}
+    client = load_settings(redis=redis_settings).client()
+    try:
+        assert isinstance(client.redis, RedisCluster)
+        produce(client, orders, 4)  # keys on every node: MOVED is followed
+        assert client.get_stream_info(orders).length == 4
+    finally:
+        client.redis.close()
+
+
+def test_settings_refuse_a_cluster_database_other_than_0() -> None:
+    with pytest.raises(ConfigError, match="only database 0"):
+        load_settings(redis={"addr": "127.0.0.1:7000", "cluster": True, "db": 3})
