@@ -118,6 +118,9 @@ def connect_any(url: str, *, cluster: bool | None = None, **kwargs: Any) -> Any:
                 info = single.info("cluster")
             except redis.ResponseError:
                 return single
+            except BaseException:
+                single.close()
+                raise
             if not int(info.get("cluster_enabled", 0)):
                 return single
             single.close()
