@@ -372,3 +372,20 @@ def test_settings_give_a_cluster_client(cluster: EmbeddedCluster, orders: str, h
 def test_settings_refuse_a_cluster_database_other_than_0() -> None:
     with pytest.raises(ConfigError, match="only database 0"):
         load_settings(redis={"addr": "127.0.0.1:7000", "cluster": True, "db": 3})
+
+
+def test_connect_any_takes_a_server_refusing_info_as_single(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    user = f"noinfo-{uuid.uuid4().hex[:6]}"
+    redis_client.acl_setuser(user, enabled=True, passwords=["+pw"], commands=["+@all", "-info"])
+    try:
+        url = redis_url.replace("redis://", f"redis://{user}:pw@")
+        single = connect_any(url)
+        try:
+            assert not isinstance(single, RedisCluster)
+            assert single.ping()
+        finally:
+            single.close()
+    finally:
+        redis_client.acl_deluser(user)
