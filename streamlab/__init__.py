@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from streamlab.client import RedisStreamsClient, StreamsClient, connect
-from streamlab.embedded import EmbeddedServer
+from streamlab.client import RedisStreamsClient, StreamsClient, connect, connect_cluster
+from streamlab.embedded import EmbeddedCluster, EmbeddedServer
 from streamlab.errors import (
     ConfigError,
     DecodeError,
@@ -105,6 +105,7 @@ __all__ = [
     "RedisStreamsClient",
     "StreamsClient",
     "connect",
+    "connect_cluster",
     # consumer
     "Backoff",
     "Consumer",
@@ -118,6 +119,7 @@ __all__ = [
     "StreamlabSettings",
     "load_settings",
     # servers
+    "EmbeddedCluster",
     "EmbeddedServer",
     # errors
     "ConfigError",

@@ -10,10 +10,12 @@ MULTI: EXEC has no rollback either. Under ``maxmemory`` the server refuses the w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import redis
+
+from streamlab.keys import is_cluster
 
 __all__ = ["MAX_ID", "dead_letter_tx", "exhausted", "replay_tx"]
 
@@ -42,9 +44,10 @@ def exhausted(r: Any, key: str) -> bool:
     return _last_id(r, key) == MAX_ID
 
 
-def _next_id(r: Any, last: str | None) -> str:
-    """The id ``XADD *`` would give now after ``last``: the server's time, or just past it."""
-    secs, micros = r.time()
+def _next_id(r: Any, last: str | None, clock: Callable[[], Any] | None = None) -> str:
+    """The id ``XADD *`` would give now after ``last``: the server's time (``clock()``, by
+    default ``r.time()``), or just past it."""
+    secs, micros = (clock or r.time)()
     now = int(secs) * 1000 + int(micros) // 1000
     ms, _, seq = (last or "0-0").partition("-")
     last_ms, last_seq = int(ms), int(seq)
@@ -127,6 +130,12 @@ def replay_tx(
 ) -> list[bytes]:
     """`lua/replay.lua` as a transaction, with the same ``[status, detail]`` reply."""
     dlq, target, replayed, ledger = keys
+    clock = None
+    if is_cluster(r):
+        # A cluster pipeline refuses keyless commands (TIME): ask the target's node itself.
+        # Read before EXEC, that time only seeds the id; `_next_id` keeps it past the last id.
+        node = r.get_node_from_key(target)
+        clock = lambda: r.time(target_nodes=node)  # noqa: E731
     with r.pipeline(transaction=True) as pipe:
         for _ in range(_WATCH_TRIES):
             try:
@@ -146,7 +155,7 @@ def replay_tx(
                 last = _check_stream(pipe, target)
                 # MULTI cannot feed XADD's reply to the ledger: pick the id here, under the
                 # WATCH of the target, so that nobody can add a larger one before EXEC.
-                new_id = _next_id(pipe, last)
+                new_id = _next_id(pipe, last, clock)
                 pipe.multi()
                 pipe.execute_command("XADD", target, new_id, *fields)
                 if keep_in_dlq:

@@ -31,6 +31,7 @@ from streamlab._redact import redact, redact_url
 from streamlab._signals import signals_set
 from streamlab.client import permission_error, reply_text
 from streamlab.errors import ArgumentError, ConfigError, StreamlabError
+from streamlab.filters import COLUMNS
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "UsageError", "describe_error", "main"]
 
@@ -66,7 +67,7 @@ def _client(args: argparse.Namespace) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from streamlab.client import RedisStreamsClient
+    from streamlab.client import RedisStreamsClient, connect_any
 
     url = _url(args)
     if not url:
@@ -78,11 +79,14 @@ def _client(args: argparse.Namespace) -> Any:
         "retry": Retry(NoBackoff(), 0),
     }
     if args.tls_ca:
-        if not url.startswith("rediss://"):
+        if not url.startswith(("rediss://", "rediss+cluster://")):
             raise UsageError("--tls-ca needs a rediss:// URL")
         options["ssl_ca_certs"] = args.tls_ca
     try:
-        client = RedisStreamsClient.from_url(url, **options)
+        # A cluster node (--cluster, a redis+cluster:// URL, or cluster_enabled in INFO) gets a
+        # cluster client, which follows MOVED to the node serving each key.
+        cluster = True if getattr(args, "cluster", False) else None
+        client = RedisStreamsClient(connect_any(url, cluster=cluster, **options))
     except ValueError as exc:  # redis-py's URL parser
         raise UsageError(f"bad --url {redact_url(url)}: {exc}") from exc
     if getattr(args, "dlq", None):
@@ -218,9 +222,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         client,
         args.stream,
         event_type=args.event_type,
-        tenant_id=args.tenant,
-        repository=args.repo,
+        tenant_id=args.tenant_id,
+        repository=args.repository,
         error_type=args.error_type,
+        error_signature=args.error_signature,
         error_contains=args.error_contains,
         since=_when(args.since),
         until=_when(args.until),
@@ -340,6 +345,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, line + "\n")
 
 
+def _replay_arguments(p: argparse.ArgumentParser) -> None:
+    """The replay command's selection and run options."""
+    p.add_argument("--dlq", help=DLQ_HELP)
+    # The filter keywords of select_dlq, in kebab case (streamlab.filters).
+    for name in (*COLUMNS, "id"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append",
+                       help="repeatable; values OR")  # fmt: skip
+    p.add_argument("--error-contains")
+    when = "an ISO time, or a DLQ stream id (or its milliseconds part)"
+    p.add_argument("--since", help=f"6h (that long ago), {when}")
+    p.add_argument("--until", help=f"6h (that long ago), {when}")
+    p.add_argument("--limit", type=_positive_int)
+    p.add_argument("--target", help="stream to inject into (default: each source stream)")
+    p.add_argument("--keep-in-dlq", action="store_true")
+    groups = p.add_mutually_exclusive_group()
+    groups.add_argument("--for-group", help="only this group handles the replayed events")
+    groups.add_argument("--all-groups", action="store_true", help="every group sees them")
+    p.add_argument("--rate", type=_positive_float, help="events per second")
+    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.add_argument("--dry-run", action="store_true", help="report only, write nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``streamlab`` command."""
     parser = _Parser(prog="streamlab", description=__doc__)
@@ -359,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"connect and reply timeout (default {DEFAULT_TIMEOUT:g})",
         )
         p.add_argument("--json", action="store_true", help="print JSON")
+        if name != "demo":
+            p.add_argument(
+                "--cluster",
+                action="store_true",
+                help="the URL is a Redis Cluster node (found by itself from INFO otherwise)",
+            )
         return p
 
     demo = command("demo", "produce, consume, retry and dead-letter on an embedded server")
@@ -381,29 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = command("replay", "re-inject DLQ events (shows a dry run and asks first)")
     replay.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
-    replay.add_argument("--dlq", help=DLQ_HELP)
-    for flag, dest in (
-        ("--event-type", "event_type"),
-        ("--tenant", "tenant"),
-        ("--repo", "repo"),
-        ("--error-type", "error_type"),
-        ("--id", "id"),
-    ):
-        replay.add_argument(flag, dest=dest, action="append", help="repeatable; values OR")
-    replay.add_argument("--error-contains")
-    when = "an ISO time, or a DLQ stream id (or its milliseconds part)"
-    replay.add_argument("--since", help=f"6h (that long ago), {when}")
-    replay.add_argument("--until", help=f"6h (that long ago), {when}")
-    replay.add_argument("--limit", type=_positive_int)
-    replay.add_argument("--target", help="stream to inject into (default: each source stream)")
-    replay.add_argument("--keep-in-dlq", action="store_true")
-    groups = replay.add_mutually_exclusive_group()
-    groups.add_argument("--for-group", help="only this group handles the replayed events")
-    groups.add_argument("--all-groups", action="store_true", help="every group sees them")
-    replay.add_argument("--rate", type=_positive_float, help="events per second")
-    replay.add_argument("--batch-size", type=_positive_int, default=500)
-    replay.add_argument("--dry-run", action="store_true", help="report only, write nothing")
-    replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _replay_arguments(replay)
     replay.set_defaults(func=cmd_replay)
     outcome = command("outcome", "what became of the events of a replay run")
     outcome.add_argument("stream")

@@ -13,9 +13,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import redis
 import redis.connection
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from streamlab.errors import (
     ConfigError,
@@ -43,6 +46,8 @@ __all__ = [
     "StreamsClient",
     "acl_errors",
     "connect",
+    "connect_any",
+    "connect_cluster",
     "permission_error",
     "reply_text",
     "seconds",
@@ -139,6 +144,62 @@ def acl_errors() -> Iterator[None]:
         raise denied from exc
 
 
+# ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a cluster node explicitly.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def connect_cluster(url: str, **kwargs: Any) -> RedisCluster:
+    """A `redis.cluster.RedisCluster` from the URL of any one node, with `connect`'s defaults.
+
+    The client learns the cluster's slots from that node and follows MOVED and ASK replies.
+    """
+    scheme, sep, rest = url.partition("://")
+    url = f"{CLUSTER_SCHEMES.get(scheme, scheme)}{sep}{rest}"
+    kwargs.setdefault("socket_timeout", None)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    if kwargs.get("decode_responses"):
+        raise ConfigError("decode_responses=True breaks binary payloads; leave it False")
+    try:
+        return RedisCluster.from_url(url, **kwargs)
+    except RedisClusterException as exc:
+        # redis-py says both "not a cluster" and "unreachable" with this one class.
+        parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 6379}"  # never the password
+        if "cluster mode is not enabled" in str(exc).lower():
+            raise ConfigError(
+                f"{where} is not a Redis Cluster node (cluster mode is not enabled); "
+                "connect to it as a single server"
+            ) from exc
+        raise redis.ConnectionError(f"cannot reach the cluster at {where}: {exc}") from exc
+
+
+def connect_any(url: str, *, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """`connect` or `connect_cluster`, for a URL that may name a cluster node.
+
+    ``cluster=None`` decides by itself: a ``redis+cluster://`` URL is a cluster; otherwise the
+    server is asked (``INFO cluster``) and a node with ``cluster_enabled:1`` gets a cluster
+    client, so that commands follow MOVED instead of failing. A server that refuses INFO
+    (an ACL without ``+info``) is taken as a single server.
+    """
+    if cluster is None:
+        if url.partition("://")[0] in CLUSTER_SCHEMES:
+            cluster = True
+        else:
+            single = connect(url, **kwargs)
+            try:
+                info = single.info("cluster")
+            except redis.ResponseError:
+                return single
+            except BaseException:
+                single.close()
+                raise
+            if not int(info.get("cluster_enabled", 0)):
+                return single
+            single.close()
+            cluster = True
+    return connect_cluster(url, **kwargs) if cluster else connect(url, **kwargs)
+
+
 @contextmanager
 def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
     """Turn Redis errors about ``stream`` into streamlab's: WRONGTYPE into `WrongTypeError`;
@@ -221,7 +282,7 @@ class RedisStreamsClient:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: redis.Redis | RedisCluster,
         *,
         metrics: Metrics | None = None,
         dlq_names: Mapping[str, str] | None = None,

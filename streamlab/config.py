@@ -178,13 +178,18 @@ class _Section(BaseModel):
 
 
 class RedisSettings(_Section):
-    """Where Redis is. ``url`` (``redis://``, ``rediss://`` or ``unix://``) wins over the rest."""
+    """Where Redis is. ``url`` (``redis://``, ``rediss://`` or ``unix://``) wins over the rest.
+
+    ``cluster: true`` (or a ``redis+cluster://`` URL) makes `StreamlabSettings.client` a Redis
+    Cluster client, seeded from that one node.
+    """
 
     url: SecretStr | None = None
     addr: str = "localhost:6379"
     username: str | None = None
     password: SecretStr = SecretStr("")
     db: int = Field(default=0, ge=0)
+    cluster: bool = False
 
     @field_validator("url", "username", mode="before")
     @classmethod
@@ -196,11 +201,18 @@ class RedisSettings(_Section):
     def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             scheme = urlsplit(value.get_secret_value()).scheme
-            if scheme not in ("redis", "rediss", "unix"):
+            if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
                 raise ValueError(
-                    f"URL scheme must be redis://, rediss:// or unix://, got {scheme or 'none'!r}"
+                    "URL scheme must be redis://, rediss://, unix:// or redis+cluster://, "
+                    f"got {scheme or 'none'!r}"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _cluster_db(self) -> Self:
+        if self.cluster and self.db:
+            raise ValueError("a Redis Cluster has only database 0: drop db or cluster")
+        return self
 
     @field_validator("addr")
     @classmethod
@@ -434,10 +446,12 @@ class StreamlabSettings(BaseSettings):
         """A `RedisStreamsClient` on `redis_url` that knows the configured streams: their DLQ
         names (so `read_dlq`, the exporters and replay find them) and their ``max_length``
         (the cap producers apply when a call gives no ``maxlen``)."""
-        from streamlab.client import RedisStreamsClient, connect
+        from streamlab.client import CLUSTER_SCHEMES, RedisStreamsClient, connect_any
 
+        url = self.redis_url()
+        cluster = self.redis.cluster or urlsplit(url).scheme in CLUSTER_SCHEMES
         return RedisStreamsClient(
-            connect(self.redis_url(), **connect_kwargs),
+            connect_any(url, cluster=cluster, **connect_kwargs),
             dlq_names={name: self.dlq_name(name) for name in self.streams},
             stream_maxlen={name: s.max_length for name, s in self.streams.items() if s.max_length},
         )

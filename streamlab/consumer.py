@@ -59,8 +59,17 @@ ACK = Decision(Action.ACK)
 # How long one blocking read may last inside `run`, so that a stop request is seen promptly.
 _POLL = 1.0
 _MAX_OUTAGE_WAIT = 5.0
-# Errors that a wait cures: the server restarting or unreachable, or out of memory.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)
+# Errors that a wait cures: the server restarting or unreachable, or out of memory; on a
+# cluster, a failover (CLUSTERDOWN, MASTERDOWN, a slot not served yet) or a slot migration
+# (TRYAGAIN) that outlasts the cluster client's own retries.
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.OutOfMemoryError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 log = logging.getLogger("streamlab.consumer")
 # How many XPENDING pages one claim may go through while it finds only retries to park again.
 _CLAIM_PAGES = 10

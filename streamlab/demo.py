@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from streamlab.backoff import Backoff
-from streamlab.client import RedisStreamsClient, connect
+from streamlab.client import RedisStreamsClient, connect_any
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
 from streamlab.embedded import EmbeddedServer
 from streamlab.events import StreamMessage
+from streamlab.keys import is_cluster
 from streamlab.samples import sample_events
 
 __all__ = ["DemoResult", "demo_handler", "run_demo", "server_url"]
@@ -84,8 +85,10 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo against ``url`` on a fresh stream name (nothing existing is touched)."""
     started = time.monotonic()
+    redis_client = connect_any(url)
     name = stream or f"webhook_events:demo-{uuid.uuid4().hex[:6]}"
-    redis_client = connect(url)
+    if stream is None and is_cluster(redis_client):
+        name = f"{{{name}}}"  # on a cluster a hash tag keeps the DLQ in the stream's slot
     try:
         client = RedisStreamsClient(redis_client)
         produced = len(client.add_many(name, sample_events(events, seed=seed)))

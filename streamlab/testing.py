@@ -15,11 +15,20 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from streamlab.client import RedisStreamsClient, connect
-from streamlab.embedded import EmbeddedServer
+from streamlab.embedded import EmbeddedCluster, EmbeddedServer
 
-__all__ = ["private_server", "redis_client", "redis_url", "stream_name", "streams_client"]
+__all__ = [
+    "cluster",
+    "cluster_client",
+    "private_server",
+    "redis_client",
+    "redis_url",
+    "stream_name",
+    "streams_client",
+]
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +70,22 @@ def private_server() -> Iterator[EmbeddedServer]:
     """A server of this test's own, with an AOF, that the test may kill and restart."""
     with EmbeddedServer(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    """A private 3-master Redis Cluster (no replicas) for the session; name streams with a hash
+    tag (`stream_name` does) so that a stream and its DLQ share a slot. Tests that kill nodes
+    start an `EmbeddedCluster` of their own."""
+    with EmbeddedCluster() as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def cluster_client(cluster: EmbeddedCluster) -> Iterator[RedisCluster]:
+    """A `redis.cluster.RedisCluster` (bytes replies, no socket timeout) on `cluster`."""
+    client = cluster.client()
+    try:
+        yield client
+    finally:
+        client.close()

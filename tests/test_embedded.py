@@ -1,10 +1,16 @@
 """The private server: both binaries start, AOF survives a kill, nothing is left behind."""
 
 import shutil
+import time
 
 import pytest
 
-from streamlab.embedded import EmbeddedServer, find_server_binary, server_version
+from streamlab.embedded import (
+    EmbeddedCluster,
+    EmbeddedServer,
+    find_server_binary,
+    server_version,
+)
 from streamlab.errors import ServerStartError
 
 BINARIES = ["valkey"] + (["redis"] if shutil.which("redis-server") else [])
@@ -36,3 +42,40 @@ def test_aof_keeps_the_stream_across_a_sigkill() -> None:
 def test_a_bad_argument_is_a_clear_start_error() -> None:
     with pytest.raises(ServerStartError, match="exited at start"):
         EmbeddedServer(args=["--no-such-option", "1"]).start()
+
+
+def test_a_cluster_serves_every_slot_and_leaves_nothing_behind() -> None:
+    with EmbeddedCluster(masters=3) as cluster:
+        client = cluster.client()
+        keys = [f"{{k{i}}}" for i in range(30)]
+        for key in keys:
+            client.set(key, key)
+        assert [client.get(k) for k in keys] == [k.encode() for k in keys]
+        owners = {cluster.master_of(k).port for k in keys}
+        assert owners == {node.port for node in cluster.masters}  # spread over all masters
+        info = client.cluster_info()
+        assert info["cluster_state"] == "ok"
+        assert int(info["cluster_known_nodes"]) == 3
+        client.close()
+    assert all(node.pid is None and not node.dir.exists() for node in cluster.nodes)
+
+
+def test_a_killed_master_is_replaced_by_its_replica_and_comes_back_as_one() -> None:
+    with EmbeddedCluster(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
+        client = cluster.client()
+        client.set("{k}", "v")
+        old = cluster.kill_master_of("{k}")
+        assert old.pid is None
+        new = cluster.wait_failover("{k}", timeout=30)
+        assert new in cluster.replicas
+        assert client.get("{k}") == b"v"  # the client follows the new master
+        old.start()  # same folder and nodes.conf: it rejoins as the new master's replica
+        cluster.wait_ok(timeout=30)
+        node = old.client()
+        deadline = time.monotonic() + 30
+        while node.info("replication")["role"] != "slave":
+            assert time.monotonic() < deadline, "the old master did not rejoin as a replica"
+            time.sleep(0.1)
+        assert cluster.master_of("{k}").port == new.port
+        node.close()
+        client.close()
