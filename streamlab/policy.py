@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.errors import Reject, Retry
-from streamlab.events import Failure, StreamMessage
+from streamlab.events import Failure, ReplayMarker, StreamMessage
 
 __all__ = [
     "RETRY_CONSUMER",
@@ -70,7 +70,9 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
     """Decide what to do with a message before its handler runs.
 
     Undecodable entries go to the DLQ at once (retrying cannot fix them). A message replayed
-    for another group is skipped. A message delivered more often than its attempts allow was
+    for another group is skipped: only when it carries a complete `ReplayMarker` naming
+    another group (a producer's ``replay_group`` field, or a partial marker, is an ordinary
+    event). A message delivered more often than its attempts allow was
     held by consumers that died on it (a poison message that kills workers): dead-letter it.
     """
     if msg.event is None:
@@ -78,9 +80,10 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
         return Decision(
             Action.DEAD_LETTER, error=err, error_type="DecodeError", message=str(err or "")
         )
-    replay_group = msg.fields.get("replay_group")
-    if replay_group and replay_group.decode("utf-8", "replace") != group:
-        return SKIP
+    if ReplayMarker.present(msg.fields):
+        marker = ReplayMarker.from_fields(msg.fields)
+        if marker is not None and marker.group and marker.group != group:
+            return SKIP
     if msg.delivery_count > max_retries + 1:
         return Decision(
             Action.DEAD_LETTER,

@@ -16,6 +16,7 @@ from streamlab.client import RedisStreamsClient
 from streamlab.errors import ConfigError
 from streamlab.events import StreamMessage
 from streamlab.replay._entries import (
+    _COUNT_FIELD,
     _ID,
     PAGE,
     _as_client,
@@ -210,7 +211,7 @@ class ReplaySelection:
                     utc=True,
                     errors="coerce",
                 ),
-                "replay_count": _ints(pd, [e.text(b"replay_count") or "0" for e in es]),
+                "replay_count": _ints(pd, [e.text(_COUNT_FIELD) or "0" for e in es]),
             }
         )
         for name in ("event_type", "tenant_id", "repository", "error_type", "source_stream"):
