@@ -37,7 +37,7 @@ from streamlab.policy import (
     Decision,
     after_failure,
     before_handler,
-    dlq_minid,
+    dlq_retention_ms,
     failure_record,
     max_delay,
     retry_idle_ms,
@@ -57,7 +57,7 @@ _MAX_OUTAGE_WAIT = 5.0
 # Errors that a wait cures: the server restarting or unreachable, or out of memory.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)
 log = logging.getLogger("streamlab.consumer")
-# ARGV of lua/dead_letter.lua: group, id, owner, maxlen, minid, then the entry's fields.
+# ARGV of lua/dead_letter.lua: group, id, owner, maxlen, retention ms, then the entry's fields.
 _DL_HEAD = 5
 
 
@@ -439,7 +439,7 @@ class Consumer:
             msg.id,
             cfg.consumer,
             cfg.dlq_maxlen or 0,
-            dlq_minid(cfg.dlq_retention),
+            dlq_retention_ms(cfg.dlq_retention),
         ]
         for name, value in fields.items():
             args += (name, value)

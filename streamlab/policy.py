@@ -31,6 +31,7 @@ __all__ = [
     "after_failure",
     "before_handler",
     "dlq_minid",
+    "dlq_retention_ms",
     "failure_record",
     "max_delay",
     "retry_idle_ms",
@@ -164,11 +165,24 @@ def failure_record(
 
 
 def dlq_minid(retention: timedelta | None, now: datetime | None = None) -> str:
-    """The MINID that trims DLQ entries older than ``retention`` ('' when unbounded)."""
+    """The MINID that trims DLQ entries older than ``retention`` ('' when unbounded).
+
+    ``now`` should be the server's time: the trims take it from the server (``TIME``), so
+    that a client clock ahead of the server's cannot trim fresh dead letters."""
     if retention is None:
         return ""
     cutoff = (now or datetime.now(UTC)) - retention
     return f"{int(cutoff.timestamp() * 1000)}-0"
+
+
+def dlq_retention_ms(retention: timedelta | None) -> str:
+    """``retention`` as the milliseconds the trim scripts take ('' when unbounded).
+
+    The scripts subtract it from the server's clock, never the worker's; a negative value
+    counts as 0 there, so the entry just dead-lettered always stays."""
+    if retention is None:
+        return ""
+    return str(max(int(retention.total_seconds() * 1000), 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,18 @@ __all__ = ["LUA_MAX_VALUES", "Scripts", "lua_source"]
 LUA_MAX_VALUES = 7000
 
 
+_INCLUDE = "--!include "
+
+
 @cache
 def lua_source(name: str) -> str:
-    """The text of ``streamlab/lua/<name>.lua``."""
-    return (resources.files("streamlab") / "lua" / f"{name}.lua").read_text()
+    """The text of ``streamlab/lua/<name>.lua``, each ``--!include <lib>`` line replaced by
+    the text of ``lua/<lib>.lua`` (shared local functions, such as the safe trim)."""
+    text = (resources.files("streamlab") / "lua" / f"{name}.lua").read_text()
+    return "".join(
+        lua_source(line[len(_INCLUDE) :].strip()) if line.startswith(_INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 class Scripts:
@@ -44,3 +52,8 @@ class Scripts:
     def replay(self) -> Script:
         """See ``lua/replay.lua``."""
         return self._register("replay")
+
+    @cached_property
+    def trim(self) -> Script:
+        """See ``lua/trim.lua``."""
+        return self._register("trim")
