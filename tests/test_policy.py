@@ -22,6 +22,7 @@ from streamlab.policy import (
     after_failure,
     before_handler,
     dlq_minid,
+    dlq_retention_ms,
     failure_record,
     max_delay,
     retry_idle_ms,
@@ -182,6 +183,10 @@ def test_failure_record_and_minid() -> None:
     assert fields["dlq_failed_at"] == "2026-01-02T00:00:00.000000Z"
     assert "test_failure_record_and_minid" in fields["dlq_traceback"]
     assert dlq_minid(None) == ""
+    # The scripts subtract the retention from the server's clock: no client time involved.
+    assert dlq_retention_ms(None) == ""
+    assert dlq_retention_ms(timedelta(hours=1)) == "3600000"
+    assert dlq_retention_ms(timedelta(seconds=-5)) == "0"
     assert dlq_minid(timedelta(days=1), now) == f"{int(now.timestamp() * 1000) - 86_400_000}-0"
 
 

@@ -226,3 +226,41 @@ def test_dlq_retention_follows_the_server_clock_and_ids_in_the_future(
     assert len(ids) == 4
     result = ledger_check(r, stream_name, "g", produced, Counter())
     assert (result.lost, result.dlq, result.dlq_doubles, result.pending) == (0, 3, 0, 0)
+
+
+def test_a_dead_letter_too_big_for_lua_trims_the_dlq_as_safely(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    """Entries of ~4,000+ fields are dead-lettered with WATCH/MULTI, then trimmed by the same
+    safe trim after EXEC."""
+    r = redis_client
+    dlq = streams_client.dlq_stream(stream_name)
+    streams_client.ensure_group(dlq, "alerts", "0")
+    earlier = [r.xadd(dlq, {"dlq_error_type": "E", "n": str(i)}) for i in range(3)]
+    big = {"event_type": "push", **{f"f{i}": "v" for i in range(4000)}}
+    produced = [streams_client.add_to_stream(stream_name, big)]
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("no")
+
+    config = ConsumerConfig(
+        stream=stream_name,
+        group="g",
+        consumer="c",
+        block_duration=timedelta(milliseconds=50),
+        dlq_maxlen=1,
+    )
+    Consumer(streams_client, config).run(reject, burst=True, handle_signals=False)
+    ids = [i for i, _ in r.xrange(dlq)]
+    assert ids[:3] == earlier  # "alerts" has read none of them: all kept
+    assert len(ids) == 4
+    read = r.xreadgroup("alerts", "a", {dlq: ">"}, count=10)
+    r.xack(dlq, "alerts", *[entry_id for entry_id, _ in read[0][1]])
+    produced.append(streams_client.add_to_stream(stream_name, big))
+    Consumer(streams_client, config).run(reject, burst=True, handle_signals=False)
+    [(_, newest)] = r.xrange(dlq)
+    assert newest[b"dlq_source_id"].decode() == produced[-1]
+    assert len(newest) == 4001 + 9  # the whole entry, plus its failure fields
+    # The first one was capped away by dlq_maxlen=1 once "alerts" had it: that is the cap.
+    result = ledger_check(r, stream_name, "g", produced[-1:], Counter())
+    assert (result.lost, result.dlq_doubles, result.pending) == (0, 0, 0)
