@@ -29,7 +29,7 @@ from streamlab.events import (
 )
 from streamlab.keys import dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
-from streamlab.scripts import Scripts
+from streamlab.scripts import LUA_MAX_VALUES, Scripts
 
 __all__ = [
     "RawEntry",
@@ -169,6 +169,7 @@ class RedisStreamsClient:
         self.dlq_names = dict(dlq_names or {})
         self.stream_maxlen = dict(stream_maxlen or {})
         self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim
+        self._adds: dict[str, int] = {}  # stream -> single adds since its last trim call
         self.scripts = Scripts(redis_client)
         # redis.Redis.from_url(url) leaves socket_timeout out of connection_kwargs, yet its
         # connections use redis-py's default (5 s): a long block must be split for them too.
@@ -199,12 +200,20 @@ class RedisStreamsClient:
         approximately (as ``MAXLEN ~``: trimmed once it is min(100, maxlen / 10) over), and
         never by removing an entry a consumer group has not been given yet or still holds
         pending: a lagging group keeps the stream longer until it catches up
-        (``lua/safe_trim.lua``). The trim rides in the same round trip as the XADD.
+        (``lua/safe_trim.lua``). The XADD and the trim are one script call.
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
         fields = dict(self._fields(event))
+        if maxlen and not self._trim_turn(stream, maxlen):
+            maxlen = None  # this add leaves the cap to the next few: no script call
         with translate_errors(stream):
-            if maxlen and self._trim_due(stream):
+            if maxlen and self._trim_due(stream) and 2 * len(fields) + 1 <= LUA_MAX_VALUES:
+                flat: list[Any] = [maxlen]
+                for name, value in fields.items():
+                    flat += (name, value)
+                entry_id, removed, held = self.scripts.add(keys=[stream], args=flat)
+                self._trimmed(stream, maxlen, int(removed), int(held))
+            elif maxlen and self._trim_due(stream):
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)
                 entry_id = self._execute_and_trim(stream, pipe, maxlen)[0]
@@ -254,6 +263,18 @@ class RedisStreamsClient:
 
     # -- trimming: a producer's cap never removes what a group still needs --------------------
 
+    def _trim_turn(self, stream: str, maxlen: int) -> bool:
+        """True on every n-th single add to ``stream``, n = half the trim's slack (1 for a
+        small cap): the safe trim costs a script call, and it trims only once the stream is
+        min(100, maxlen / 10) over its cap anyway."""
+        every = max(1, min(100, maxlen // 10) // 2)
+        count = self._adds.get(stream, 0) + 1
+        if count >= every:
+            self._adds[stream] = 0
+            return True
+        self._adds[stream] = count
+        return False
+
     def _trim_due(self, stream: str) -> bool:
         """False while a recent trim of ``stream`` was held back by a lagging group."""
         held = self._trim_held.get(stream)
@@ -286,10 +307,16 @@ class RedisStreamsClient:
                 trimmed = exc
         if isinstance(trimmed, Exception):
             _log.warning("stream %r not trimmed to %d: %s", stream, maxlen, trimmed)
-        elif int(trimmed[1]):
+        else:
+            self._trimmed(stream, maxlen, int(trimmed[0]), int(trimmed[1]))
+        return replies
+
+    def _trimmed(self, stream: str, maxlen: int, removed: int, held: int) -> None:
+        if removed < 0:
+            _log.warning("stream %r not trimmed to %d (the trim failed)", stream, maxlen)
+        if held:
             # A group holds entries the cap would remove: try again in a while, not per add.
             self._trim_held[stream] = time.monotonic() + TRIM_RECHECK
-        return replies
 
     # -- consuming ---------------------------------------------------------------------------
 

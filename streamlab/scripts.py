@@ -57,3 +57,8 @@ class Scripts:
     def trim(self) -> Script:
         """See ``lua/trim.lua``."""
         return self._register("trim")
+
+    @cached_property
+    def add(self) -> Script:
+        """See ``lua/add.lua``."""
+        return self._register("add")
