@@ -211,8 +211,15 @@ class RedisStreamsClient:
                 flat: list[Any] = [maxlen]
                 for name, value in fields.items():
                     flat += (name, value)
-                entry_id, removed, held = self.scripts.add(keys=[stream], args=flat)
-                self._trimmed(stream, maxlen, int(removed), int(held))
+                try:
+                    entry_id, removed, held = self.scripts.add(keys=[stream], args=flat)
+                    self._trimmed(stream, maxlen, int(removed), int(held))
+                except redis.exceptions.NoPermissionError as exc:
+                    # No +evalsha for this user: nothing was written; add without the cap
+                    # (never with an unsafe MAXLEN) and say so, once a minute.
+                    _log.warning("stream %r not capped (%s): grant +evalsha", stream, exc)
+                    self._trim_held[stream] = time.monotonic() + 60.0
+                    entry_id = self.redis.xadd(stream, fields)
             elif maxlen and self._trim_due(stream):
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)

@@ -36,6 +36,10 @@ end
 local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[4] ~= '0' or ARGV[5] ~= '' then
-  sl_safe_trim(KEYS[2], tonumber(ARGV[4]), sl_retention_minid(ARGV[5]))
+  -- Under pcall: the entry is moved already, and a failed trim (a user without +time, say)
+  -- must not turn that into an error reply.
+  pcall(function()
+    sl_safe_trim(KEYS[2], tonumber(ARGV[4]), sl_retention_minid(ARGV[5]))
+  end)
 end
 return id

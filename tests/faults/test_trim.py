@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -264,3 +265,46 @@ def test_a_dead_letter_too_big_for_lua_trims_the_dlq_as_safely(
     # The first one was capped away by dlq_maxlen=1 once "alerts" had it: that is the cap.
     result = ledger_check(r, stream_name, "g", produced[-1:], Counter())
     assert (result.lost, result.dlq_doubles, result.pending) == (0, 0, 0)
+
+
+def test_a_trim_that_fails_never_fails_the_write_it_follows(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    """A user without +time (the retention's server clock) still dead-letters; one without
+    +evalsha still produces, uncapped rather than capped unsafely."""
+    r = redis_client
+    where = r.connection_pool.connection_kwargs
+    address = f"{where['host']}:{where['port']}"
+    name = f"trim-{uuid.uuid4().hex[:8]}"
+    rights = ["+@stream", "+@connection", "+evalsha", "+script|load", "+script|exists"]
+    r.acl_setuser(name, enabled=True, passwords=["+pw"], keys=["~*"], commands=rights)
+    producer = f"{name}-p"
+    r.acl_setuser(producer, enabled=True, passwords=["+pw"], keys=["~*"], commands=["+xadd"])
+    try:
+        worker = connect(f"redis://{name}:pw@{address}")
+        client = RedisStreamsClient(worker)
+        produced = client.add_many(stream_name, events(3))
+        config = ConsumerConfig(
+            stream=stream_name,
+            group="g",
+            consumer="c",
+            block_duration=timedelta(milliseconds=50),
+            dlq_retention=timedelta(hours=1),
+        )
+
+        def reject(msg: StreamMessage) -> None:
+            raise Reject("no")
+
+        stats = Consumer(client, config).run(reject, burst=True, handle_signals=False)
+        assert stats.dead_lettered == 3
+        result = ledger_check(r, stream_name, "g", produced, Counter())
+        assert (result.lost, result.dlq, result.dlq_doubles, result.pending) == (0, 3, 0, 0)
+        worker.close()
+
+        plain = connect(f"redis://{producer}:pw@{address}")
+        capped = RedisStreamsClient(plain)
+        more = [capped.add_to_stream(stream_name, {"event_type": "x"}, maxlen=2) for _ in range(4)]
+        assert [i.decode() for i, _ in r.xrange(stream_name)][-4:] == more
+        plain.close()
+    finally:
+        r.acl_deluser(name, producer)
