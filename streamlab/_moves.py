@@ -10,18 +10,21 @@ MULTI: EXEC has no rollback either. Under ``maxmemory`` the server refuses the w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import redis
 
 from streamlab.keys import is_cluster
+from streamlab.scripts import Scripts
 
 __all__ = ["MAX_ID", "dead_letter_tx", "exhausted", "replay_tx"]
 
 MAX_ID: Final = "18446744073709551615-18446744073709551615"
 # A WATCH fails when any client writes a watched key (a busy stream): retry, but not forever.
 _WATCH_TRIES: Final = 100
+_log = logging.getLogger("streamlab")
 
 
 def _text(value: Any) -> str:
@@ -95,8 +98,7 @@ def dead_letter_tx(r: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes | 
     """`lua/dead_letter.lua` as a transaction, with the script's KEYS and ARGV; the new DLQ
     id, or None when the entry is no longer pending for that consumer."""
     stream, dlq = keys
-    group, entry_id, owner, maxlen, minid = (_text(a) for a in args[:5])
-    trim = ("MAXLEN", "~", maxlen) if maxlen != "0" else ()
+    group, entry_id, owner, maxlen, retention_ms = (_text(a) for a in args[:5])
     with r.pipeline(transaction=True) as pipe:
         for _ in range(_WATCH_TRIES):
             try:
@@ -106,15 +108,21 @@ def dead_letter_tx(r: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes | 
                     return None
                 _check_stream(pipe, dlq)
                 pipe.multi()
-                pipe.execute_command("XADD", dlq, *trim, "*", *args[5:])
-                if minid:
-                    pipe.xtrim(dlq, minid=minid, approximate=False)
+                pipe.execute_command("XADD", dlq, "*", *args[5:])
                 pipe.xack(stream, group, entry_id)
                 new_id: bytes = _execute(pipe)[0]
-                return new_id
+                break
             except redis.WatchError:
                 continue
-    raise _watch_failed(f"dead-lettering entry {entry_id} of {stream!r}")
+        else:
+            raise _watch_failed(f"dead-lettering entry {entry_id} of {stream!r}")
+    if maxlen != "0" or retention_ms:
+        # After EXEC, as the script trims after its XACK: a failed trim leaves the DLQ longer.
+        try:
+            Scripts(r).trim(keys=[dlq], args=[maxlen, retention_ms])
+        except redis.RedisError as exc:
+            _log.warning("DLQ %r not trimmed after dead-lettering %s: %s", dlq, entry_id, exc)
+    return new_id
 
 
 def replay_tx(

@@ -7,6 +7,7 @@ may be binary; known fields are decoded in `streamlab.events`). Raw replies beco
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -36,9 +37,9 @@ from streamlab.events import (
     decode_message,
     encode_event,
 )
-from streamlab.keys import dlq_key
+from streamlab.keys import dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
-from streamlab.scripts import SCRIPT_COMMANDS, Scripts, script_by_sha
+from streamlab.scripts import LUA_MAX_VALUES, SCRIPT_COMMANDS, Scripts, script_by_sha
 
 __all__ = [
     "RawEntry",
@@ -57,6 +58,9 @@ __all__ = [
 Fields = Mapping[str, Any]
 # One entry as redis-py returns it: ``(id, {name: value})``, all bytes.
 RawEntry = tuple[bytes, dict[bytes, bytes]]
+# How long a producer waits before trying again a trim that a lagging group held back.
+TRIM_RECHECK: float = 1.0
+_log = logging.getLogger("streamlab")
 # The read timeout redis-py gives connections that were not told one (5 s in redis-py 8).
 _REDIS_PY_TIMEOUT: float = getattr(redis.connection, "DEFAULT_SOCKET_TIMEOUT", 5.0)
 
@@ -300,6 +304,8 @@ class RedisStreamsClient:
         self.metrics: Metrics = metrics or NullMetrics()
         self.dlq_names = dict(dlq_names or {})
         self.stream_maxlen = dict(stream_maxlen or {})
+        self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim
+        self._adds: dict[str, int] = {}  # stream -> single adds since its last trim call
         self.scripts = Scripts(redis_client)
         # redis.Redis.from_url(url) leaves socket_timeout out of connection_kwargs, yet its
         # connections use redis-py's default (5 s): a long block must be split for them too.
@@ -326,12 +332,36 @@ class RedisStreamsClient:
     ) -> str:
         """Add one event (or raw entry fields); return its stream id.
 
-        ``maxlen`` (default: ``stream_maxlen[stream]``, else no cap) trims the stream
-        approximately (``MAXLEN ~``), which keeps XADD O(1).
+        ``maxlen`` (default: ``stream_maxlen[stream]``, else no cap) caps the stream's length,
+        approximately (as ``MAXLEN ~``: trimmed once it is min(100, maxlen / 10) over), and
+        never by removing an entry a consumer group has not been given yet or still holds
+        pending: a lagging group keeps the stream longer until it catches up
+        (``lua/safe_trim.lua``). The XADD and the trim are one script call.
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
+        fields = dict(self._fields(event))
+        if maxlen and not self._trim_turn(stream, maxlen):
+            maxlen = None  # this add leaves the cap to the next few: no script call
         with translate_errors(stream):
-            entry_id = self.redis.xadd(stream, dict(self._fields(event)), maxlen=maxlen)
+            if maxlen and self._trim_due(stream) and 2 * len(fields) + 1 <= LUA_MAX_VALUES:
+                flat: list[Any] = [maxlen]
+                for name, value in fields.items():
+                    flat += (name, value)
+                try:
+                    entry_id, removed, held = self.scripts.add(keys=[stream], args=flat)
+                    self._trimmed(stream, maxlen, int(removed), int(held))
+                except redis.exceptions.NoPermissionError as exc:
+                    # No +evalsha for this user: nothing was written; add without the cap
+                    # (never with an unsafe MAXLEN) and say so, once a minute.
+                    _log.warning("stream %r not capped (%s): grant +evalsha", stream, exc)
+                    self._trim_held[stream] = time.monotonic() + 60.0
+                    entry_id = self.redis.xadd(stream, fields)
+            elif maxlen and self._trim_due(stream):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.xadd(stream, fields)
+                entry_id = self._execute_and_trim(stream, pipe, maxlen)[0]
+            else:
+                entry_id = self.redis.xadd(stream, fields)
         self.metrics.produced(stream, 1)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
@@ -345,10 +375,9 @@ class RedisStreamsClient:
     ) -> list[str]:
         """Add events (or raw entry fields) in pipelined batches; return their ids in order.
 
-        ``maxlen`` is as for `add_to_stream`.
+        ``maxlen`` is as for `add_to_stream`, applied once per batch.
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
-        trim: tuple[str, ...] = ("MAXLEN", "~", str(maxlen)) if maxlen else ()
         ids: list[str] = []
         pipe = self.redis.pipeline(transaction=False)
         pending = 0
@@ -357,20 +386,80 @@ class RedisStreamsClient:
             for name, value in self._fields(event).items():
                 flat.append(name)
                 flat.append(value)
-            pipe.execute_command("XADD", stream, *trim, "*", *flat)
+            pipe.execute_command("XADD", stream, "*", *flat)
             pending += 1
             if pending >= batch_size:
-                ids.extend(self._flush(stream, pipe))
+                ids.extend(self._flush(stream, pipe, maxlen))
                 pending = 0
         if pending:
-            ids.extend(self._flush(stream, pipe))
+            ids.extend(self._flush(stream, pipe, maxlen))
         return ids
 
-    def _flush(self, stream: str, pipe: Any) -> list[str]:
+    def _flush(self, stream: str, pipe: Any, maxlen: int | None) -> list[str]:
         with translate_errors(stream):
-            replies = pipe.execute()
+            if maxlen and self._trim_due(stream):
+                replies = self._execute_and_trim(stream, pipe, maxlen)
+            else:
+                replies = pipe.execute()
         self.metrics.produced(stream, len(replies))
         return [r.decode() for r in replies]
+
+    # -- trimming: a producer's cap never removes what a group still needs --------------------
+
+    def _trim_turn(self, stream: str, maxlen: int) -> bool:
+        """True on every n-th single add to ``stream``, n = half the trim's slack (1 for a
+        small cap): the safe trim costs a script call, and it trims only once the stream is
+        min(100, maxlen / 10) over its cap anyway."""
+        every = max(1, min(100, maxlen // 10) // 2)
+        count = self._adds.get(stream, 0) + 1
+        if count >= every:
+            self._adds[stream] = 0
+            return True
+        self._adds[stream] = count
+        return False
+
+    def _trim_due(self, stream: str) -> bool:
+        """False while a recent trim of ``stream`` was held back by a lagging group."""
+        held = self._trim_held.get(stream)
+        if held is None:
+            return True
+        if time.monotonic() < held:
+            return False
+        del self._trim_held[stream]
+        return True
+
+    def _execute_and_trim(self, stream: str, pipe: Any, maxlen: int) -> list[Any]:
+        """Run ``pipe`` (XADDs) with the safe trim after them, in the same round trip where
+        the client allows it. Returns the XADD replies. The XADDs are kept whatever becomes
+        of the trim: a failed trim only leaves the stream longer than its cap."""
+        args: list[int | str] = [maxlen, ""]
+        cluster = is_cluster(self.redis)
+        if not cluster:
+            pipe.execute_command("EVALSHA", self.scripts.trim.sha, 1, stream, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        trimmed: Any = None
+        if not cluster:
+            replies, trimmed = replies[:-1], replies[-1]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if cluster or isinstance(trimmed, redis.exceptions.NoScriptError):
+            try:
+                trimmed = self.scripts.trim(keys=[stream], args=args)  # loads it if missing
+            except redis.RedisError as exc:
+                trimmed = exc
+        if isinstance(trimmed, Exception):
+            _log.warning("stream %r not trimmed to %d: %s", stream, maxlen, trimmed)
+        else:
+            self._trimmed(stream, maxlen, int(trimmed[0]), int(trimmed[1]))
+        return replies
+
+    def _trimmed(self, stream: str, maxlen: int, removed: int, held: int) -> None:
+        if removed < 0:
+            _log.warning("stream %r not trimmed to %d (the trim failed)", stream, maxlen)
+        if held:
+            # A group holds entries the cap would remove: try again in a while, not per add.
+            self._trim_held[stream] = time.monotonic() + TRIM_RECHECK
 
     # -- consuming ---------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from streamlab.policy import (
     Decision,
     after_failure,
     before_handler,
-    dlq_minid,
+    dlq_retention_ms,
     failure_record,
     retry_due_ms,
     retry_idle_ms,
@@ -73,7 +73,7 @@ _TRANSIENT = (
 log = logging.getLogger("streamlab.consumer")
 # How many XPENDING pages one claim may go through while it finds only retries to park again.
 _CLAIM_PAGES = 10
-# ARGV of lua/dead_letter.lua: group, id, owner, maxlen, minid, then the entry's fields.
+# ARGV of lua/dead_letter.lua: group, id, owner, maxlen, retention ms, then the entry's fields.
 _DL_HEAD = 5
 
 
@@ -559,7 +559,7 @@ class Consumer:
             msg.id,
             cfg.consumer,
             cfg.dlq_maxlen or 0,
-            dlq_minid(cfg.dlq_retention),
+            dlq_retention_ms(cfg.dlq_retention),
         ]
         for name, value in fields.items():
             args += (name, value)

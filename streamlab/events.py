@@ -8,6 +8,7 @@ in ``StreamEvent.extra`` so that nothing written by another service is dropped.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ from streamlab.errors import DecodeError
 __all__ = [
     "DLQ_FIELDS",
     "REPLAY_FIELDS",
+    "REPLAY_PREFIX",
     "AuthContext",
     "Failure",
     "GroupInfo",
+    "ReplayMarker",
     "StreamEvent",
     "StreamInfo",
     "StreamMessage",
@@ -47,8 +50,13 @@ DLQ_FIELDS = (
     "dlq_consumer",
     "dlq_failed_at",
 )
-# Field names of the replay marker stamped on an event re-injected from the DLQ.
-REPLAY_FIELDS = ("replay_id", "replay_of", "replay_count", "replayed_at", "replay_group")
+# Field names of the replay marker stamped on an event re-injected from the DLQ (`ReplayMarker`).
+# Namespaced: a producer's own ``replay_group`` field is just data.
+REPLAY_PREFIX = "streamlab:"
+REPLAY_FIELDS = tuple(
+    REPLAY_PREFIX + name
+    for name in ("replay_id", "replay_of", "replay_count", "replayed_at", "replay_group")
+)
 
 # Platform services write these names; streamlab reads them as its own.
 _ALIASES = {
@@ -288,6 +296,82 @@ class Failure(BaseModel):
         values.setdefault("error", "")
         values.setdefault("error_type", "")
         return cls.model_validate(values)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_COUNT = re.compile(r"[1-9][0-9]{0,17}")
+_R_ID, _R_OF, _R_COUNT, _R_AT, _R_GROUP = REPLAY_FIELDS
+_R_GROUP_B = _R_GROUP.encode()
+
+
+def valid_replay_id(value: str) -> bool:
+    """A replay run id a marker can carry: 1-128 of ``A-Z a-z 0-9 . _ : -`` (a uuid4 fits)."""
+    return _RUN_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMarker:
+    """The marker streamlab stamps on an event it re-injects from a DLQ.
+
+    On the wire it is the five ``streamlab:replay_*`` fields (`REPLAY_FIELDS`). A marker is
+    recognised only as a whole: `from_fields` returns None unless every field is present and
+    well formed, so an entry with some of these fields (or a producer's own ``replay_group``)
+    is an ordinary event. ``group`` is the only group meant to handle the event ('' = every
+    group); ``source_id`` is the DLQ entry id it came from; ``count`` how often the event has
+    been replayed (1 the first time).
+    """
+
+    replay_id: str
+    source_id: str
+    count: int
+    replayed_at: datetime
+    group: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        """The marker's entry fields (the inverse of `from_fields`)."""
+        return {
+            _R_ID: self.replay_id,
+            _R_OF: self.source_id,
+            _R_COUNT: str(self.count),
+            _R_AT: format_time(self.replayed_at),
+            _R_GROUP: self.group,
+        }
+
+    @classmethod
+    def from_fields(
+        cls, fields: Mapping[str, bytes | str] | Mapping[bytes, bytes]
+    ) -> ReplayMarker | None:
+        """The complete marker in an entry's fields (names as text or bytes), else None."""
+        get: Any = fields.get
+        values: list[str] = []
+        for name in REPLAY_FIELDS:
+            raw = get(name)
+            if raw is None:
+                raw = get(name.encode())
+            if raw is None:
+                return None
+            try:
+                values.append(raw.decode() if isinstance(raw, bytes) else raw)
+            except UnicodeDecodeError:
+                return None
+        run, source, count, at, group = values
+        if not (
+            _RUN_ID.fullmatch(run) and _STREAM_ID.fullmatch(source) and _COUNT.fullmatch(count)
+        ):
+            return None
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            return None
+        return cls(run, source, int(count), when.astimezone(UTC), group)
+
+    @staticmethod
+    def present(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> bool:
+        """Cheap first test: does the entry carry a marker's group field at all?"""
+        return _R_GROUP in fields or _R_GROUP_B in fields
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.errors import Reject, Retry
-from streamlab.events import Failure, StreamMessage
+from streamlab.events import Failure, ReplayMarker, StreamMessage
 
 __all__ = [
     "MAX_RETRY_DELAY",
@@ -37,6 +37,7 @@ __all__ = [
     "after_failure",
     "before_handler",
     "dlq_minid",
+    "dlq_retention_ms",
     "failure_record",
     "max_delay",
     "retry_due_ms",
@@ -85,7 +86,9 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
     """Decide what to do with a message before its handler runs.
 
     Undecodable entries go to the DLQ at once (retrying cannot fix them). A message replayed
-    for another group is skipped. A message delivered more often than its attempts allow was
+    for another group is skipped: only when it carries a complete `ReplayMarker` naming
+    another group (a producer's ``replay_group`` field, or a partial marker, is an ordinary
+    event). A message delivered more often than its attempts allow was
     held by consumers that died on it (a poison message that kills workers): dead-letter it.
     """
     if msg.event is None:
@@ -93,9 +96,10 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
         return Decision(
             Action.DEAD_LETTER, error=err, error_type="DecodeError", message=str(err or "")
         )
-    replay_group = msg.fields.get("replay_group")
-    if replay_group and replay_group.decode("utf-8", "replace") != group:
-        return SKIP
+    if ReplayMarker.present(msg.fields):
+        marker = ReplayMarker.from_fields(msg.fields)
+        if marker is not None and marker.group and marker.group != group:
+            return SKIP
     if msg.delivery_count > max_retries + 1:
         return Decision(
             Action.DEAD_LETTER,
@@ -234,11 +238,24 @@ def failure_record(
 
 
 def dlq_minid(retention: timedelta | None, now: datetime | None = None) -> str:
-    """The MINID that trims DLQ entries older than ``retention`` ('' when unbounded)."""
+    """The MINID that trims DLQ entries older than ``retention`` ('' when unbounded).
+
+    ``now`` should be the server's time: the trims take it from the server (``TIME``), so
+    that a client clock ahead of the server's cannot trim fresh dead letters."""
     if retention is None:
         return ""
     cutoff = (now or datetime.now(UTC)) - retention
     return f"{int(cutoff.timestamp() * 1000)}-0"
+
+
+def dlq_retention_ms(retention: timedelta | None) -> str:
+    """``retention`` as the milliseconds the trim scripts take ('' when unbounded).
+
+    The scripts subtract it from the server's clock, never the worker's; a negative value
+    counts as 0 there, so the entry just dead-lettered always stays."""
+    if retention is None:
+        return ""
+    return str(max(int(retention.total_seconds() * 1000), 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,9 @@ LUA_MAX_VALUES = 7000
 # The commands each script runs, for ACL errors: Redis 7.0 does not name the command a script
 # was refused (Valkey does), so the error lists the script's commands instead.
 SCRIPT_COMMANDS = {
-    "dead_letter": ("xpending", "xadd", "xtrim", "xack"),
+    "dead_letter": ("xpending", "xadd", "xack", "xinfo|groups", "xrange", "xlen", "time", "xtrim"),
+    "add": ("xadd", "xinfo|groups", "xpending", "xrange", "xlen", "time", "xtrim"),
+    "trim": ("xinfo|groups", "xpending", "xrange", "xlen", "time", "xtrim"),
     "replay": ("hget", "type", "xrange", "xinfo|stream", "xadd", "xdel", "hset"),
 }
 
@@ -36,10 +38,18 @@ def script_by_sha(sha: str) -> str | None:
     return None
 
 
+_INCLUDE = "--!include "
+
+
 @cache
 def lua_source(name: str) -> str:
-    """The text of ``streamlab/lua/<name>.lua``."""
-    return (resources.files("streamlab") / "lua" / f"{name}.lua").read_text()
+    """The text of ``streamlab/lua/<name>.lua``, each ``--!include <lib>`` line replaced by
+    the text of ``lua/<lib>.lua`` (shared local functions, such as the safe trim)."""
+    text = (resources.files("streamlab") / "lua" / f"{name}.lua").read_text()
+    return "".join(
+        lua_source(line[len(_INCLUDE) :].strip()) if line.startswith(_INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 class Scripts:
@@ -61,3 +71,13 @@ class Scripts:
     def replay(self) -> Script:
         """See ``lua/replay.lua``."""
         return self._register("replay")
+
+    @cached_property
+    def trim(self) -> Script:
+        """See ``lua/trim.lua``."""
+        return self._register("trim")
+
+    @cached_property
+    def add(self) -> Script:
+        """See ``lua/add.lua``."""
+        return self._register("add")

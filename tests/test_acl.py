@@ -152,7 +152,7 @@ def drain(admin: redis.Redis, log: HandledLog) -> None:
     cfg = ConsumerConfig(stream=STREAM, group=GROUP, consumer="w2")
 
     def handle(msg: StreamMessage) -> None:
-        log.record(msg.fields["replay_of"].decode())
+        log.record(msg.fields["streamlab:replay_of"].decode())
 
     Consumer(RedisStreamsClient(admin), cfg).run(handle, burst=True, handle_signals=False)
 
@@ -307,7 +307,11 @@ def test_a_replayer_missing_a_right_stops_with_an_error_naming_it(
         assert "replay.lua" in message, message
     # Nothing half-done: each event is in the DLQ or in the target, never both or neither.
     in_dlq = {i.decode() for i, _ in admin.xrange(f"{STREAM}_dlq")}
-    replayed = [f[b"replay_of"].decode() for _, f in admin.xrange(STREAM) if b"replay_of" in f]
+    replayed = [
+        f[b"streamlab:replay_of"].decode()
+        for _, f in admin.xrange(STREAM)
+        if b"streamlab:replay_of" in f
+    ]
     assert len(set(replayed)) == len(replayed)
     assert not in_dlq & set(replayed)
     assert in_dlq | set(replayed) == set(dlq_ids)

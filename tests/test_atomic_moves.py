@@ -75,7 +75,7 @@ def test_a_wide_dlq_entry_replays_whole_and_leaves_the_dlq(
     [new_id] = report.mapping.values()
     [(_, replayed)] = redis_client.xrange(stream_name, new_id, new_id)
     assert all(replayed[k] == v for k, v in fields.items())
-    assert replayed[b"replay_of"]
+    assert replayed[b"streamlab:replay_of"]
     assert replayed[b"retry_count"] == b"0"
     assert redis_client.xlen(f"{stream_name}_dlq") == 0
     # A second run finds it done: never injected twice.

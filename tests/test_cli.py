@@ -124,7 +124,7 @@ def test_replay_command_dry_runs_asks_then_replays(
     assert done["replayed"] == wanted
     assert streams_client.redis.xlen(dlq) == 3
     injected = streams_client.range(stream_name)
-    assert [m.fields["replay_of"].decode() for m in injected] == wanted
+    assert [m.fields["streamlab:replay_of"].decode() for m in injected] == wanted
     assert {m.fields["retry_count"] for m in injected} == {b"0"}
 
     again = json.loads(streamlab(*args, "--yes").stdout)
@@ -188,7 +188,7 @@ def test_ctrl_c_cancels_a_replay_between_batches_and_reports_what_remains(
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    replayed = [f[b"replay_of"].decode() for _, f in r.xrange(stream_name)]
+    replayed = [f[b"streamlab:replay_of"].decode() for _, f in r.xrange(stream_name)]
     left = [i.decode() for i, _ in r.xrange(dlq)]
     assert 40 <= len(replayed) < len(ids)  # really stopped half-way
     assert sorted(replayed + left) == sorted(ids)  # nothing lost, nothing doubled
@@ -202,7 +202,7 @@ def test_ctrl_c_cancels_a_replay_between_batches_and_reports_what_remains(
     assert sorted(done["replayed"]) == sorted(left)
     assert done["cancelled"] is False
     assert done["remaining"] == []
-    replayed = [f[b"replay_of"].decode() for _, f in r.xrange(stream_name)]
+    replayed = [f[b"streamlab:replay_of"].decode() for _, f in r.xrange(stream_name)]
     assert sorted(replayed) == sorted(ids)
     assert r.xlen(dlq) == 0
 

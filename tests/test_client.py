@@ -139,6 +139,29 @@ def test_add_many_returns_ids_in_order_and_round_trips(
     assert decode_event(encode_event(one)) == one
 
 
+def test_maxlen_caps_the_stream_approximately_and_keeps_the_newest(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """A cap of 1000 trims once the stream is 100 over, called every 50 single adds; a
+    group that keeps up does not hold it back. An entry too big for Lua takes the XADD +
+    trim path."""
+    r = streams_client.redis
+    streams_client.ensure_group(stream_name, "g", "0")
+    ids: list[str] = []
+    for n in range(1500):
+        ids.append(streams_client.add_to_stream(stream_name, {"n": str(n)}, maxlen=1000))
+        if n % 100 == 99:
+            got = r.xreadgroup("g", "c", {stream_name: ">"}, count=1000)
+            r.xack(stream_name, "g", *[entry_id for entry_id, _ in got[0][1]])
+    assert 1000 <= r.xlen(stream_name) <= 1000 + 100 + 50
+    assert r.xrevrange(stream_name, count=1)[0][0].decode() == ids[-1]
+    big = {f"f{i}": "v" for i in range(3600)}
+    for _ in range(100):
+        ids.append(streams_client.add_to_stream(stream_name, big, maxlen=1000))
+    assert 1000 <= r.xlen(stream_name) <= 1000 + 100 + 50
+    assert r.xrevrange(stream_name, count=1)[0][0].decode() == ids[-1]
+
+
 def test_read_entries_gives_raw_entries_that_read_from_stream_decodes(
     streams_client: RedisStreamsClient, stream_name: str
 ) -> None:

@@ -303,7 +303,7 @@ def test_replay_to_a_stream_in_another_slot_is_refused_before_any_write(
     report = replay_dlq(client, orders, target=same_slot)
     assert report.ok
     [(_, replayed)] = cluster_client.xrange(same_slot, "-", "+")
-    assert replayed[b"replay_id"] == report.replay_id.encode()
+    assert replayed[b"streamlab:replay_id"] == report.replay_id.encode()
     assert replayed[b"id"] == b"evt-0"  # the original event id is kept
     assert cluster_client.xlen(dlq_key(orders)) == 0
     assert ids[0] in {m.id for m in client.range(orders)}

@@ -19,7 +19,7 @@ from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
 from streamlab.errors import ConfigError, Reject, Retry
-from streamlab.events import DLQ_FIELDS, StreamEvent, StreamMessage, encode_event
+from streamlab.events import DLQ_FIELDS, ReplayMarker, StreamEvent, StreamMessage, encode_event
 from streamlab.policy import RETRY_CONSUMER, Action
 
 # A retry must never come early; it may come late by the time one claim poll and the
@@ -460,7 +460,8 @@ def test_entry_replayed_for_another_group_is_acked_and_skipped(
     streams_client: RedisStreamsClient, stream_name: str
 ) -> None:
     ids = add(streams_client, stream_name, 2)
-    replayed = {**encode_event(event(7)), "replay_group": "A", "replay_of": "1-1"}
+    marker = ReplayMarker("run-1", "1-1", 1, datetime.now(UTC), "A").to_fields()
+    replayed = {**encode_event(event(7)), **marker}
     ids.append(streams_client.add_to_stream(stream_name, replayed))
     handled = {"A": Ids(), "B": Ids()}
     stats: dict[str, RunStats] = {}

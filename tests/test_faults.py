@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
-from streamlab.events import StreamEvent, StreamMessage
+from streamlab.events import ReplayMarker, StreamEvent, StreamMessage
 from streamlab.metrics import PrometheusMetrics
 
 WORKER = Path(__file__).with_name("workers.py")
@@ -341,11 +341,16 @@ def test_read_messages_settles_entries_that_need_no_handler(
 ) -> None:
     good = add(streams_client, stream_name, 1)
     streams_client.add_to_stream(stream_name, {"event_type": "x", "payload": "{oops"})
-    streams_client.add_to_stream(stream_name, {"event_type": "x", "replay_group": "other"})
+    marker = ReplayMarker("run-1", "1-1", 1, datetime.now(UTC), "other").to_fields()
+    streams_client.add_to_stream(stream_name, {"event_type": "x", **marker})
+    # A producer's own replay_group field is data, not a marker: handled like any event.
+    good.append(streams_client.add_to_stream(stream_name, {"event_type": "x", "replay_group": "o"}))
     config = ConsumerConfig(stream=stream_name, group="g", consumer="c")
     streams_client.ensure_group(stream_name, "g")
     consumer = Consumer(streams_client, config)
     batch = consumer.read_messages(block=0.01)
     assert [m.id for m in batch] == good
     assert [m.failure.error_type for m in streams_client.read_dlq(stream_name)] == ["DecodeError"]  # type: ignore[union-attr]
-    assert [(p[0], p[1]) for p in pending(streams_client.redis, stream_name)] == [(good[0], "c")]
+    assert [(p[0], p[1]) for p in pending(streams_client.redis, stream_name)] == [
+        (i, "c") for i in good
+    ]

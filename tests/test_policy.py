@@ -1,5 +1,6 @@
 """The consumer's decisions and the backoff schedule, without Redis."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -8,7 +9,13 @@ from pydantic import ValidationError
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.consumer import ConsumerConfig
 from streamlab.errors import DecodeError, Reject, Retry
-from streamlab.events import StreamEvent, StreamMessage, encode_event
+from streamlab.events import (
+    REPLAY_FIELDS,
+    ReplayMarker,
+    StreamEvent,
+    StreamMessage,
+    encode_event,
+)
 from streamlab.policy import (
     DUE_SLACK_MS,
     MAX_RETRY_DELAY,
@@ -18,6 +25,7 @@ from streamlab.policy import (
     after_failure,
     before_handler,
     dlq_minid,
+    dlq_retention_ms,
     failure_record,
     max_delay,
     retry_due_ms,
@@ -84,9 +92,76 @@ def test_before_handler_dead_letters_undecodable_entries() -> None:
     assert "1-0" in decision.message
 
 
+def marker_fields(group: str = "other", **changes: str) -> dict[str, bytes]:
+    marker = ReplayMarker(
+        replay_id=str(uuid.uuid4()),
+        source_id="1700000000000-3",
+        count=2,
+        replayed_at=datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC),
+        group=group,
+    )
+    fields = {**marker.to_fields(), **changes}
+    return {k: v.encode() for k, v in fields.items()}
+
+
+def test_replay_marker_round_trips_and_is_namespaced() -> None:
+    fields = marker_fields()
+    assert all(name.startswith("streamlab:") for name in fields)
+    assert set(fields) == set(REPLAY_FIELDS)
+    marker = ReplayMarker.from_fields(fields)
+    assert marker is not None
+    assert ReplayMarker.from_fields({k.encode(): v for k, v in fields.items()}) == marker
+    assert {k: v.encode() for k, v in marker.to_fields().items()} == fields
+    assert (marker.source_id, marker.count, marker.group) == ("1700000000000-3", 2, "other")
+
+
 def test_before_handler_skips_replays_meant_for_another_group() -> None:
-    assert before_handler(message(replay_group=b"other"), "g", 3).action is Action.SKIP
-    assert before_handler(message(replay_group=b"g"), "g", 3).action is Action.HANDLE
+    assert before_handler(message(**marker_fields("other")), "g", 3).action is Action.SKIP
+    assert before_handler(message(**marker_fields("g")), "g", 3).action is Action.HANDLE
+    # An empty group: replayed for every group.
+    assert before_handler(message(**marker_fields("")), "g", 3).action is Action.HANDLE
+
+
+def test_a_producers_replay_group_field_is_an_ordinary_event() -> None:
+    """Defect 4: a field named ``replay_group`` made every other group ack the entry unseen."""
+    bare = message(replay_group=b"other", replay_id=b"x", replay_of=b"1-1")
+    assert before_handler(bare, "g", 3).action is Action.HANDLE
+    assert ReplayMarker.from_fields(bare.fields) is None
+
+
+@pytest.mark.parametrize("missing", REPLAY_FIELDS)
+def test_a_partial_marker_is_an_ordinary_event(missing: str) -> None:
+    fields = marker_fields("other")
+    del fields[missing]
+    assert ReplayMarker.from_fields(fields) is None
+    assert before_handler(message(**fields), "g", 3).action is Action.HANDLE
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("streamlab:replay_id", ""),
+        ("streamlab:replay_id", "a b"),
+        ("streamlab:replay_id", "x" * 129),
+        ("streamlab:replay_of", "yesterday"),
+        ("streamlab:replay_of", "1-"),
+        ("streamlab:replay_count", "0"),
+        ("streamlab:replay_count", "-1"),
+        ("streamlab:replay_count", "two"),
+        ("streamlab:replayed_at", "now"),
+        ("streamlab:replayed_at", "2026-01-02T03:04:05"),  # no time zone
+    ],
+)
+def test_a_malformed_marker_is_an_ordinary_event(name: str, value: str) -> None:
+    fields = marker_fields("other", **{name: value})
+    assert ReplayMarker.from_fields(fields) is None
+    assert before_handler(message(**fields), "g", 3).action is Action.HANDLE
+
+
+def test_a_marker_with_bytes_that_are_not_utf8_is_an_ordinary_event() -> None:
+    fields = {**marker_fields("other"), "streamlab:replay_group": b"\xff"}
+    assert ReplayMarker.from_fields(fields) is None
+    assert before_handler(message(**fields), "g", 3).action is Action.HANDLE
 
 
 def test_before_handler_dead_letters_messages_whose_consumers_keep_dying() -> None:
@@ -150,6 +225,10 @@ def test_failure_record_and_minid() -> None:
     assert fields["dlq_failed_at"] == "2026-01-02T00:00:00.000000Z"
     assert "test_failure_record_and_minid" in fields["dlq_traceback"]
     assert dlq_minid(None) == ""
+    # The scripts subtract the retention from the server's clock: no client time involved.
+    assert dlq_retention_ms(None) == ""
+    assert dlq_retention_ms(timedelta(hours=1)) == "3600000"
+    assert dlq_retention_ms(timedelta(seconds=-5)) == "0"
     assert dlq_minid(timedelta(days=1), now) == f"{int(now.timestamp() * 1000) - 86_400_000}-0"
 
 

@@ -231,11 +231,11 @@ def test_replay_resets_retry_count_and_keeps_bytes(
         k: v for k, v in kept.items() if k != b"retry_count"
     }
     assert out[b"retry_count"] == b"0"
-    assert out[b"replay_id"] == report.replay_id.encode()
-    assert out[b"replay_of"] == dlq_id.encode()
-    assert out[b"replay_count"] == b"1"
-    assert out[b"replay_group"] == b"g"
-    assert datetime.fromisoformat(out[b"replayed_at"].decode()) <= datetime.now(UTC)
+    assert out[b"streamlab:replay_id"] == report.replay_id.encode()
+    assert out[b"streamlab:replay_of"] == dlq_id.encode()
+    assert out[b"streamlab:replay_count"] == b"1"
+    assert out[b"streamlab:replay_group"] == b"g"
+    assert datetime.fromisoformat(out[b"streamlab:replayed_at"].decode()) <= datetime.now(UTC)
     assert not any(k.startswith(b"dlq_") for k in out)
     msg = decode_message(stream_name, new_id, out)
     assert msg.event is not None
@@ -250,7 +250,7 @@ def test_replay_count_grows_when_an_event_cycles(streams_client: Client, stream_
     for expected in (b"1", b"2", b"3"):
         replay_dlq(streams_client, stream_name)
         [(new_id, out)] = written(r, stream_name)[-1:]
-        assert out[b"replay_count"] == expected
+        assert out[b"streamlab:replay_count"] == expected
         # Fails again: the consumer dead-letters the raw fields, marker included.
         again = dict(out)
         again.update(Failure(error="x", error_type="E", source_stream=stream_name).to_fields())
@@ -265,7 +265,7 @@ def test_dry_run_equals_real_run_and_writes_nothing(
     dlq = streams_client.dlq_stream(stream_name)
     entries = [dlq_fields(i, stream_name) for i in range(20)]
     entries[3].pop("dlq_source_stream")
-    entries[4]["replay_count"] = "many"
+    entries[4]["streamlab:replay_count"] = "many"
     ids = fill_dlq(r, dlq, entries)
     sel = select_dlq(streams_client, stream_name)
     r.xdel(dlq, ids[5])  # deleted after the selection was made: gone for both runs
@@ -284,7 +284,7 @@ def test_dry_run_equals_real_run_and_writes_nothing(
     assert set(dry.skipped) == {ids[3], ids[5], ids[6]}
     assert "no dlq_source_stream" in dry.skipped[ids[3]]
     assert "already replayed" in dry.skipped[ids[6]]
-    assert "'replay_count'" in dry.failed[ids[4]]
+    assert "'streamlab:replay_count'" in dry.failed[ids[4]]
     assert ids[4] in dry.failed[ids[4]]
     assert set(dry.mapping) == set(real.mapping) == set(real.replayed)
     assert set(dry.mapping.values()) == {None}
@@ -483,8 +483,8 @@ def test_for_group_override_and_plain_redis_client(
     replay_dlq(redis_client, stream_name, limit=1, for_group="other")
     replay_dlq(redis_client, stream_name, for_group=None)
     [(_, first), (_, second)] = written(redis_client, stream_name)
-    assert first[b"replay_group"] == b"other"
-    assert b"replay_group" not in second
+    assert first[b"streamlab:replay_group"] == b"other"
+    assert second[b"streamlab:replay_group"] == b""  # every group
     forever = replay_dlq(redis_client, stream_name, ledger_ttl=None)
     assert forever.replayed == []
 

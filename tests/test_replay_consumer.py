@@ -154,16 +154,54 @@ def test_outcome_shows_an_event_a_real_consumer_dead_letters_again(
 
     outcome = replay_outcome(streams_client, stream_name, report.replay_id).set_index("dlq_id")
     event_of = {
-        f[b"replay_of"].decode(): f[b"id"].decode()
+        f[b"streamlab:replay_of"].decode(): f[b"id"].decode()
         for _, f in streams_client.redis.xrange(stream_name)
-        if b"replay_of" in f
+        if b"streamlab:replay_of" in f
     }
     states = {event_of[i]: state for i, state in outcome["state"].items()}
     assert states == {"evt-1": "acked", "evt-3": "dead_lettered", "evt-5": "acked"}
-    failed = outcome.loc[again.fields["replay_of"].decode()]
+    failed = outcome.loc[again.fields["streamlab:replay_of"].decode()]
     assert event_of[failed.name] == "evt-3"
     assert failed["group"] == "billing"
     assert failed["dlq_entry_id"] == again.id
     assert failed["error_type"] == "KeyError"
     assert failed["error"] == "'release_notes'"
     assert outcome["error_type"].isna().sum() == 2
+
+
+def test_only_a_complete_marker_makes_other_groups_skip(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """Defect 4, on a real server: a producer's ``replay_group`` field (or a partial marker)
+    is an ordinary event every group handles; a real replay for one group is skipped by the
+    others."""
+    r = streams_client.redis
+    plain = streams_client.add_to_stream(
+        stream_name, {"event_type": "push", "replay_group": "billing", "replay_of": "1-1"}
+    )
+    partial = streams_client.add_to_stream(
+        stream_name,
+        {"event_type": "push", "streamlab:replay_group": "billing", "streamlab:replay_id": "x"},
+    )
+    dead = dlq_fields(0, stream_name, group="billing", extra={"replay_group": "audit"})
+    fill_dlq(r, streams_client.dlq_stream(stream_name), [dead])
+    report = replay_dlq(streams_client, stream_name)
+    [replayed] = report.mapping.values()
+    seen: dict[str, list[str]] = {"audit": [], "billing": []}
+    stats: dict[str, RunStats] = {}
+    for group in seen:
+        streams_client.ensure_group(stream_name, group, "0")
+        stats[group] = consumer(streams_client, stream_name, group).run(
+            lambda m, g=group: seen[g].append(m.id), burst=True, handle_signals=False
+        )
+    assert seen["billing"] == [plain, partial, replayed]
+    assert seen["audit"] == [plain, partial]
+    assert (stats["audit"].skipped, stats["audit"].acked) == (1, 2)
+    assert (stats["billing"].skipped, stats["billing"].acked) == (0, 3)
+    for group in seen:
+        assert r.xpending(stream_name, group)["pending"] == 0
+    # The producer's own replay_group field is kept through the DLQ and the replay.
+    [(_, fields)] = r.xrange(stream_name, replayed, replayed)
+    assert fields[b"replay_group"] == b"audit"
+    assert fields[b"streamlab:replay_group"] == b"billing"
+    assert fields[b"streamlab:replay_id"] == report.replay_id.encode()

@@ -49,7 +49,7 @@ def start(
 
 
 def replay_counts(client: RedisStreamsClient, stream: str) -> Counter[str]:
-    return Counter(f[b"replay_of"].decode() for _, f in client.redis.xrange(stream))
+    return Counter(f[b"streamlab:replay_of"].decode() for _, f in client.redis.xrange(stream))
 
 
 def test_two_processes_replay_each_event_once(

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamlab.events import DLQ_FIELDS
+from streamlab.events import DLQ_FIELDS, REPLAY_PREFIX
 
 __all__ = [
     "DLQ_RENAMES",
@@ -55,11 +55,12 @@ STREAM_COLUMNS = (
     "auth_context",
 )
 RESERVED = frozenset({"id", "ts", "_decode_error", "_raw"})
-TIME_FIELDS = frozenset({"timestamp", "failed_at", "replayed_at", "dlq_failed_at"})
-INT_FIELDS = frozenset({"retry_count", "attempts", "dlq_attempts", "replay_count"})
+TIME_FIELDS = frozenset({"timestamp", "failed_at", REPLAY_PREFIX + "replayed_at", "dlq_failed_at"})
+INT_FIELDS = frozenset({"retry_count", "attempts", "dlq_attempts", REPLAY_PREFIX + "replay_count"})
 CATEGORY_FIELDS = frozenset(
     {"event_type", "tenant_id", "repository", "sender_name", "consumer", "group", "error_type"}
-    | {"source_stream", "replay_group", "dlq_consumer", "dlq_group", "dlq_error_type"}
+    | {"source_stream", REPLAY_PREFIX + "replay_group", "dlq_consumer", "dlq_group"}
+    | {"dlq_error_type"}
     | {"dlq_source_stream"}
 )
 _TYPES_MAPPER = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get

@@ -22,11 +22,14 @@ What is written
 ---------------
 The original entry fields, byte for byte and in their order, minus the ``dlq_*`` failure
 fields and any earlier replay marker; ``retry_count`` set to ``0`` (added when missing); and
-the replay marker `streamlab.events.REPLAY_FIELDS`: ``replay_id`` (the run), ``replay_of``
-(the DLQ entry id), ``replay_count`` (the previous count + 1, so events cycling between the
-DLQ and the stream show up), ``replayed_at`` (RFC 3339) and ``replay_group`` (by default the
-group the event failed in, so other groups on the stream ack and skip it: a failure is
-retried for its own group only; ``for_group=None`` lets every group see it).
+the replay marker `streamlab.events.ReplayMarker`, fields `streamlab.events.REPLAY_FIELDS`:
+``streamlab:replay_id`` (the run), ``streamlab:replay_of`` (the DLQ entry id),
+``streamlab:replay_count`` (the previous count + 1, so events cycling between the DLQ and the
+stream show up), ``streamlab:replayed_at`` (RFC 3339) and ``streamlab:replay_group`` (by
+default the group the event failed in, so other groups on the stream ack and skip it: a
+failure is retried for its own group only; ``for_group=None`` writes '' and every group sees
+it). Consumers recognise the marker only as a whole and well formed; a producer's own
+``replay_group`` field is data.
 
 Bookkeeping keys (derived from the DLQ name, so they share its hash tag on Redis Cluster)
 -------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ from streamlab.signatures import failure_signature
 PAGE: Final = 1000
 
 _DLQ_B = frozenset(name.encode() for name in DLQ_FIELDS)
+# A replayed event gets a fresh marker: any old one (complete or not) is dropped. Fields a
+# producer named ``replay_group`` and the like are its own data and are kept.
 _DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
+_COUNT_FIELD: Final = REPLAY_FIELDS[2].encode()  # how often the event was replayed before
 _REPO_KEYS = (b"repository", b"repo_name", b"repo")
 _TENANT_KEYS = (b"tenant_id", b"tenant")
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streamlab.client import RedisStreamsClient, acl_errors
+from streamlab.events import ReplayMarker
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
 from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page
@@ -43,7 +44,7 @@ def replay_outcome(
 ) -> pd.DataFrame:
     """What became of the events replay run ``replay_id`` injected from the DLQ of ``stream``.
 
-    One row per event and consuming group (the event's ``replay_group``, or every group of the
+    One row per event and consuming group (its marker's group, or every group of the
     target when it has none), with ``state``:
 
     - ``acked``: delivered to the group (id <= its last-delivered id), not pending, not in DLQ;
@@ -55,7 +56,8 @@ def replay_outcome(
     - ``no_group``: the target has no such group (nobody consumes it).
 
     The events come from the run's ledger (``<dlq>:replay:<replay_id>``). Once it has expired
-    (``ledger_ttl``), the target streams are scanned for entries stamped with ``replay_id``:
+    (``ledger_ttl``), the target streams are scanned for entries whose complete `ReplayMarker`
+    names ``replay_id``:
     ``stream`` itself, or the ``targets`` given.
     """
     c = _as_client(client)
@@ -89,13 +91,13 @@ def _ledger(r: Any, key: str) -> dict[str, tuple[str, str, bytes | None]]:
 def _scan_for_run(
     r: Any, targets: Sequence[str], replay_id: str
 ) -> dict[str, tuple[str, str, bytes | None]]:
-    mark = replay_id.encode()
     found: dict[str, tuple[str, str, bytes | None]] = {}
     for dest in targets:
         for raw_id, raw in _page(r, dest, "-", "+"):
-            if raw.get(b"replay_id") == mark and b"replay_of" in raw:
-                group = raw.get(b"replay_group") or None
-                found[raw[b"replay_of"].decode()] = (raw_id.decode(), dest, group)
+            marker = ReplayMarker.from_fields(raw)
+            if marker is not None and marker.replay_id == replay_id:
+                group = marker.group.encode("utf-8", "surrogateescape") or None
+                found[marker.source_id] = (raw_id.decode(), dest, group)
     return found
 
 

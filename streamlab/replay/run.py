@@ -16,10 +16,10 @@ from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
 from streamlab.client import RedisStreamsClient, permission_error, seconds
 from streamlab.errors import ArgumentError
-from streamlab.events import format_time
+from streamlab.events import ReplayMarker, valid_replay_id
 from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
-from streamlab.replay._entries import _as_client, _Entry
+from streamlab.replay._entries import _COUNT_FIELD, _as_client, _Entry
 from streamlab.replay.selection import ReplaySelection, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES
 
@@ -183,16 +183,19 @@ class _Replayer:
             report.replay_id.encode(),
         ]
 
-    def stamp(self, plan: _Plan, now: bytes) -> list[bytes]:
-        marker = [
-            b"replay_id", self.head[2],
-            b"replay_of", plan.entry.id.encode(),
-            b"replay_count", str(plan.replay_count).encode(),
-            b"replayed_at", now,
-        ]  # fmt: skip
-        if plan.group:
-            marker += (b"replay_group", plan.group)
-        return marker
+    def stamp(self, plan: _Plan, now: datetime) -> list[bytes]:
+        """The flat fields of the plan's `ReplayMarker` (always complete: group '' = all)."""
+        marker = ReplayMarker(
+            replay_id=self.report.replay_id,
+            source_id=plan.entry.id,
+            count=plan.replay_count,
+            replayed_at=now,
+            group=(plan.group or b"").decode("utf-8", "surrogateescape"),
+        )
+        flat: list[bytes] = []
+        for name, value in marker.to_fields().items():
+            flat += (name.encode(), value.encode("utf-8", "surrogateescape"))
+        return flat
 
     def run_batch(self, batch: Sequence[_Plan]) -> None:
         pipe = self.c.redis.pipeline(transaction=False)
@@ -203,7 +206,7 @@ class _Replayer:
             self.c.redis.script_load(self.script.script)  # cluster pipeline: load it once
             self.loaded = True
         sha, dlq, tail, head = self.script.sha, self.report.dlq, self.keys_tail, self.head
-        now = format_time(datetime.now(UTC)).encode()
+        now = datetime.now(UTC)
         keys = [dlq, "", *tail]
         apart: dict[int, tuple[_Plan, list[bytes]]] = {}
         for i, plan in enumerate(batch):
@@ -313,14 +316,14 @@ def _plan(
             )
             continue
         report.targets[entry.id] = dest
-        prior = entry.raw.get(b"replay_count", b"0") or b"0"
-        try:
-            count = int(prior) + 1
-        except ValueError:
+        prior = entry.raw.get(_COUNT_FIELD, b"0") or b"0"
+        if not (prior.isdigit() and len(prior) < 18):
+            # The value itself stays out of the text: error texts never carry field values.
             report.failed[entry.id] = (
-                f"DLQ entry {entry.id}: field 'replay_count' is not an integer"
+                f"DLQ entry {entry.id}: field {_COUNT_FIELD.decode()!r} is not a count"
             )
             continue
+        count = int(prior) + 1
         if isinstance(for_group, _FailedGroup):
             group = entry.raw.get(b"dlq_group") or None
         else:
@@ -397,7 +400,7 @@ def replay_dlq(
     - ``keep_in_dlq``: leave the entries in the DLQ, marked in ``<dlq>:replayed``.
     - ``progress``: True shows a tqdm bar (needs ``streamlab[notebook]``), None shows one in
       a notebook when tqdm is installed, False never.
-    - ``for_group``: the ``replay_group`` stamped on the events: by default the group each
+    - ``for_group``: the marker's group stamped on the events: by default the group each
       event failed in (other groups ack and skip it); a group name; None for every group.
     - ``cancel``: a `threading.Event`; when set, the replay stops before the next batch and
       the report lists the rest in ``remaining``. Rerunning continues (idempotent).
@@ -416,6 +419,10 @@ def replay_dlq(
         raise ArgumentError(f"batch_size: must be >= 1, got {batch_size}")
     if rate is not None and rate <= 0:
         raise ArgumentError(f"rate: must be > 0 events per second, got {rate}")
+    if replay_id is not None and not valid_replay_id(replay_id):
+        raise ArgumentError(
+            "replay_id: 1 to 128 of the characters A-Z a-z 0-9 . _ : - (a uuid4 fits)"
+        )
     ttl = 0 if ledger_ttl is None else int(seconds(ledger_ttl) or 0)
     report = ReplayReport(
         stream, dlq, replay_id or str(uuid.uuid4()), dry_run, keep_in_dlq=keep_in_dlq

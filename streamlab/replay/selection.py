@@ -15,7 +15,7 @@ from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage
 from streamlab.filters import DLQFilter
 from streamlab.ids import Bound, id_range, id_text, parse_id
-from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page
+from streamlab.replay._entries import _COUNT_FIELD, PAGE, _as_client, _chunks, _Entry, _page
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,7 +133,7 @@ class ReplaySelection:
                     utc=True,
                     errors="coerce",
                 ),
-                "replay_count": _ints(pd, [e.text(b"replay_count") or "0" for e in es]),
+                "replay_count": _ints(pd, [e.text(_COUNT_FIELD) or "0" for e in es]),
             }
         )
         for name in ("event_type", "tenant_id", "repository", "error_type", "source_stream"):
