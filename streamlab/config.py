@@ -49,7 +49,7 @@ from pydantic_settings import (
 
 from streamlab.backoff import Backoff
 from streamlab.errors import ConfigError
-from streamlab.keys import dlq_key
+from streamlab.keys import check_start_id, dlq_key
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
@@ -164,9 +164,11 @@ Duration = Annotated[
 """A `timedelta` field that also accepts ``"5s"``-style strings, seconds and ISO 8601."""
 
 
-def _positive(value: timedelta | None, name: str) -> None:
+def _positive(value: timedelta | None) -> timedelta | None:
+    """A field validator: durations that must be greater than 0 (or unset)."""
     if value is not None and value <= timedelta(0):
-        raise ValueError(f"{name} must be greater than 0")
+        raise ValueError(f"must be greater than 0 (got {format_duration(value)})")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,11 +267,24 @@ class ConsumerSettings(_Section):
     group_start_id: str | None = Field(default=None, min_length=1)
     create_group: bool | None = None
 
+    _durations = field_validator("claim_min_idle", "claim_interval")(_positive)
+
+    @field_validator("block_duration")
+    @classmethod
+    def _block(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(
+                f"must be greater than 0 (got {format_duration(value)}; 0 would block forever)"
+            )
+        return value
+
+    @field_validator("group_start_id")
+    @classmethod
+    def _start_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_start_id(value)
+
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _positive(self.block_duration, "block_duration (0 would block forever)")
-        _positive(self.claim_min_idle, "claim_min_idle")
-        _positive(self.claim_interval, "claim_interval")
         from streamlab.policy import max_delay
 
         worst = max_delay(self.max_retries, self.backoff.to_backoff())
@@ -289,10 +304,7 @@ class DLQSettings(_Section):
     max_length: int | None = Field(default=None, ge=1)
     retention: Duration | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        _positive(self.retention, "retention")
-        return self
+    _durations = field_validator("retention")(_positive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +390,37 @@ class StreamlabSettings(BaseSettings):
             raise ConfigError(_describe_errors(type(self), exc, values)) from exc
         except SettingsError as exc:
             raise ConfigError(f"invalid streamlab settings: {exc}") from exc
+        self._check_dlq_names(values)
+
+    def _check_dlq_names(self, init: Mapping[str, Any]) -> None:
+        """Raise `ConfigError` when a stream's DLQ leads back to it (itself, or through other
+        configured streams): its dead letters would be read and dead-lettered forever."""
+        problems = []
+        for name, stream in self.streams.items():
+            chain = [name]
+            while (dlq := self.dlq_name(chain[-1])) in self.streams and dlq not in chain:
+                chain.append(dlq)
+            if dlq != name:
+                continue
+            loc = ("streams", name, "dlq_stream") if stream.dlq_stream else ("dlq", "stream_name")
+            path = " -> ".join(repr(n) for n in [*chain, name])
+            reason = (
+                f"the DLQ of stream {name!r} is the stream itself"
+                if len(chain) == 1
+                else f"the DLQs of streams {path} form a loop"
+            )
+            file = _config_file(type(self))
+            file_data = yaml.safe_load(file.read_text(encoding="utf-8")) if file else None
+            origin = _origin(loc, init, file, file_data)
+            problems.append(
+                f"  {_dotted(loc)}: {reason}, so its dead letters would be read and "
+                "dead-lettered again; name another DLQ" + (f" [from {origin}]" if origin else "")
+            )
+        if problems:
+            raise ConfigError(
+                f"invalid streamlab settings: {len(problems)} error{'s' * (len(problems) > 1)}\n"
+                + "\n".join(problems)
+            )
 
     @classmethod
     def settings_customise_sources(
@@ -481,9 +524,8 @@ class StreamlabSettings(BaseSettings):
                 stream_maxlen=settings.max_length,
                 **optional,
             )
-        except ValidationError as exc:
-            details = "; ".join(f"{_dotted(e['loc'])}: {_reason(e)}" for e in exc.errors())
-            raise ConfigError(f"stream {stream!r}: invalid consumer config: {details}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"stream {stream!r}: {exc}") from exc
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> StreamlabSettings:

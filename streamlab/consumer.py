@@ -17,10 +17,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
@@ -28,7 +28,7 @@ from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
-from streamlab.keys import check_same_slot, dlq_key, is_cluster
+from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster
 from streamlab.metrics import Metrics, NullMetrics
 from streamlab.policy import (
     RETRY_CONSUMER,
@@ -91,6 +91,10 @@ class ConsumerConfig(BaseModel):
     and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
     stream (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's
     ``stream_maxlen``; `StreamlabSettings.client` fills that in from the settings).
+
+    Every duration must be greater than 0, ``dlq_stream`` must differ from ``stream`` and
+    ``group_start_id`` is ``$``, ``0`` or a stream id: a bad value raises `ConfigError`
+    naming the field, as `streamlab.config` does for the same value in YAML or the environment.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -114,10 +118,35 @@ class ConsumerConfig(BaseModel):
     create_group: bool = True
     traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
 
+    if not TYPE_CHECKING:
+        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise ConfigError.from_validation(exc, "ConsumerConfig") from None
+
+    @field_validator("block_duration", "claim_min_idle", "claim_interval", "dlq_retention")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError(f"must be greater than 0 (got {value.total_seconds():g} s)")
+        return value
+
+    @field_validator("group_start_id")
+    @classmethod
+    def _start_id(cls, value: str) -> str:
+        return check_start_id(value)
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.consumer == RETRY_CONSUMER:
             raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
+        if self.dlq_stream == self.stream:
+            raise ValueError(
+                f"dlq_stream: the DLQ {self.dlq_stream!r} is the stream itself, so every "
+                "dead letter would be read again and dead-lettered again; name another stream"
+            )
         worst = max_delay(self.max_retries, self.backoff)
         if worst > self.claim_min_idle.total_seconds():
             raise ValueError(
@@ -187,6 +216,15 @@ class Consumer:
         self._cluster = is_cluster(self.redis)
 
     def _dlq_name(self, config: ConsumerConfig) -> str:
+        name = self._configured_dlq(config)
+        if name == config.stream:
+            raise ConfigError(
+                f"stream {config.stream!r}: the client's dlq_names name the stream itself as "
+                "its DLQ, so every dead letter would be read again; name another stream"
+            )
+        return name
+
+    def _configured_dlq(self, config: ConsumerConfig) -> str:
         mapped = self.client.dlq_names.get(config.stream)
         if "dlq_stream" not in config.model_fields_set:
             return mapped or config.dlq_stream

@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class StreamlabError(Exception):
     """Base class of every error streamlab raises on purpose."""
 
 
 class ConfigError(StreamlabError, ValueError):
-    """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot."""
+    """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot.
+
+    ``problems`` lists (field path, reason) pairs when the error comes from validating a model.
+    """
+
+    problems: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, what: str) -> ConfigError:
+        """One error naming every bad field of ``what`` (a model name) and why."""
+        problems: list[tuple[str, str]] = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            cause = error.get("ctx", {}).get("error")
+            if error["type"] == "default_factory_not_called":
+                continue  # a default that depends on a field already reported
+            if isinstance(cause, ConfigError) and cause.problems:
+                # A nested model's own ConfigError: its fields, under this field's name.
+                problems += [(f"{where}.{w}" if w else where, r) for w, r in cause.problems]
+                continue
+            if error["type"] == "value_error":
+                reason = str(cause if cause is not None else error["msg"])
+            elif error["type"] == "extra_forbidden":
+                reason = "unknown key"
+            else:
+                reason = f"{error['msg']} (got {repr(error['input'])[:80]})"
+            problems.append((where, reason))
+        text = "; ".join(f"{w}: {r}" if w else r for w, r in problems)
+        result = cls(f"invalid {what}: {text}")
+        result.problems = tuple(problems)
+        return result
 
 
 class DecodeError(StreamlabError, ValueError):

@@ -114,8 +114,8 @@ def max_delay(max_retries: int, backoff: Backoff) -> float:
     """The longest delay the schedule asks for over ``max_retries`` retries (jitter included)."""
     if max_retries < 1:
         return 0.0
-    worst = max(compute_backoff(n, backoff, rand=lambda: 1.0) for n in range(1, max_retries + 1))
-    return worst
+    # The schedule never shrinks (multiplier >= 1, then capped), so the last retry waits longest.
+    return compute_backoff(max_retries, backoff, rand=lambda: 1.0)
 
 
 def retry_idle_ms(delay: float, claim_min_idle: timedelta) -> int:
