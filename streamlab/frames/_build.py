@@ -250,7 +250,7 @@ class FrameBuilder:
             if not tenant and context:
                 try:
                     value = json.loads(context).get("tenant_id")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     continue
                 if isinstance(value, str):
                     filled[row] = value.encode()
@@ -270,6 +270,9 @@ class FrameBuilder:
                     doc = json.loads(value)
                 except ValueError as exc:
                     self._error(row, field or "", f"invalid JSON ({exc})", value)
+                    continue
+                except RecursionError:
+                    self._error(row, field or "", "JSON nested too deep to parse", value)
                     continue
                 for spec in specs:
                     out[spec.column][row] = _walk(doc, spec.keys)
@@ -326,11 +329,13 @@ class FrameBuilder:
             kind = "not an RFC 3339 time"
         else:
             ints = [_int_or_none(s) for s in strings]
-            out = pa.array(ints, pa.int64())
+            fits = [v if v is None or _INT64_MIN <= v <= _INT64_MAX else None for v in ints]
+            out = pa.array(fits, pa.int64())
             kind = "not an integer"
         for row, (source, value) in enumerate(zip(strings, out.to_pylist(), strict=True)):
             if source not in (None, "") and value is None:
-                self._error(row, name, kind, source)
+                wide = target != TS_US and ints[row] is not None
+                self._error(row, name, "integer out of the 64-bit range" if wide else kind, source)
         return out
 
     # -- result ------------------------------------------------------------------------------
@@ -367,6 +372,9 @@ class FrameBuilder:
         df["_raw"] = pd.Series(raws, dtype=object, index=df.index)
         self.reset()
         return df
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _int_or_none(text: str | None) -> int | None:
