@@ -15,6 +15,7 @@ from streamlab.embedded import EmbeddedServer
 from streamlab.errors import (
     ConfigError,
     DecodeError,
+    EncodeError,
     GroupNotFoundError,
     MissingDependencyError,
     Reject,
@@ -119,6 +120,7 @@ __all__ = [
     # errors
     "ConfigError",
     "DecodeError",
+    "EncodeError",
     "GroupNotFoundError",
     "MissingDependencyError",
     "Reject",

@@ -7,6 +7,7 @@ may be binary; known fields are decoded in `streamlab.events`). Raw replies beco
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,13 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 import redis.connection
 
-from streamlab.errors import ConfigError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.errors import (
+    ConfigError,
+    EncodeError,
+    GroupNotFoundError,
+    StreamNotFoundError,
+    WrongTypeError,
+)
 from streamlab.events import (
     GroupInfo,
     StreamEvent,
@@ -86,6 +93,33 @@ def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
                 "(create it with ensure_group)"
             ) from exc
         raise
+
+
+def _check_raw(fields: Fields) -> None:
+    """Raise `EncodeError` unless redis-py can write ``fields`` as they are: at least one
+    field, names and values str, bytes, int or a finite float (never the values' text)."""
+    raw_id = fields.get("id", fields.get("event_id"))
+    event_id = raw_id if isinstance(raw_id, str) else None
+    if not fields:
+        raise EncodeError("an entry needs at least one field", event_id=event_id)
+    for name, value in fields.items():
+        label = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        if not isinstance(name, str | bytes):
+            raise EncodeError(
+                f"field names must be str or bytes, not {type(name).__name__}",
+                field=label[:40],
+                event_id=event_id,
+            )
+        if isinstance(value, bool) or not isinstance(value, str | bytes | int | float):
+            raise EncodeError(
+                f"values must be str, bytes, int or float, not {type(value).__name__}",
+                field=label,
+                event_id=event_id,
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EncodeError(
+                f"{value!r} is not a number other readers can parse", field=label, event_id=event_id
+            )
 
 
 @runtime_checkable
@@ -183,7 +217,11 @@ class RedisStreamsClient:
 
     @staticmethod
     def _fields(event: StreamEvent | Fields) -> Fields:
-        return encode_event(event) if isinstance(event, StreamEvent) else event
+        """The entry fields to write; `EncodeError` when ``event`` cannot be written."""
+        if isinstance(event, StreamEvent):
+            return encode_event(event)
+        _check_raw(event)
+        return event
 
     def add_to_stream(
         self, stream: str, event: StreamEvent | Fields, *, maxlen: int | None = None
@@ -209,24 +247,29 @@ class RedisStreamsClient:
     ) -> list[str]:
         """Add events (or raw entry fields) in pipelined batches; return their ids in order.
 
-        ``maxlen`` is as for `add_to_stream`.
+        ``maxlen`` is as for `add_to_stream`. Every event is encoded before the first is
+        written: when one cannot be (see `encode_event`), `EncodeError` names its index and
+        event id and nothing is written. The encoded events are held until then, so feed a
+        very long iterable in chunks.
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
         trim: tuple[str, ...] = ("MAXLEN", "~", str(maxlen)) if maxlen else ()
-        ids: list[str] = []
-        pipe = self.redis.pipeline(transaction=False)
-        pending = 0
-        for event in events:
+        flats: list[list[Any]] = []
+        for index, event in enumerate(events):
+            try:
+                fields = self._fields(event)
+            except EncodeError as exc:
+                raise exc.at(index) from None
             flat: list[Any] = []
-            for name, value in self._fields(event).items():
+            for name, value in fields.items():
                 flat.append(name)
                 flat.append(value)
-            pipe.execute_command("XADD", stream, *trim, "*", *flat)
-            pending += 1
-            if pending >= batch_size:
-                ids.extend(self._flush(stream, pipe))
-                pending = 0
-        if pending:
+            flats.append(flat)
+        ids: list[str] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(flats), batch_size):
+            for flat in flats[start : start + batch_size]:
+                pipe.execute_command("XADD", stream, *trim, "*", *flat)
             ids.extend(self._flush(stream, pipe))
         return ids
 

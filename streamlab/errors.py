@@ -64,6 +64,42 @@ class DecodeError(StreamlabError, ValueError):
         super().__init__(f"{prefix}{message}")
 
 
+class EncodeError(StreamlabError, ValueError):
+    """An event cannot be written: a value JSON cannot carry (NaN, Infinity, an unknown type)
+    or JSON nested deeper than `streamlab.events.MAX_DEPTH`.
+
+    ``field`` is the offending path (``payload.items[2].price``), ``event_id`` the event's id
+    and ``index`` its position in an `add_many` call, when known. The text never holds the value.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        event_id: str | None = None,
+        index: int | None = None,
+    ):
+        self.reason = reason
+        self.field = field
+        self.event_id = event_id
+        self.index = index
+        where = []
+        if index is not None:
+            where.append(f"event {index}")
+        if event_id is not None:
+            where.append(f"id {event_id!r}")
+        head = " ".join(where[:1]) + (f" ({where[1]})" if len(where) > 1 else "")
+        if index is None and event_id is not None:
+            head = f"event {event_id!r}"
+        prefix = ": ".join(part for part in (head, field) if part)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+    def at(self, index: int) -> EncodeError:
+        """The same error, naming the event's position in a batch."""
+        return EncodeError(self.reason, field=self.field, event_id=self.event_id, index=index)
+
+
 class StreamNotFoundError(StreamlabError, LookupError):
     """The stream key does not exist."""
 

@@ -13,7 +13,7 @@ import redis
 
 from streamlab.client import RedisStreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
-from streamlab.errors import GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.errors import EncodeError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import AuthContext, StreamEvent, StreamMessage, decode_event, encode_event
 from streamlab.samples import platform_entries, sample_events
 
@@ -137,6 +137,37 @@ def test_add_many_returns_ids_in_order_and_round_trips(
     [msg] = streams_client.range(stream_name, new_id, new_id)
     assert msg.event == one
     assert decode_event(encode_event(one)) == one
+
+
+def test_add_many_with_one_unencodable_event_writes_nothing_and_names_it(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    # The bad event comes after a full pipeline batch, which used to be written already.
+    events = list(sample_events(1500, seed=4))
+    events[1200] = events[1200].model_copy(update={"payload": {"total": float("nan")}})
+    with pytest.raises(EncodeError) as info:
+        streams_client.add_many(stream_name, events, batch_size=1000)
+    assert str(info.value) == (
+        f"event 1200 (id {events[1200].id!r}): payload.total: "
+        "nan is not a JSON number; send null or a string instead"
+    )
+    assert (info.value.index, info.value.event_id) == (1200, events[1200].id)
+    assert streams_client.redis.exists(stream_name) == 0
+
+    raw_events: list[dict[str, object]] = [{"n": str(i)} for i in range(5)]
+    raw_events[3] = {"event_id": "raw-3", "n": None}
+    with pytest.raises(EncodeError, match=r"^event 3 \(id 'raw-3'\): n: values must be str"):
+        streams_client.add_many(stream_name, iter(raw_events))
+    with pytest.raises(EncodeError, match=r"^event 1: an entry needs at least one field"):
+        streams_client.add_many(stream_name, [{"n": "0"}, {}])
+    with pytest.raises(EncodeError, match=r"^event 0: x: inf is not a number"):
+        streams_client.add_many(stream_name, [{"x": float("inf")}])
+    assert streams_client.redis.exists(stream_name) == 0
+    # One event alone: the same error, without an index, and nothing written.
+    with pytest.raises(EncodeError, match=rf"^event {events[1200].id!r}: payload\.total: nan"):
+        streams_client.add_to_stream(stream_name, events[1200])
+    assert streams_client.redis.exists(stream_name) == 0
+    assert len(streams_client.add_many(stream_name, events[:1200], batch_size=1000)) == 1200
 
 
 def test_read_entries_gives_raw_entries_that_read_from_stream_decodes(
