@@ -18,10 +18,18 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import pydantic_core
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamlab.errors import DecodeError, EncodeError
 
@@ -109,7 +117,8 @@ class StreamEvent(BaseModel):
     """A webhook event as it travels through a stream.
 
     ``extra`` holds entry fields streamlab does not know (for example the platform's
-    ``sender_name`` or ``metadata``), verbatim, so that re-encoding writes them back unchanged.
+    ``sender_name`` or ``metadata``), verbatim, so that re-encoding writes them back unchanged;
+    its names cannot be those of the attributes above.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -123,6 +132,21 @@ class StreamEvent(BaseModel):
     timestamp: datetime = Field(default_factory=_now)
     retry_count: int = Field(default=0, ge=0)
     extra: dict[str, str | bytes] = Field(default_factory=dict)
+
+    @field_validator("extra", mode="after")
+    @classmethod
+    def _unknown_names_only(cls, value: dict[str, str | bytes]) -> dict[str, str | bytes]:
+        if value and not _KNOWN.isdisjoint(value):
+            taken = sorted(_KNOWN.intersection(value))
+            raise ValueError(f"extra fields {taken} are attributes of StreamEvent; set those")
+        return value
+
+    @model_validator(mode="after")
+    def _tenant_from_auth(self) -> Self:
+        """An event without a tenant takes its auth context's, as decoding an entry does."""
+        if not self.tenant_id and self.auth_context is not None and self.auth_context.tenant_id:
+            self.tenant_id = self.auth_context.tenant_id
+        return self
 
     @field_validator("timestamp", mode="after")
     @classmethod
@@ -228,8 +252,10 @@ def decode_event(
 
     Raises `DecodeError` naming the field and the entry id when a value is not UTF-8, a JSON
     field is not valid JSON, a required field (``event_type``) is missing or a value has the
-    wrong type. A missing ``timestamp`` is taken from the entry id. ``extra_retries`` is added to
-    the wire ``retry_count`` (the consumer passes deliveries so far minus one).
+    wrong type. A missing ``timestamp`` is taken from the entry id, and so is a missing ``id``
+    (the stream id itself), so that each delivery of an entry decodes to the same event.
+    ``extra_retries`` is added to the wire ``retry_count`` (the consumer passes deliveries so
+    far minus one).
     """
     data: dict[str, Any] = {}
     extra: dict[str, str | bytes] = {}
@@ -237,9 +263,16 @@ def decode_event(
     for raw_key, value in fields.items():
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
         name = _ALIASES.get(key, key)
-        if name not in _KNOWN or name in data:
+        if name not in _KNOWN:
             extra[key] = _keep(value)
             continue
+        if name in data:
+            if key != name:  # a second name for a value already read
+                extra[key] = _keep(value)
+                continue
+            # streamlab's own name wins over an alias read before it (aliases are text
+            # fields, still raw here), which is kept as an unknown field, whatever the order.
+            extra[wire[name]] = _keep(data[name])
         wire[name] = key
         if name == "payload":
             # pydantic-core's Rust parser: about twice as fast as json.loads on payloads.
@@ -257,10 +290,11 @@ def decode_event(
             data[name] = value
     if "event_type" not in data:
         raise DecodeError("required field is missing", field="event_type", entry_id=entry_id)
-    if "timestamp" not in data and entry_id is not None:
-        data["timestamp"] = entry_time(entry_id)
-    if not data.get("tenant_id") and data.get("auth_context") is not None:
-        data["tenant_id"] = data["auth_context"].tenant_id
+    if entry_id is not None:
+        if "timestamp" not in data:
+            data["timestamp"] = entry_time(entry_id)
+        # The same entry decodes to the same event each time it is delivered.
+        data.setdefault("id", entry_id)
     if extra:
         data["extra"] = extra
     try:

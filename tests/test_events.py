@@ -181,3 +181,41 @@ def test_strings_that_look_like_nan_or_many_brackets_are_fine() -> None:
     payload = {"text": "NaN Infinity " + "[{" * 300, "n": 1.5, "list": [[]] * 300}
     event = StreamEvent(event_type="t", payload=payload)
     assert decode_event(raw(encode_event(event))) == event
+
+
+# --- decoding is deterministic, and what it gives can be written back unchanged -------------
+
+
+def test_an_entry_without_an_id_decodes_to_the_same_event_each_time() -> None:
+    fields = {b"event_type": b"push"}
+    first = decode_message("s", b"1700000000000-3", fields)
+    again = decode_message("s", b"1700000000000-3", fields, delivery_count=2)
+    assert first.event is not None
+    assert again.event is not None
+    assert first.event.id == again.event.id == "1700000000000-3"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event_type": "t", "repo_name": "alias", "repository": "own"},
+        {"event_type": "t", "repository": "own", "repo_name": "alias"},
+    ],
+)
+def test_streamlab_s_own_name_wins_over_an_alias_in_any_order(fields: dict[str, str]) -> None:
+    event = decode_event(raw(fields))
+    assert event.repository == "own"
+    assert event.extra == {"repo_name": "alias"}
+    assert decode_event(raw(encode_event(event))) == event
+
+
+def test_extra_fields_cannot_shadow_attributes() -> None:
+    # encode_event would drop them silently (the attribute is written under that name).
+    with pytest.raises(ValueError, match=r"extra fields \['payload'\] are attributes"):
+        StreamEvent(event_type="t", extra={"payload": "x"})
+
+
+def test_an_event_without_a_tenant_takes_its_auth_context_s() -> None:
+    event = StreamEvent(event_type="t", auth_context=AuthContext(tenant_id="acme"))
+    assert event.tenant_id == "acme"
+    assert decode_event(raw(encode_event(event))) == event

@@ -694,3 +694,16 @@ def test_a_payload_too_deep_for_json_is_a_decode_error(
     df = stream_to_dataframe(redis_client, stream_name, payload_fields=["0.0"])
     assert df["_decode_error"][0] == "payload: JSON nested too deep to parse"
     assert pd.isna(df["payload.0.0"][0])
+
+
+def test_times_outside_years_1_to_9999_are_decode_errors(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    # "-0" parsed as year 0, and reading the frame's value raised OverflowError.
+    for value in (b"-0", b"0000-01-01T00:00:00Z", b"2026-01-01T00:00:00Z"):
+        redis_client.xadd(stream_name, {"event_type": "t", "timestamp": value})
+    df = stream_to_dataframe(redis_client, stream_name)
+    assert df["_decode_error"].tolist()[:2] == ["timestamp: not an RFC 3339 time"] * 2
+    assert df["timestamp"][:2].isna().all()
+    assert df["timestamp"][2] == pd.Timestamp("2026-01-01T00:00:00Z")
+    assert df["_raw"][1] == {"timestamp": b"0000-01-01T00:00:00Z"}
