@@ -95,11 +95,56 @@ def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
         raise
 
 
+def _raw_id(fields: Fields) -> str | None:
+    raw_id = fields.get("id", fields.get("event_id"))
+    return raw_id if isinstance(raw_id, str) else None
+
+
+def _utf8_names(fields: Fields, event_id: str | None) -> Fields:
+    """``fields`` with every text name and value checked to be writable as UTF-8.
+
+    A name decoded with surrogate escapes (it was not UTF-8 in the entry it came from) goes
+    back to its exact bytes; any other lone surrogate is an `EncodeError`, raised here
+    because redis-py would raise it only while sending, after earlier batches were written.
+    """
+    renamed: dict[Any, Any] | None = None
+    for name, value in fields.items():
+        if isinstance(value, str) and not value.isascii() and not _is_utf8(value):
+            raise EncodeError(_NOT_UNICODE, field=_label(name), event_id=event_id)
+        if isinstance(name, str) and not name.isascii() and not _is_utf8(name):
+            try:
+                raw = name.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise EncodeError(
+                    f"the field name {_NOT_UNICODE}", field=_label(name), event_id=event_id
+                ) from None
+            renamed = renamed if renamed is not None else {}
+            renamed[name] = raw
+    if renamed is None:
+        return fields
+    return {renamed.get(name, name): value for name, value in fields.items()}
+
+
+_NOT_UNICODE = "holds a lone surrogate, which UTF-8 cannot carry"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _label(name: Any) -> str:
+    text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return text.encode("utf-8", "replace").decode()[:40]
+
+
 def _check_raw(fields: Fields) -> None:
     """Raise `EncodeError` unless redis-py can write ``fields`` as they are: at least one
     field, names and values str, bytes, int or a finite float (never the values' text)."""
-    raw_id = fields.get("id", fields.get("event_id"))
-    event_id = raw_id if isinstance(raw_id, str) else None
+    event_id = _raw_id(fields)
     if not fields:
         raise EncodeError("an entry needs at least one field", event_id=event_id)
     for name, value in fields.items():
@@ -219,9 +264,9 @@ class RedisStreamsClient:
     def _fields(event: StreamEvent | Fields) -> Fields:
         """The entry fields to write; `EncodeError` when ``event`` cannot be written."""
         if isinstance(event, StreamEvent):
-            return encode_event(event)
+            return _utf8_names(encode_event(event), event.id)
         _check_raw(event)
-        return event
+        return _utf8_names(event, _raw_id(event))
 
     def add_to_stream(
         self, stream: str, event: StreamEvent | Fields, *, maxlen: int | None = None

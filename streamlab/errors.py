@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -124,6 +125,10 @@ class Retry(StreamlabError):
     """Raised by a handler to ask for a retry, optionally after a specific delay in seconds."""
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None):
+        # NaN or infinity crashed the worker settling the retry; refused here, inside the
+        # handler, they count as its failure (a ValueError) and take the configured backoff.
+        if delay is not None and not math.isfinite(delay):
+            raise ValueError(f"Retry delay must be a finite number of seconds, got {delay!r}")
         self.delay = delay
         super().__init__(message)
 

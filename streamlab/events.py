@@ -206,6 +206,9 @@ def _to_json(value: Any, field: str, event_id: str) -> bytes:
     except pydantic_core.PydanticSerializationError as exc:
         if "depth" in str(exc):
             raise EncodeError(_TOO_DEEP, field=field, event_id=event_id) from None
+        if "surrogates not allowed" in str(exc):
+            path, reason = _json_problem(value, field)
+            raise EncodeError(reason, field=path, event_id=event_id) from None
         reason = f"cannot be encoded as JSON ({str(exc)[:200]})"
         raise EncodeError(reason, field=field, event_id=event_id) from None
     suspect = text.count(b"[") + text.count(b"{") > MAX_DEPTH
@@ -228,14 +231,29 @@ def _json_problem(doc: Any, field: str) -> tuple[str, str]:
         value, path, depth = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
             return path, f"{value!r} is not a JSON number; send null or a string instead"
-        if isinstance(value, dict | list):
+        if isinstance(value, str) and _lone_surrogate(value):
+            return path, "holds a lone surrogate, which UTF-8 cannot carry"
+        if isinstance(value, dict) and any(
+            isinstance(k, str) and _lone_surrogate(k) for k in value
+        ):
+            return path, "has a key holding a lone surrogate, which UTF-8 cannot carry"
+        if isinstance(value, dict | list | tuple):
             if depth >= MAX_DEPTH:
                 return field, f"{_TOO_DEEP} (at {_short(path)})"
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in reversed(list(items)):
-                step = f"[{key}]" if isinstance(value, list) else f".{str(key)[:40]}"
+                shown = str(key)[:40].encode("utf-8", "replace").decode()
+                step = f".{shown}" if isinstance(value, dict) else f"[{key}]"
                 stack.append((item, path + step, depth + 1))
     return field, "cannot be read back as JSON"
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _short(path: str, keep: int = 120) -> str:

@@ -170,6 +170,34 @@ def test_add_many_with_one_unencodable_event_writes_nothing_and_names_it(
     assert len(streams_client.add_many(stream_name, events[:1200], batch_size=1000)) == 1200
 
 
+def test_text_utf8_cannot_carry_is_refused_before_anything_is_written(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    # redis-py raised UnicodeEncodeError only while sending, after earlier batches were sent.
+    events = [StreamEvent(event_type="push") for _ in range(1500)]
+    events[1100] = StreamEvent(id="bad", event_type="push\ud800")
+    with pytest.raises(EncodeError, match=r"^event 1100 \(id 'bad'\): event_type: holds a lone"):
+        streams_client.add_many(stream_name, events)
+    with pytest.raises(EncodeError, match=r"^event 'x': payload\.k\[0\]: holds a lone surrogate"):
+        streams_client.add_to_stream(
+            stream_name, StreamEvent(id="x", event_type="t", payload={"k": ["\udc80"]})
+        )
+    with pytest.raises(EncodeError, match=r"^event 0: note: holds a lone surrogate"):
+        streams_client.add_many(stream_name, [{"note": "\ud83d"}])
+    assert streams_client.redis.exists(stream_name) == 0
+
+
+def test_a_decoded_entry_with_a_binary_field_name_can_be_written_again(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    first = streams_client.redis.xadd(stream_name, {b"event_type": b"t", b"\xff\x00name": b"v"})
+    [message] = streams_client.range(stream_name, first, first)
+    assert message.event is not None
+    again = streams_client.add_to_stream(stream_name, message.event)
+    [raw] = streams_client.redis.xrange(stream_name, again, again)
+    assert raw[1][b"\xff\x00name"] == b"v", "the name is written back byte for byte"
+
+
 def test_read_entries_gives_raw_entries_that_read_from_stream_decodes(
     streams_client: RedisStreamsClient, stream_name: str
 ) -> None:

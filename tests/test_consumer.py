@@ -511,3 +511,25 @@ def test_a_late_nack_does_not_take_back_a_message_another_consumer_took_over(
         for x in r.xpending_range(stream_name, "g", "-", "+", 10)
     }
     assert owners == {entry: b"rescuer", entry2: RETRY_CONSUMER.encode()}
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf")])
+def test_a_retry_with_a_delay_that_is_not_a_number_does_not_crash_the_worker(
+    streams_client: RedisStreamsClient, stream_name: str, delay: float
+) -> None:
+    # Retry(delay=nan) crashed the worker while it set the retry's idle time (int(nan)).
+    add(streams_client, stream_name, 1)
+    seen: list[int] = []
+
+    def handler(msg: StreamMessage) -> None:
+        seen.append(msg.delivery_count)
+        if msg.delivery_count == 1:
+            raise Retry("later", delay=delay)
+
+    cfg = config(stream_name, backoff=Backoff(initial=timedelta(seconds=0.1)))
+    stats = Consumer(streams_client, cfg).run(handler, burst=True, handle_signals=False)
+    assert seen == [1, 2], "the retry came, on the configured backoff (immediate)"
+    assert stats.errors == {"ValueError": 1}
+    assert (stats.acked, stats.dead_lettered) == (1, 0)
+    assert streams_client.redis.xpending(stream_name, "g")["pending"] == 0
+    assert streams_client.read_dlq(stream_name) == []

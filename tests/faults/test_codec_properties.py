@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from faults.ledger import LedgerResult, ledger_check
 from streamlab.client import RedisStreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
-from streamlab.errors import DecodeError
+from streamlab.errors import DecodeError, EncodeError
 from streamlab.events import (
     MAX_DEPTH,
     REPLAY_FIELDS,
@@ -41,9 +41,14 @@ from streamlab.frames import stream_to_dataframe
 
 pytestmark = pytest.mark.fault
 
+
+def examples(n: int) -> int:
+    """``n``, or ``$HUNT`` to search harder by hand (``HUNT=5000 pytest ...``)."""
+    return int(os.environ.get("HUNT", str(n)))
+
+
 FAST = settings(
-    # HUNT=5000 searches harder, by hand; the suite keeps to 200 examples.
-    max_examples=int(os.environ.get("HUNT", "200")),
+    max_examples=examples(200),
     deadline=None,
     database=None,  # no .hypothesis folder in the checkout; failures print their example
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -139,7 +144,7 @@ def test_any_valid_event_round_trips_through_the_codec(event: StreamEvent) -> No
     assert decode_event(as_read(encode_event(event))) == expected(event)
 
 
-@settings(FAST, max_examples=100)
+@settings(FAST, max_examples=examples(100))
 @given(st.lists(events, min_size=1, max_size=5))
 def test_any_valid_event_round_trips_through_a_server(
     streams_client: RedisStreamsClient, stream_name: str, batch: list[StreamEvent]
@@ -148,6 +153,48 @@ def test_any_valid_event_round_trips_through_a_server(
     back = {m.id: m for m in streams_client.range(stream_name, ids[0], ids[-1])}
     assert [back[i].event for i in ids] == [expected(e) for e in batch]
     assert all(back[i].decode_error is None for i in ids)
+
+
+# Any event the model accepts, including text UTF-8 cannot carry, NaN and deep nesting.
+any_text = st.text(st.characters(exclude_categories=()), max_size=10)
+any_values = st.recursive(
+    st.none() | st.floats() | st.integers() | any_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
+    max_leaves=10,
+)
+any_events = st.builds(
+    StreamEvent,
+    id=any_text,
+    event_type=any_text,
+    payload=any_values | st.builds(nested, st.integers(MAX_DEPTH - 2, MAX_DEPTH + 60), st.none()),
+    auth_context=st.none() | st.builds(AuthContext, metadata=st.dictionaries(text, any_values)),
+    extra=st.dictionaries(any_text.filter(lambda n: n not in KNOWN_NAMES), any_text, max_size=2),
+)
+
+
+@settings(FAST, max_examples=examples(150))
+@given(any_events)
+def test_any_event_is_written_whole_or_refused_with_encode_error_writing_nothing(
+    streams_client: RedisStreamsClient, stream_name: str, event: StreamEvent
+) -> None:
+    before = streams_client.redis.xlen(stream_name)
+    entry_id, error = _add(streams_client, stream_name, event)
+    if error is not None:
+        assert (error.event_id, bool(error.field)) == (event.id, True), "it names the field"
+        assert streams_client.redis.xlen(stream_name) == before, "nothing was written"
+        return
+    [message] = streams_client.range(stream_name, entry_id, entry_id)
+    assert message.event == expected(event)
+
+
+def _add(
+    client: RedisStreamsClient, stream: str, event: StreamEvent
+) -> tuple[str | None, EncodeError | None]:
+    """The new entry's id, or the `EncodeError`; any other exception fails the test."""
+    try:
+        return client.add_to_stream(stream, event), None
+    except EncodeError as exc:
+        return None, exc
 
 
 # --- arbitrary field maps -------------------------------------------------------------------
@@ -236,7 +283,7 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-@settings(FAST, max_examples=40)
+@settings(FAST, max_examples=examples(40))
 @given(st.lists(field_maps.filter(bool), min_size=1, max_size=10))
 def test_exporters_never_raise_on_any_field_map(
     redis_client: redis.Redis, stream_name: str, entries: list[dict[bytes, bytes]]
