@@ -164,8 +164,11 @@ def dlq_minid(retention: timedelta | None, now: datetime | None = None) -> str:
     """The MINID that trims DLQ entries older than ``retention`` ('' when unbounded)."""
     if retention is None:
         return ""
-    cutoff = (now or datetime.now(UTC)) - retention
-    return f"{int(cutoff.timestamp() * 1000)}-0"
+    # In integer milliseconds: a retention longer than the time since 1970 trims nothing (a
+    # negative MINID is an invalid id, which made every dead letter fail).
+    now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+    cutoff = now_ms - retention // timedelta(milliseconds=1)
+    return f"{cutoff}-0" if cutoff > 0 else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -533,3 +533,24 @@ def test_a_retry_with_a_delay_that_is_not_a_number_does_not_crash_the_worker(
     assert (stats.acked, stats.dead_lettered) == (1, 0)
     assert streams_client.redis.xpending(stream_name, "g")["pending"] == 0
     assert streams_client.read_dlq(stream_name) == []
+
+
+@pytest.mark.parametrize("retention", [timedelta(days=365 * 60), timedelta(days=999_999)])
+def test_a_retention_longer_than_the_epoch_dead_letters_and_trims_nothing(
+    streams_client: RedisStreamsClient, stream_name: str, retention: timedelta
+) -> None:
+    # 60 years gave a negative MINID (an invalid id: every dead letter failed); 999,999 days
+    # an OverflowError. Both mean "keep everything".
+    r = streams_client.redis
+    cfg = config(stream_name, dlq_retention=retention)
+    r.xadd(cfg.dlq, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id="1-0")
+    add(streams_client, stream_name, 2)
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("no")
+
+    stats = Consumer(streams_client, cfg).run(reject, burst=True, handle_signals=False)
+    assert stats.dead_lettered == 2
+    assert [m.fields["dlq_error"] for m in streams_client.read_dlq(stream_name)] == [
+        b"old", b"no", b"no"
+    ]  # fmt: skip
