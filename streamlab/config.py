@@ -267,7 +267,14 @@ class ConsumerSettings(_Section):
     group_start_id: str | None = Field(default=None, min_length=1)
     create_group: bool | None = None
 
-    _durations = field_validator("claim_min_idle", "claim_interval")(_positive)
+    _durations = field_validator("claim_interval")(_positive)
+
+    @field_validator("claim_min_idle")
+    @classmethod
+    def _claim_min_idle(cls, value: timedelta) -> timedelta:
+        from streamlab.policy import check_claim_min_idle
+
+        return check_claim_min_idle(value)
 
     @field_validator("block_duration")
     @classmethod

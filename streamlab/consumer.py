@@ -37,6 +37,7 @@ from streamlab.policy import (
     Decision,
     after_failure,
     before_handler,
+    check_claim_min_idle,
     dlq_minid,
     failure_record,
     max_delay,
@@ -126,7 +127,9 @@ class ConsumerConfig(BaseModel):
             except ValidationError as exc:
                 raise ConfigError.from_validation(exc, "ConsumerConfig") from None
 
-    @field_validator("block_duration", "claim_min_idle", "claim_interval", "dlq_retention")
+    _claim_min_idle = field_validator("claim_min_idle")(check_claim_min_idle)
+
+    @field_validator("block_duration", "claim_interval", "dlq_retention")
     @classmethod
     def _positive(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value <= timedelta(0):

@@ -24,12 +24,14 @@ from streamlab.errors import Reject, Retry
 from streamlab.events import Failure, StreamMessage
 
 __all__ = [
+    "MAX_CLAIM_MIN_IDLE",
     "RETRY_CONSUMER",
     "Action",
     "Claimed",
     "Decision",
     "after_failure",
     "before_handler",
+    "check_claim_min_idle",
     "dlq_minid",
     "failure_record",
     "max_delay",
@@ -116,6 +118,23 @@ def max_delay(max_retries: int, backoff: Backoff) -> float:
         return 0.0
     # The schedule never shrinks (multiplier >= 1, then capped), so the last retry waits longest.
     return compute_backoff(max_retries, backoff, rand=lambda: 1.0)
+
+
+MAX_CLAIM_MIN_IDLE = timedelta(days=365)
+"""The longest ``claim_min_idle``: Redis counts idle time from a delivery time it clamps to
+1970, so an idle threshold of decades is never reached and a waiting retry never comes."""
+
+
+def check_claim_min_idle(value: timedelta) -> timedelta:
+    """``value`` when it is a usable ``claim_min_idle``, else `ValueError` saying why."""
+    if value <= timedelta(0):
+        raise ValueError(f"must be greater than 0 (got {value.total_seconds():g} s)")
+    if value > MAX_CLAIM_MIN_IDLE:
+        raise ValueError(
+            f"must be at most {MAX_CLAIM_MIN_IDLE.days} days (got {value.days} days): Redis "
+            "cannot measure idle times that long, so retries and reclaims would never come"
+        )
+    return value
 
 
 def retry_idle_ms(delay: float, claim_min_idle: timedelta) -> int:

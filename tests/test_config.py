@@ -610,6 +610,12 @@ def errors_from_every_source(
             "claim_min_idle",
         ),
         (
+            ("streams", "s", "claim_min_idle"),
+            "876000h",  # 100 years: Redis clamps idle times to 1970, so never reached
+            {"claim_min_idle": timedelta(days=36500)},
+            "claim_min_idle",
+        ),
+        (
             ("streams", "s", "backoff", "initial"),
             "-1s",
             {"backoff": {"initial": timedelta(seconds=-1)}},
@@ -623,7 +629,7 @@ def errors_from_every_source(
         ),
     ],
 )
-def test_negative_durations_are_rejected_naming_the_field(  # noqa: PLR0917 (parametrized)
+def test_bad_durations_are_rejected_naming_the_field(  # noqa: PLR0917 (parametrized)
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     path: tuple[str, ...],
