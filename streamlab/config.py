@@ -227,7 +227,7 @@ class BackoffSettings(_Section):
     """The retry delay schedule; defaults are the seed's (immediate, 1 s, 2 s, ...)."""
 
     initial: Duration = timedelta(seconds=1)
-    multiplier: float = Field(default=2.0, ge=1.0)
+    multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     max: Duration = timedelta(seconds=60)
     first_immediate: bool = True
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -728,3 +728,13 @@ def test_any_max_retries_works_and_the_delay_stays_capped(
     # A schedule too long for claim_min_idle is still refused, with its usual message.
     with pytest.raises(ConfigError, match="raise claim_min_idle"):
         ConsumerConfig(stream="s", group="g", max_retries=1030, claim_min_idle=timedelta(seconds=5))
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan"])
+def test_a_multiplier_that_is_not_a_finite_number_is_rejected_everywhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bad: str
+) -> None:
+    path = ("streams", "s", "backoff", "multiplier")
+    python = {"backoff": {"multiplier": float(bad)}}
+    for message in errors_from_every_source(monkeypatch, tmp_path, path, bad, python):
+        assert "backoff.multiplier: " in message
