@@ -1,7 +1,9 @@
 """Fault scenario 16, bad input: property-based tests (hypothesis) of the wire format.
 
 - Any valid `StreamEvent` round-trips: ``encode_event`` then ``decode_event`` give it back, and
-  so does a real server (``add_many``, then a read).
+  so does a real server (``add_many``, then a read). Any event the model accepts (NaN, lone
+  surrogates, deep nesting included) is written whole or refused with `EncodeError` naming
+  the field, writing nothing.
 - Any field map (arbitrary bytes names and values, biased towards streamlab's own field names
   and near-miss values) decodes or raises `DecodeError`, never anything else, and the error's
   text holds none of the entry's values. The DataFrame exporters never raise on it either.
