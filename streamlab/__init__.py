@@ -15,6 +15,7 @@ from streamlab.embedded import EmbeddedCluster, EmbeddedServer
 from streamlab.errors import (
     ConfigError,
     DecodeError,
+    EncodeError,
     GroupNotFoundError,
     MissingDependencyError,
     PermissionDeniedError,
@@ -126,6 +127,7 @@ __all__ = [
     # errors
     "ConfigError",
     "DecodeError",
+    "EncodeError",
     "GroupNotFoundError",
     "MissingDependencyError",
     "PermissionDeniedError",

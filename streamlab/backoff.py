@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from streamlab.errors import ConfigError
 
 __all__ = ["Backoff", "compute_backoff"]
 
@@ -16,22 +28,51 @@ class Backoff(BaseModel):
 
     The seed's default: the first retry is immediate, then ``initial`` (1 s), then doubling
     (2 s, 4 s, ...) up to ``max``. ``jitter`` spreads each delay by up to that fraction either
-    way, so that a burst of failures does not retry in lockstep.
+    way, so that a burst of failures does not retry in lockstep. Durations must be >= 0 and
+    ``max`` >= ``initial``; a bad value raises `ConfigError` naming the field.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     initial: timedelta = timedelta(seconds=1)
-    multiplier: float = Field(default=2.0, ge=1.0)
+    multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     max: timedelta = timedelta(seconds=60)
     first_immediate: bool = True
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    if not TYPE_CHECKING:
+        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise ConfigError.from_validation(exc, "Backoff") from None
+
+    @field_validator("initial", "max")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError(f"must be >= 0 (got {value.total_seconds():g} s)")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.max < self.initial:
+            raise ValueError(
+                f"max ({self.max.total_seconds():g} s) is below initial "
+                f"({self.initial.total_seconds():g} s)"
+            )
+        return self
 
 
 def compute_backoff(
     retry: int, backoff: Backoff | None = None, *, rand: Callable[[], float] = random.random
 ) -> float:
-    """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+    """Seconds to wait before retry number ``retry`` (1 for the first retry).
+
+    Any ``retry`` works: the exponent stops growing once the delay reaches ``max``, so a large
+    retry count never overflows.
+    """
     if retry < 1:
         raise ValueError(f"retry numbers start at 1, got {retry}")
     policy = backoff or Backoff()
@@ -39,8 +80,22 @@ def compute_backoff(
         if retry == 1:
             return 0.0
         retry -= 1
-    delay = policy.initial.total_seconds() * policy.multiplier ** (retry - 1)
+    delay = _grown(policy.initial.total_seconds(), policy.multiplier, retry - 1)
     delay = min(delay, policy.max.total_seconds())
     if policy.jitter:
         delay *= 1.0 + policy.jitter * (2.0 * rand() - 1.0)
     return max(delay, 0.0)
+
+
+def _grown(base: float, multiplier: float, exponent: int) -> float:
+    """``base * multiplier ** exponent``, or infinity when that would come near overflowing a
+    float (any cap on a delay is far below that)."""
+    if base <= 0.0 or exponent <= 0 or multiplier == 1.0:
+        return base
+    # Compared in log space, with a margin: an int compares with a float exactly, however large.
+    if exponent >= (_LOG_FLOAT_MAX - 1.0 - math.log(base)) / math.log(multiplier):
+        return math.inf
+    return base * multiplier**exponent
+
+
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)

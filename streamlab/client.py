@@ -8,6 +8,7 @@ may be binary; known fields are decoded in `streamlab.events`). Raw replies beco
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from redis.exceptions import RedisClusterException
 
 from streamlab.errors import (
     ConfigError,
+    EncodeError,
     GroupNotFoundError,
     PermissionDeniedError,
     StreamNotFoundError,
@@ -228,6 +230,78 @@ def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
         raise
 
 
+def _raw_id(fields: Fields) -> str | None:
+    raw_id = fields.get("id", fields.get("event_id"))
+    return raw_id if isinstance(raw_id, str) else None
+
+
+def _utf8_names(fields: Fields, event_id: str | None) -> Fields:
+    """``fields`` with every text name and value checked to be writable as UTF-8.
+
+    A name decoded with surrogate escapes (it was not UTF-8 in the entry it came from) goes
+    back to its exact bytes; any other lone surrogate is an `EncodeError`, raised here
+    because redis-py would raise it only while sending, after earlier batches were written.
+    """
+    renamed: dict[Any, Any] | None = None
+    for name, value in fields.items():
+        if isinstance(value, str) and not value.isascii() and not _is_utf8(value):
+            raise EncodeError(_NOT_UNICODE, field=_label(name), event_id=event_id)
+        if isinstance(name, str) and not name.isascii() and not _is_utf8(name):
+            try:
+                raw = name.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise EncodeError(
+                    f"the field name {_NOT_UNICODE}", field=_label(name), event_id=event_id
+                ) from None
+            renamed = renamed if renamed is not None else {}
+            renamed[name] = raw
+    if renamed is None:
+        return fields
+    return {renamed.get(name, name): value for name, value in fields.items()}
+
+
+_NOT_UNICODE = "holds a lone surrogate, which UTF-8 cannot carry"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _label(name: Any) -> str:
+    text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return text.encode("utf-8", "replace").decode()[:40]
+
+
+def _check_raw(fields: Fields) -> None:
+    """Raise `EncodeError` unless redis-py can write ``fields`` as they are: at least one
+    field, names and values str, bytes, int or a finite float (never the values' text)."""
+    event_id = _raw_id(fields)
+    if not fields:
+        raise EncodeError("an entry needs at least one field", event_id=event_id)
+    for name, value in fields.items():
+        label = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        if not isinstance(name, str | bytes):
+            raise EncodeError(
+                f"field names must be str or bytes, not {type(name).__name__}",
+                field=label[:40],
+                event_id=event_id,
+            )
+        if isinstance(value, bool) or not isinstance(value, str | bytes | int | float):
+            raise EncodeError(
+                f"values must be str, bytes, int or float, not {type(value).__name__}",
+                field=label,
+                event_id=event_id,
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EncodeError(
+                f"{value!r} is not a number other readers can parse", field=label, event_id=event_id
+            )
+
+
 @runtime_checkable
 class StreamsClient(Protocol):
     """The stream operations workers use; `RedisStreamsClient` implements them on Redis."""
@@ -325,7 +399,11 @@ class RedisStreamsClient:
 
     @staticmethod
     def _fields(event: StreamEvent | Fields) -> Fields:
-        return encode_event(event) if isinstance(event, StreamEvent) else event
+        """The entry fields to write; `EncodeError` when ``event`` cannot be written."""
+        if isinstance(event, StreamEvent):
+            return _utf8_names(encode_event(event), event.id)
+        _check_raw(event)
+        return _utf8_names(event, _raw_id(event))
 
     def add_to_stream(
         self, stream: str, event: StreamEvent | Fields, *, maxlen: int | None = None
@@ -375,23 +453,28 @@ class RedisStreamsClient:
     ) -> list[str]:
         """Add events (or raw entry fields) in pipelined batches; return their ids in order.
 
-        ``maxlen`` is as for `add_to_stream`, applied once per batch.
+        ``maxlen`` is as for `add_to_stream`, applied once per batch. Every event is encoded
+        before the first is written: when one cannot be (see `encode_event`), `EncodeError`
+        names its index and event id and nothing is written. The encoded events are held until
+        then, so feed a very long iterable in chunks.
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
-        ids: list[str] = []
-        pipe = self.redis.pipeline(transaction=False)
-        pending = 0
-        for event in events:
+        flats: list[list[Any]] = []
+        for index, event in enumerate(events):
+            try:
+                fields = self._fields(event)
+            except EncodeError as exc:
+                raise exc.at(index) from None
             flat: list[Any] = []
-            for name, value in self._fields(event).items():
+            for name, value in fields.items():
                 flat.append(name)
                 flat.append(value)
-            pipe.execute_command("XADD", stream, "*", *flat)
-            pending += 1
-            if pending >= batch_size:
-                ids.extend(self._flush(stream, pipe, maxlen))
-                pending = 0
-        if pending:
+            flats.append(flat)
+        ids: list[str] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(flats), batch_size):
+            for flat in flats[start : start + batch_size]:
+                pipe.execute_command("XADD", stream, "*", *flat)
             ids.extend(self._flush(stream, pipe, maxlen))
         return ids
 

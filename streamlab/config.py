@@ -49,7 +49,7 @@ from pydantic_settings import (
 
 from streamlab.backoff import Backoff
 from streamlab.errors import ConfigError
-from streamlab.keys import dlq_key
+from streamlab.keys import check_start_id, dlq_key
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
@@ -164,9 +164,11 @@ Duration = Annotated[
 """A `timedelta` field that also accepts ``"5s"``-style strings, seconds and ISO 8601."""
 
 
-def _positive(value: timedelta | None, name: str) -> None:
+def _positive(value: timedelta | None) -> timedelta | None:
+    """A field validator: durations that must be greater than 0 (or unset)."""
     if value is not None and value <= timedelta(0):
-        raise ValueError(f"{name} must be greater than 0")
+        raise ValueError(f"must be greater than 0 (got {format_duration(value)})")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ class BackoffSettings(_Section):
     """The retry delay schedule; defaults are the seed's (immediate, 1 s, 2 s, ...)."""
 
     initial: Duration = timedelta(seconds=1)
-    multiplier: float = Field(default=2.0, ge=1.0)
+    multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     max: Duration = timedelta(seconds=60)
     first_immediate: bool = True
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -279,12 +281,31 @@ class ConsumerSettings(_Section):
     handler_timeout: Duration | None = None
     shutdown_grace: Duration | None = None
 
+    _durations = field_validator("claim_interval", "handler_timeout")(_positive)
+
+    @field_validator("claim_min_idle")
+    @classmethod
+    def _claim_min_idle(cls, value: timedelta) -> timedelta:
+        from streamlab.policy import check_claim_min_idle
+
+        return check_claim_min_idle(value)
+
+    @field_validator("block_duration")
+    @classmethod
+    def _block(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(
+                f"must be greater than 0 (got {format_duration(value)}; 0 would block forever)"
+            )
+        return value
+
+    @field_validator("group_start_id")
+    @classmethod
+    def _start_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_start_id(value)
+
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _positive(self.handler_timeout, "handler_timeout")
-        _positive(self.block_duration, "block_duration (0 would block forever)")
-        _positive(self.claim_min_idle, "claim_min_idle")
-        _positive(self.claim_interval, "claim_interval")
         from streamlab.policy import schedule_error
 
         error = schedule_error(self.max_retries, self.backoff.to_backoff())
@@ -300,10 +321,7 @@ class DLQSettings(_Section):
     max_length: int | None = Field(default=None, ge=1)
     retention: Duration | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        _positive(self.retention, "retention")
-        return self
+    _durations = field_validator("retention")(_positive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +407,37 @@ class StreamlabSettings(BaseSettings):
             raise ConfigError(_describe_errors(type(self), exc, values)) from exc
         except SettingsError as exc:
             raise ConfigError(f"invalid streamlab settings: {exc}") from exc
+        self._check_dlq_names(values)
+
+    def _check_dlq_names(self, init: Mapping[str, Any]) -> None:
+        """Raise `ConfigError` when a stream's DLQ leads back to it (itself, or through other
+        configured streams): its dead letters would be read and dead-lettered forever."""
+        problems = []
+        for name, stream in self.streams.items():
+            chain = [name]
+            while (dlq := self.dlq_name(chain[-1])) in self.streams and dlq not in chain:
+                chain.append(dlq)
+            if dlq != name:
+                continue
+            loc = ("streams", name, "dlq_stream") if stream.dlq_stream else ("dlq", "stream_name")
+            path = " -> ".join(repr(n) for n in [*chain, name])
+            reason = (
+                f"the DLQ of stream {name!r} is the stream itself"
+                if len(chain) == 1
+                else f"the DLQs of streams {path} form a loop"
+            )
+            file = _config_file(type(self))
+            file_data = yaml.safe_load(file.read_text(encoding="utf-8")) if file else None
+            origin = _origin(loc, init, file, file_data)
+            problems.append(
+                f"  {_dotted(loc)}: {reason}, so its dead letters would be read and "
+                "dead-lettered again; name another DLQ" + (f" [from {origin}]" if origin else "")
+            )
+        if problems:
+            raise ConfigError(
+                f"invalid streamlab settings: {len(problems)} error{'s' * (len(problems) > 1)}\n"
+                + "\n".join(problems)
+            )
 
     @classmethod
     def settings_customise_sources(
@@ -501,9 +550,8 @@ class StreamlabSettings(BaseSettings):
                 stream_maxlen=settings.max_length,
                 **optional,
             )
-        except ValidationError as exc:
-            details = "; ".join(f"{_dotted(e['loc'])}: {_reason(e)}" for e in exc.errors())
-            raise ConfigError(f"stream {stream!r}: invalid consumer config: {details}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"stream {stream!r}: {exc}") from exc
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> StreamlabSettings:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
@@ -31,7 +31,7 @@ from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
 from streamlab.config import Duration
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
-from streamlab.keys import check_same_slot, dlq_key, is_cluster, retry_due_key
+from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
 from streamlab.metrics import Metrics, NullMetrics
 from streamlab.policy import (
     RETRY_CONSUMER,
@@ -40,6 +40,7 @@ from streamlab.policy import (
     Decision,
     after_failure,
     before_handler,
+    check_claim_min_idle,
     dlq_retention_ms,
     failure_record,
     retry_due_ms,
@@ -113,6 +114,9 @@ class ConsumerConfig(BaseModel):
     ``shutdown_grace`` is how long a running handler may go on after a stop request before
     it is interrupted and its message left pending. See `streamlab._lease` for how, and its
     limit: a handler blocked in C code outside the main thread stops only when it returns.
+    Every duration must be greater than 0, ``dlq_stream`` must differ from ``stream`` and
+    ``group_start_id`` is ``$``, ``0`` or a stream id: a bad value raises `ConfigError`
+    naming the field, as `streamlab.config` does for the same value in YAML or the environment.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -138,12 +142,39 @@ class ConsumerConfig(BaseModel):
     handler_timeout: Duration | None = None
     shutdown_grace: Duration = timedelta(seconds=10)
 
+    if not TYPE_CHECKING:
+        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise ConfigError.from_validation(exc, "ConsumerConfig") from None
+
+    _claim_min_idle = field_validator("claim_min_idle")(check_claim_min_idle)
+
+    @field_validator("block_duration", "claim_interval", "dlq_retention")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError(f"must be greater than 0 (got {value.total_seconds():g} s)")
+        return value
+
+    @field_validator("group_start_id")
+    @classmethod
+    def _start_id(cls, value: str) -> str:
+        return check_start_id(value)
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.handler_timeout is not None and self.handler_timeout <= timedelta(0):
             raise ValueError("handler_timeout must be greater than 0 (None: no limit)")
         if self.consumer == RETRY_CONSUMER:
             raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
+        if self.dlq_stream == self.stream:
+            raise ValueError(
+                f"dlq_stream: the DLQ {self.dlq_stream!r} is the stream itself, so every "
+                "dead letter would be read again and dead-lettered again; name another stream"
+            )
         error = schedule_error(self.max_retries, self.backoff)
         if error:
             raise ValueError(error)
@@ -216,6 +247,15 @@ class Consumer:
         self._watchdog: Watchdog | None = None
 
     def _dlq_name(self, config: ConsumerConfig) -> str:
+        name = self._configured_dlq(config)
+        if name == config.stream:
+            raise ConfigError(
+                f"stream {config.stream!r}: the client's dlq_names name the stream itself as "
+                "its DLQ, so every dead letter would be read again; name another stream"
+            )
+        return name
+
+    def _configured_dlq(self, config: ConsumerConfig) -> str:
         mapped = self.client.dlq_names.get(config.stream)
         if "dlq_stream" not in config.model_fields_set:
             return mapped or config.dlq_stream

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class StreamlabError(Exception):
     """Base class of every error streamlab raises on purpose."""
 
 
 class ConfigError(StreamlabError, ValueError):
-    """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot."""
+    """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot.
+
+    ``problems`` lists (field path, reason) pairs when the error comes from validating a model.
+    """
+
+    problems: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, what: str) -> ConfigError:
+        """One error naming every bad field of ``what`` (a model name) and why."""
+        problems: list[tuple[str, str]] = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            cause = error.get("ctx", {}).get("error")
+            if error["type"] == "default_factory_not_called":
+                continue  # a default that depends on a field already reported
+            if isinstance(cause, ConfigError) and cause.problems:
+                # A nested model's own ConfigError: its fields, under this field's name.
+                problems += [(f"{where}.{w}" if w else where, r) for w, r in cause.problems]
+                continue
+            if error["type"] == "value_error":
+                reason = str(cause if cause is not None else error["msg"])
+            elif error["type"] == "extra_forbidden":
+                reason = "unknown key"
+            else:
+                reason = f"{error['msg']} (got {repr(error['input'])[:80]})"
+            problems.append((where, reason))
+        text = "; ".join(f"{w}: {r}" if w else r for w, r in problems)
+        result = cls(f"invalid {what}: {text}")
+        result.problems = tuple(problems)
+        return result
 
 
 class ArgumentError(StreamlabError, ValueError):
@@ -39,6 +75,42 @@ class DecodeError(StreamlabError, ValueError):
             where.append(f"field {field!r}")
         prefix = f"{', '.join(where)}: " if where else ""
         super().__init__(f"{prefix}{message}")
+
+
+class EncodeError(StreamlabError, ValueError):
+    """An event cannot be written: a value JSON cannot carry (NaN, Infinity, an unknown type)
+    or JSON nested deeper than `streamlab.events.MAX_DEPTH`.
+
+    ``field`` is the offending path (``payload.items[2].price``), ``event_id`` the event's id
+    and ``index`` its position in an `add_many` call, when known. The text never holds the value.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        event_id: str | None = None,
+        index: int | None = None,
+    ):
+        self.reason = reason
+        self.field = field
+        self.event_id = event_id
+        self.index = index
+        where = []
+        if index is not None:
+            where.append(f"event {index}")
+        if event_id is not None:
+            where.append(f"id {event_id!r}")
+        head = " ".join(where[:1]) + (f" ({where[1]})" if len(where) > 1 else "")
+        if index is None and event_id is not None:
+            head = f"event {event_id!r}"
+        prefix = ": ".join(part for part in (head, field) if part)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+    def at(self, index: int) -> EncodeError:
+        """The same error, naming the event's position in a batch."""
+        return EncodeError(self.reason, field=self.field, event_id=self.event_id, index=index)
 
 
 class StreamNotFoundError(StreamlabError, LookupError):
@@ -76,6 +148,10 @@ class Retry(StreamlabError):
     """Raised by a handler to ask for a retry, optionally after a specific delay in seconds."""
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None):
+        # NaN or infinity crashed the worker settling the retry; refused here, inside the
+        # handler, they count as its failure (a ValueError) and take the configured backoff.
+        if delay is not None and not math.isfinite(delay):
+            raise ValueError(f"Retry delay must be a finite number of seconds, got {delay!r}")
         self.delay = delay
         super().__init__(message)
 

@@ -4,24 +4,39 @@ Wire format: one stream-entry field per attribute, nested values as JSON strings
 RFC 3339. Decoding is tolerant: it accepts the platform's field names (``event_id``,
 ``repo_name``), fills what is missing with sensible defaults and keeps unknown fields verbatim
 in ``StreamEvent.extra`` so that nothing written by another service is dropped.
+
+Limits: JSON values (``payload``, ``auth_context``) nest at most `MAX_DEPTH` levels, which is
+what the decoder (pydantic-core's parser) reads, and hold no NaN or Infinity, which JSON has no
+words for; `encode_event` raises `EncodeError` naming the field path otherwise. Decoding
+rejects deeper JSON with a `DecodeError` and, being tolerant, reads a bare ``NaN`` others wrote.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import pydantic_core
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from streamlab.errors import DecodeError
+from streamlab.errors import DecodeError, EncodeError
 
 __all__ = [
     "DLQ_FIELDS",
+    "MAX_DEPTH",
     "REPLAY_FIELDS",
     "REPLAY_PREFIX",
     "AuthContext",
@@ -73,6 +88,11 @@ _KNOWN = frozenset(
 
 _ZERO = timedelta(0)
 
+MAX_DEPTH = 200
+"""How many arrays and objects a JSON field (``payload``, ``auth_context``) may nest: the
+recursion limit of pydantic-core's parser, which decodes them. Deeper values are refused
+when producing (`EncodeError`) and when decoding (`DecodeError`)."""
+
 
 def _new_id() -> str:
     return str(uuid.uuid4())
@@ -88,7 +108,9 @@ class AuthContext(BaseModel):
     Unknown keys are kept (``extra="allow"``) because other services add their own.
     """
 
-    model_config = ConfigDict(extra="allow")
+    # NaN stays NaN when serialised (pydantic writes null by default), so that the encoder
+    # refuses it instead of changing the value.
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
 
     tenant_id: str = ""
     principal_id: str = ""
@@ -103,7 +125,8 @@ class StreamEvent(BaseModel):
     """A webhook event as it travels through a stream.
 
     ``extra`` holds entry fields streamlab does not know (for example the platform's
-    ``sender_name`` or ``metadata``), verbatim, so that re-encoding writes them back unchanged.
+    ``sender_name`` or ``metadata``), verbatim, so that re-encoding writes them back unchanged;
+    its names cannot be those of the attributes above.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -117,6 +140,21 @@ class StreamEvent(BaseModel):
     timestamp: datetime = Field(default_factory=_now)
     retry_count: int = Field(default=0, ge=0)
     extra: dict[str, str | bytes] = Field(default_factory=dict)
+
+    @field_validator("extra", mode="after")
+    @classmethod
+    def _unknown_names_only(cls, value: dict[str, str | bytes]) -> dict[str, str | bytes]:
+        if value and not _KNOWN.isdisjoint(value):
+            taken = sorted(_KNOWN.intersection(value))
+            raise ValueError(f"extra fields {taken} are attributes of StreamEvent; set those")
+        return value
+
+    @model_validator(mode="after")
+    def _tenant_from_auth(self) -> Self:
+        """An event without a tenant takes its auth context's, as decoding an entry does."""
+        if not self.tenant_id and self.auth_context is not None and self.auth_context.tenant_id:
+            self.tenant_id = self.auth_context.tenant_id
+        return self
 
     @field_validator("timestamp", mode="after")
     @classmethod
@@ -146,21 +184,88 @@ def entry_time(entry_id: str | bytes) -> datetime:
 
 
 def encode_event(event: StreamEvent) -> dict[str, str | bytes]:
-    """Turn an event into stream-entry fields (the inverse of `decode_event`)."""
+    """Turn an event into stream-entry fields (the inverse of `decode_event`).
+
+    Raises `EncodeError` naming the field path and the event id when ``payload`` or
+    ``auth_context`` holds NaN or Infinity, a value JSON cannot encode, or nests deeper than
+    `MAX_DEPTH`.
+    """
     fields: dict[str, str | bytes] = {
         "id": event.id,
         "event_type": event.event_type,
         "repository": event.repository,
         "tenant_id": event.tenant_id,
-        "payload": pydantic_core.to_json(event.payload),
+        "payload": _to_json(event.payload, "payload", event.id),
         "timestamp": format_time(event.timestamp),
         "retry_count": str(event.retry_count),
     }
     if event.auth_context is not None:
-        fields["auth_context"] = event.auth_context.model_dump_json()
+        fields["auth_context"] = _to_json(event.auth_context, "auth_context", event.id)
     for name, value in event.extra.items():
         fields.setdefault(name, value)
     return fields
+
+
+def _to_json(value: Any, field: str, event_id: str) -> bytes:
+    """``value`` as JSON that the decoder reads back: no NaN or Infinity, at most `MAX_DEPTH`
+    levels. The check parses the output again only when it could break a rule."""
+    try:
+        text = pydantic_core.to_json(value)
+    except pydantic_core.PydanticSerializationError as exc:
+        if "depth" in str(exc):
+            raise EncodeError(_TOO_DEEP, field=field, event_id=event_id) from None
+        if "surrogates not allowed" in str(exc):
+            path, reason = _json_problem(value, field)
+            raise EncodeError(reason, field=path, event_id=event_id) from None
+        reason = f"cannot be encoded as JSON ({str(exc)[:200]})"
+        raise EncodeError(reason, field=field, event_id=event_id) from None
+    suspect = text.count(b"[") + text.count(b"{") > MAX_DEPTH
+    if suspect or b"NaN" in text or b"Infinity" in text:
+        try:
+            pydantic_core.from_json(text, allow_inf_nan=False, cache_strings=False)
+        except ValueError:
+            path, reason = _json_problem(pydantic_core.to_jsonable_python(value), field)
+            raise EncodeError(reason, field=path, event_id=event_id) from None
+    return text
+
+
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels of arrays and objects"
+
+
+def _json_problem(doc: Any, field: str) -> tuple[str, str]:
+    """The path to the first value JSON cannot carry in ``doc``, and why."""
+    stack: list[tuple[Any, str, int]] = [(doc, field, 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, f"{value!r} is not a JSON number; send null or a string instead"
+        if isinstance(value, str) and _lone_surrogate(value):
+            return path, "holds a lone surrogate, which UTF-8 cannot carry"
+        if isinstance(value, dict) and any(
+            isinstance(k, str) and _lone_surrogate(k) for k in value
+        ):
+            return path, "has a key holding a lone surrogate, which UTF-8 cannot carry"
+        if isinstance(value, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                return field, f"{_TOO_DEEP} (at {_short(path)})"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in reversed(list(items)):
+                shown = str(key)[:40].encode("utf-8", "replace").decode()
+                step = f".{shown}" if isinstance(value, dict) else f"[{key}]"
+                stack.append((item, path + step, depth + 1))
+    return field, "cannot be read back as JSON"
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _short(path: str, keep: int = 120) -> str:
+    return path if len(path) <= keep else path[:keep] + "..."
 
 
 def decode_event(
@@ -173,8 +278,10 @@ def decode_event(
 
     Raises `DecodeError` naming the field and the entry id when a value is not UTF-8, a JSON
     field is not valid JSON, a required field (``event_type``) is missing or a value has the
-    wrong type. A missing ``timestamp`` is taken from the entry id. ``extra_retries`` is added to
-    the wire ``retry_count`` (the consumer passes deliveries so far minus one).
+    wrong type. A missing ``timestamp`` is taken from the entry id, and so is a missing ``id``
+    (the stream id itself), so that each delivery of an entry decodes to the same event.
+    ``extra_retries`` is added to the wire ``retry_count`` (the consumer passes deliveries so
+    far minus one).
     """
     data: dict[str, Any] = {}
     extra: dict[str, str | bytes] = {}
@@ -182,16 +289,24 @@ def decode_event(
     for raw_key, value in fields.items():
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
         name = _ALIASES.get(key, key)
-        if name not in _KNOWN or name in data:
+        if name not in _KNOWN:
             extra[key] = _keep(value)
             continue
+        if name in data:
+            if key != name:  # a second name for a value already read
+                extra[key] = _keep(value)
+                continue
+            # streamlab's own name wins over an alias read before it (aliases are text
+            # fields, still raw here), which is kept as an unknown field, whatever the order.
+            extra[wire[name]] = _keep(data[name])
         wire[name] = key
         if name == "payload":
             # pydantic-core's Rust parser: about twice as fast as json.loads on payloads.
             try:
                 data[name] = pydantic_core.from_json(value) if value else None
             except ValueError as exc:
-                raise DecodeError(f"invalid JSON: {exc}", field=key, entry_id=entry_id) from None
+                reason = _TOO_DEEP if "recursion limit" in str(exc) else f"invalid JSON: {exc}"
+                raise DecodeError(reason, field=key, entry_id=entry_id) from None
         elif name == "auth_context":
             data[name] = _auth_context(value, key, entry_id)
         elif name == "timestamp":
@@ -201,10 +316,11 @@ def decode_event(
             data[name] = value
     if "event_type" not in data:
         raise DecodeError("required field is missing", field="event_type", entry_id=entry_id)
-    if "timestamp" not in data and entry_id is not None:
-        data["timestamp"] = entry_time(entry_id)
-    if not data.get("tenant_id") and data.get("auth_context") is not None:
-        data["tenant_id"] = data["auth_context"].tenant_id
+    if entry_id is not None:
+        if "timestamp" not in data:
+            data["timestamp"] = entry_time(entry_id)
+        # The same entry decodes to the same event each time it is delivered.
+        data.setdefault("id", entry_id)
     if extra:
         data["extra"] = extra
     try:
@@ -229,7 +345,8 @@ def _auth_context(value: bytes | str, key: str, entry_id: str | None) -> AuthCon
     except ValidationError as exc:
         err = exc.errors()[0]
         if err["type"] == "json_invalid":
-            raise DecodeError(f"invalid JSON: {err['msg']}", field=key, entry_id=entry_id) from None
+            reason = _TOO_DEEP if "recursion limit" in err["msg"] else f"invalid JSON: {err['msg']}"
+            raise DecodeError(reason, field=key, entry_id=entry_id) from None
         where = ".".join([key, *(str(part) for part in err["loc"])])
         raise DecodeError(err["msg"], field=where, entry_id=entry_id) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from redis.crc import key_slot
@@ -11,6 +12,7 @@ from streamlab.errors import ConfigError
 __all__ = [
     "DLQ_SUFFIX",
     "check_same_slot",
+    "check_start_id",
     "dlq_key",
     "is_cluster",
     "ledger_key",
@@ -28,6 +30,25 @@ def dlq_key(stream: str, override: str | None = None) -> str:
     ``{webhook_events}_dlq`` lands in the same slot.
     """
     return override if override else f"{stream}{DLQ_SUFFIX}"
+
+
+_START_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_ID_PART_MAX = 2**64 - 1
+
+
+def check_start_id(value: str) -> str:
+    """``value`` when it is a consumer group's start id, else `ValueError` saying what is.
+
+    Accepted: ``$`` (only entries added after the group is created), ``0`` (the whole
+    stream), or a stream id ``<ms>`` / ``<ms>-<seq>``, each part at most 2**64 - 1.
+    """
+    match = _START_ID.fullmatch(value) if value != "$" else None
+    if value == "$" or (match and all(int(p or 0) <= _ID_PART_MAX for p in match.groups())):
+        return value
+    raise ValueError(
+        f"{value!r} is not a group start id: use '$' (new entries only), '0' (the whole "
+        "stream) or a stream id like '1700000000000-0'"
+    )
 
 
 def replayed_key(dlq: str) -> str:

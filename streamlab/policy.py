@@ -28,6 +28,7 @@ from streamlab.errors import Reject, Retry
 from streamlab.events import Failure, ReplayMarker, StreamMessage
 
 __all__ = [
+    "MAX_CLAIM_MIN_IDLE",
     "MAX_RETRY_DELAY",
     "RETRY_CONSUMER",
     "Action",
@@ -36,6 +37,7 @@ __all__ = [
     "Parked",
     "after_failure",
     "before_handler",
+    "check_claim_min_idle",
     "dlq_minid",
     "dlq_retention_ms",
     "failure_record",
@@ -133,8 +135,25 @@ def max_delay(max_retries: int, backoff: Backoff) -> float:
     """The longest delay the schedule asks for over ``max_retries`` retries (jitter included)."""
     if max_retries < 1:
         return 0.0
-    worst = max(compute_backoff(n, backoff, rand=lambda: 1.0) for n in range(1, max_retries + 1))
-    return worst
+    # The schedule never shrinks (multiplier >= 1, then capped), so the last retry waits longest.
+    return compute_backoff(max_retries, backoff, rand=lambda: 1.0)
+
+
+MAX_CLAIM_MIN_IDLE = timedelta(days=365)
+"""The longest ``claim_min_idle``: Redis counts idle time from a delivery time it clamps to
+1970, so an idle threshold of decades is never reached and a waiting retry never comes."""
+
+
+def check_claim_min_idle(value: timedelta) -> timedelta:
+    """``value`` when it is a usable ``claim_min_idle``, else `ValueError` saying why."""
+    if value <= timedelta(0):
+        raise ValueError(f"must be greater than 0 (got {value.total_seconds():g} s)")
+    if value > MAX_CLAIM_MIN_IDLE:
+        raise ValueError(
+            f"must be at most {MAX_CLAIM_MIN_IDLE.days} days (got {value.days} days): Redis "
+            "cannot measure idle times that long, so retries and reclaims would never come"
+        )
+    return value
 
 
 def schedule_error(max_retries: int, backoff: Backoff) -> str | None:
@@ -244,8 +263,11 @@ def dlq_minid(retention: timedelta | None, now: datetime | None = None) -> str:
     that a client clock ahead of the server's cannot trim fresh dead letters."""
     if retention is None:
         return ""
-    cutoff = (now or datetime.now(UTC)) - retention
-    return f"{int(cutoff.timestamp() * 1000)}-0"
+    # In integer milliseconds: a retention longer than the time since 1970 trims nothing (a
+    # negative MINID is an invalid id, which made every dead letter fail).
+    now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+    cutoff = now_ms - retention // timedelta(milliseconds=1)
+    return f"{cutoff}-0" if cutoff > 0 else ""
 
 
 def dlq_retention_ms(retention: timedelta | None) -> str:

@@ -13,7 +13,7 @@ import redis
 
 from streamlab.client import RedisStreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
-from streamlab.errors import GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.errors import EncodeError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import AuthContext, StreamEvent, StreamMessage, decode_event, encode_event
 from streamlab.samples import platform_entries, sample_events
 
@@ -160,6 +160,65 @@ def test_maxlen_caps_the_stream_approximately_and_keeps_the_newest(
         ids.append(streams_client.add_to_stream(stream_name, big, maxlen=1000))
     assert 1000 <= r.xlen(stream_name) <= 1000 + 100 + 50
     assert r.xrevrange(stream_name, count=1)[0][0].decode() == ids[-1]
+
+
+def test_add_many_with_one_unencodable_event_writes_nothing_and_names_it(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    # The bad event comes after a full pipeline batch, which used to be written already.
+    events = list(sample_events(1500, seed=4))
+    events[1200] = events[1200].model_copy(update={"payload": {"total": float("nan")}})
+    with pytest.raises(EncodeError) as info:
+        streams_client.add_many(stream_name, events, batch_size=1000)
+    assert str(info.value) == (
+        f"event 1200 (id {events[1200].id!r}): payload.total: "
+        "nan is not a JSON number; send null or a string instead"
+    )
+    assert (info.value.index, info.value.event_id) == (1200, events[1200].id)
+    assert streams_client.redis.exists(stream_name) == 0
+
+    raw_events: list[dict[str, object]] = [{"n": str(i)} for i in range(5)]
+    raw_events[3] = {"event_id": "raw-3", "n": None}
+    with pytest.raises(EncodeError, match=r"^event 3 \(id 'raw-3'\): n: values must be str"):
+        streams_client.add_many(stream_name, iter(raw_events))
+    with pytest.raises(EncodeError, match=r"^event 1: an entry needs at least one field"):
+        streams_client.add_many(stream_name, [{"n": "0"}, {}])
+    with pytest.raises(EncodeError, match=r"^event 0: x: inf is not a number"):
+        streams_client.add_many(stream_name, [{"x": float("inf")}])
+    assert streams_client.redis.exists(stream_name) == 0
+    # One event alone: the same error, without an index, and nothing written.
+    with pytest.raises(EncodeError, match=rf"^event {events[1200].id!r}: payload\.total: nan"):
+        streams_client.add_to_stream(stream_name, events[1200])
+    assert streams_client.redis.exists(stream_name) == 0
+    assert len(streams_client.add_many(stream_name, events[:1200], batch_size=1000)) == 1200
+
+
+def test_text_utf8_cannot_carry_is_refused_before_anything_is_written(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    # redis-py raised UnicodeEncodeError only while sending, after earlier batches were sent.
+    events = [StreamEvent(event_type="push") for _ in range(1500)]
+    events[1100] = StreamEvent(id="bad", event_type="push\ud800")
+    with pytest.raises(EncodeError, match=r"^event 1100 \(id 'bad'\): event_type: holds a lone"):
+        streams_client.add_many(stream_name, events)
+    with pytest.raises(EncodeError, match=r"^event 'x': payload\.k\[0\]: holds a lone surrogate"):
+        streams_client.add_to_stream(
+            stream_name, StreamEvent(id="x", event_type="t", payload={"k": ["\udc80"]})
+        )
+    with pytest.raises(EncodeError, match=r"^event 0: note: holds a lone surrogate"):
+        streams_client.add_many(stream_name, [{"note": "\ud83d"}])
+    assert streams_client.redis.exists(stream_name) == 0
+
+
+def test_a_decoded_entry_with_a_binary_field_name_can_be_written_again(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    first = streams_client.redis.xadd(stream_name, {b"event_type": b"t", b"\xff\x00name": b"v"})
+    [message] = streams_client.range(stream_name, first, first)
+    assert message.event is not None
+    again = streams_client.add_to_stream(stream_name, message.event)
+    [raw] = streams_client.redis.xrange(stream_name, again, again)
+    assert raw[1][b"\xff\x00name"] == b"v", "the name is written back byte for byte"
 
 
 def test_read_entries_gives_raw_entries_that_read_from_stream_decodes(

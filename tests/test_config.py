@@ -12,9 +12,10 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis
+import yaml
 
-from streamlab.backoff import Backoff
-from streamlab.client import connect
+from streamlab.backoff import Backoff, compute_backoff
+from streamlab.client import RedisStreamsClient, connect
 from streamlab.config import (
     BackoffSettings,
     ConsumerSettings,
@@ -23,8 +24,9 @@ from streamlab.config import (
     load_settings,
     parse_duration,
 )
-from streamlab.consumer import ConsumerConfig
+from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.errors import ConfigError
+from streamlab.policy import max_delay
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
 SEED = FIXTURES / "seed.yaml"
@@ -342,7 +344,7 @@ def test_bad_values_name_key_and_reason(tmp_path: Path) -> None:
 
 
 def test_zero_block_duration_is_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"block_duration \(0 would block forever\) must be"):
+    with pytest.raises(ConfigError, match=r"block_duration: must be .* 0 would block forever"):
         load_settings(streams={"s": {"consumer_group": "g", "block_duration": "0s"}})
 
 
@@ -550,3 +552,195 @@ def test_consumer_config_for_unknown_stream_names_configured_ones() -> None:
 def test_consumer_config_wraps_its_validation_errors() -> None:
     with pytest.raises(ConfigError, match=r"stream 'webhook_events'.*consumer"):
         load_settings(SEED).consumer_config("webhook_events", consumer="streamlab:retry")
+
+
+# --- values that lose events silently are rejected the same way from every source -----------
+
+
+def _nested(path: tuple[str, ...], value: object) -> dict[str, object]:
+    tree: dict[str, object] = {"streams": {"s": {"consumer_group": "g"}}}
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})  # type: ignore[assignment]
+    node[path[-1]] = value
+    return tree
+
+
+def errors_from_every_source(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    path: tuple[str, ...],
+    text: str,
+    python: dict[str, object],
+) -> list[str]:
+    """The `ConfigError` texts for one bad value given in YAML, in the environment and to
+    `ConsumerConfig` in Python; each source must reject it."""
+    messages = []
+    file = write(tmp_path, yaml.safe_dump(_nested(path, text)))
+    with pytest.raises(ConfigError) as info:
+        load_settings(file)
+    messages.append(str(info.value))
+    monkeypatch.setenv("STREAMLAB_STREAMS__S__CONSUMER_GROUP", "g")
+    variable = "STREAMLAB_" + "__".join(path).upper()
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert variable in str(info.value), "the error names the variable"
+    messages.append(str(info.value))
+    with pytest.raises(ConfigError) as info:
+        ConsumerConfig(stream="s", group="g", **python)  # type: ignore[arg-type]
+    messages.append(str(info.value))
+    return messages
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "python", "field"),
+    [
+        (("dlq", "retention"), "-1s", {"dlq_retention": timedelta(seconds=-1)}, "retention"),
+        (("dlq", "retention"), "0s", {"dlq_retention": timedelta(0)}, "retention"),
+        (
+            ("streams", "s", "block_duration"),
+            "-5s",
+            {"block_duration": timedelta(seconds=-5)},
+            "block_duration",
+        ),
+        (
+            ("streams", "s", "claim_interval"),
+            "-100ms",
+            {"claim_interval": timedelta(milliseconds=-100)},
+            "claim_interval",
+        ),
+        (
+            ("streams", "s", "claim_min_idle"),
+            "-1m",
+            {"claim_min_idle": timedelta(minutes=-1)},
+            "claim_min_idle",
+        ),
+        (
+            ("streams", "s", "claim_min_idle"),
+            "876000h",  # 100 years: Redis clamps idle times to 1970, so never reached
+            {"claim_min_idle": timedelta(days=36500)},
+            "claim_min_idle",
+        ),
+        (
+            ("streams", "s", "backoff", "initial"),
+            "-1s",
+            {"backoff": {"initial": timedelta(seconds=-1)}},
+            "backoff.initial",
+        ),
+        (
+            ("streams", "s", "backoff", "max"),
+            "-1s",
+            {"backoff": {"max": timedelta(seconds=-1)}},
+            "backoff.max",
+        ),
+    ],
+)
+def test_bad_durations_are_rejected_naming_the_field(  # noqa: PLR0917 (parametrized)
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    path: tuple[str, ...],
+    text: str,
+    python: dict[str, object],
+    field: str,
+) -> None:
+    yaml_error, env_error, python_error = errors_from_every_source(
+        monkeypatch, tmp_path, path, text, python
+    )
+    assert ".".join(path) in yaml_error
+    assert ".".join(path) in env_error
+    python_field = "dlq_retention" if field == "retention" else field
+    assert f"{python_field}: " in python_error
+
+
+@pytest.mark.parametrize("bad", ["banana", ">", "1-2-3", "-1", "1-", "18446744073709551616", " 0"])
+def test_a_malformed_group_start_id_is_rejected_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bad: str
+) -> None:
+    path = ("streams", "s", "group_start_id")
+    for message in errors_from_every_source(
+        monkeypatch, tmp_path, path, bad, {"group_start_id": bad}
+    ):
+        assert "group_start_id: " in message
+        assert "is not a group start id" in message
+
+
+def test_every_accepted_group_start_id_is_one_redis_accepts(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    accepted = ["$", "0", "0-0", "1700000000000", "1700000000000-5"]
+    accepted.append("18446744073709551615-18446744073709551615")
+    for n, start in enumerate(accepted):
+        assert ConsumerConfig(stream="s", group="g", group_start_id=start).group_start_id == start
+        settings = load_settings(streams={"s": {"consumer_group": "g", "group_start_id": start}})
+        assert settings.consumer_config("s").group_start_id == start
+        assert streams_client.ensure_group(stream_name, f"g{n}", start) is True
+
+
+def test_a_dlq_that_is_the_stream_itself_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = ("streams", "s", "dlq_stream")
+    for message in errors_from_every_source(monkeypatch, tmp_path, path, "s", {"dlq_stream": "s"}):
+        assert "dlq_stream" in message
+        assert "is the stream itself" in message
+
+
+def test_a_shared_dlq_name_equal_to_a_stream_is_rejected_after_defaults() -> None:
+    # dlq.stream_name is every stream's DLQ unless it names its own: here it is stream 's'.
+    with pytest.raises(ConfigError, match=r"dlq\.stream_name: the DLQ of stream 's' is the stream"):
+        load_settings(streams={"s": {"consumer_group": "g"}}, dlq={"stream_name": "s"})
+    # A stream with a DLQ of its own is not affected by the shared name.
+    settings = load_settings(
+        streams={"s": {"consumer_group": "g", "dlq_stream": "x"}, "t": {"consumer_group": "h"}},
+        dlq={"stream_name": "s"},
+    )
+    assert (settings.dlq_name("s"), settings.dlq_name("t")) == ("x", "s")
+
+
+def test_dlqs_that_lead_back_to_their_stream_are_rejected() -> None:
+    streams = {
+        "a": {"consumer_group": "g", "dlq_stream": "b"},
+        "b": {"consumer_group": "g", "dlq_stream": "a"},
+    }
+    with pytest.raises(ConfigError, match=r"streams\.a\.dlq_stream:.*'a' -> 'b' -> 'a'"):
+        load_settings(streams=streams)
+    # Consuming a DLQ with its own group is fine: its DLQ is another stream.
+    streams["b"] = {"consumer_group": "alerts"}
+    assert load_settings(streams=streams).dlq_name("b") == "b_dlq"
+
+
+def test_a_client_dlq_name_equal_to_the_stream_is_rejected(redis_client: redis.Redis) -> None:
+    client = RedisStreamsClient(redis_client, dlq_names={"s": "s"})
+    with pytest.raises(ConfigError, match="dlq_names name the stream itself"):
+        Consumer(client, ConsumerConfig(stream="s", group="g"))
+
+
+def test_any_max_retries_works_and_the_delay_stays_capped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # max_retries=1030 raised a raw OverflowError (2.0 ** 1029): the exponent is now bounded.
+    config = ConsumerConfig(stream="s", group="g", max_retries=1030)
+    assert max_delay(config.max_retries, config.backoff) == 60.0
+    file = write(tmp_path, "streams:\n  s:\n    consumer_group: g\n    max_retries: 1030\n")
+    assert load_settings(file).consumer_config("s").max_retries == 1030
+    monkeypatch.setenv("STREAMLAB_STREAMS__S__CONSUMER_GROUP", "g")
+    monkeypatch.setenv("STREAMLAB_STREAMS__S__MAX_RETRIES", str(10**6))
+    assert load_settings().consumer_config("s").max_retries == 10**6
+    huge = Backoff(initial=timedelta(microseconds=1), multiplier=1e300, max=timedelta(days=9999))
+    for retry in (2, 3, 1030, 10**6, 10**400):
+        delay = compute_backoff(retry, huge)
+        assert 0.0 <= delay <= timedelta(days=9999).total_seconds()
+    assert compute_backoff(10**400) == 60.0
+    # The schedule need not fit claim_min_idle (retries wait in their own sorted set).
+    ConsumerConfig(stream="s", group="g", max_retries=1030, claim_min_idle=timedelta(seconds=5))
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan"])
+def test_a_multiplier_that_is_not_a_finite_number_is_rejected_everywhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bad: str
+) -> None:
+    path = ("streams", "s", "backoff", "multiplier")
+    python = {"backoff": {"multiplier": float(bad)}}
+    for message in errors_from_every_source(monkeypatch, tmp_path, path, bad, python):
+        assert "backoff.multiplier: " in message

@@ -517,3 +517,46 @@ def test_a_late_nack_does_not_take_back_a_message_another_consumer_took_over(
         for x in r.xpending_range(stream_name, "g", "-", "+", 10)
     }
     assert owners == {entry: b"rescuer", entry2: RETRY_CONSUMER.encode()}
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf")])
+def test_a_retry_with_a_delay_that_is_not_a_number_does_not_crash_the_worker(
+    streams_client: RedisStreamsClient, stream_name: str, delay: float
+) -> None:
+    # Retry(delay=nan) crashed the worker while it set the retry's idle time (int(nan)).
+    add(streams_client, stream_name, 1)
+    seen: list[int] = []
+
+    def handler(msg: StreamMessage) -> None:
+        seen.append(msg.delivery_count)
+        if msg.delivery_count == 1:
+            raise Retry("later", delay=delay)
+
+    cfg = config(stream_name, backoff=Backoff(initial=timedelta(seconds=0.1)))
+    stats = Consumer(streams_client, cfg).run(handler, burst=True, handle_signals=False)
+    assert seen == [1, 2], "the retry came, on the configured backoff (immediate)"
+    assert stats.errors == {"ValueError": 1}
+    assert (stats.acked, stats.dead_lettered) == (1, 0)
+    assert streams_client.redis.xpending(stream_name, "g")["pending"] == 0
+    assert streams_client.read_dlq(stream_name) == []
+
+
+@pytest.mark.parametrize("retention", [timedelta(days=365 * 60), timedelta(days=999_999)])
+def test_a_retention_longer_than_the_epoch_dead_letters_and_trims_nothing(
+    streams_client: RedisStreamsClient, stream_name: str, retention: timedelta
+) -> None:
+    # 60 years gave a negative MINID (an invalid id: every dead letter failed); 999,999 days
+    # an OverflowError. Both mean "keep everything".
+    r = streams_client.redis
+    cfg = config(stream_name, dlq_retention=retention)
+    r.xadd(cfg.dlq, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id="1-0")
+    add(streams_client, stream_name, 2)
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("no")
+
+    stats = Consumer(streams_client, cfg).run(reject, burst=True, handle_signals=False)
+    assert stats.dead_lettered == 2
+    assert [m.fields["dlq_error"] for m in streams_client.read_dlq(stream_name)] == [
+        b"old", b"no", b"no"
+    ]  # fmt: skip

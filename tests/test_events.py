@@ -5,8 +5,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streamlab.errors import ConfigError, DecodeError
+from streamlab.errors import ConfigError, DecodeError, EncodeError
 from streamlab.events import (
+    MAX_DEPTH,
     AuthContext,
     Failure,
     StreamEvent,
@@ -111,3 +112,110 @@ def test_dlq_key_and_cluster_slots() -> None:
     check_same_slot("{webhook_events}", dlq_key("{webhook_events}"))
     with pytest.raises(ConfigError, match=r"\{webhook_events\}_dlq"):
         check_same_slot("webhook_events", dlq_key("webhook_events"))
+
+
+# --- what a producer may write: JSON others can read, nested no deeper than the decoder reads
+
+
+def nested(depth: int, leaf: object = 1) -> object:
+    """``leaf`` inside ``depth`` arrays."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        (float("nan"), "payload"),
+        ({"items": [{"price": 1.5}, {"price": float("inf")}]}, "payload.items[1].price"),
+        ([1, 2, {"a": {"b": float("-inf")}}], "payload[2].a.b"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_field_path(payload: object, path: str) -> None:
+    # Both were written as bare NaN / Infinity, which no other JSON reader accepts.
+    event = StreamEvent(id="evt-1", event_type="t", payload=payload)
+    with pytest.raises(EncodeError) as info:
+        encode_event(event)
+    assert (info.value.field, info.value.event_id) == (path, "evt-1")
+    assert str(info.value).startswith(f"event 'evt-1': {path}: ")
+    assert "not a JSON number" in str(info.value)
+
+
+def test_nan_in_auth_context_is_refused_not_turned_into_null() -> None:
+    auth = AuthContext(tenant_id="t", metadata={"score": float("nan")})
+    with pytest.raises(EncodeError, match=r"auth_context\.metadata\.score: nan is not a JSON"):
+        encode_event(StreamEvent(id="e", event_type="t", auth_context=auth))
+
+
+def test_one_depth_limit_for_producing_and_decoding() -> None:
+    # A payload 201-254 deep was written, then refused by every consumer.
+    deepest = StreamEvent(event_type="t", payload=nested(MAX_DEPTH))
+    assert decode_event(raw(encode_event(deepest))) == deepest
+    auth = AuthContext(metadata={"k": nested(MAX_DEPTH - 2)})  # 2 objects around it
+    event = StreamEvent(event_type="t", auth_context=auth)
+    assert decode_event(raw(encode_event(event))) == event
+    for depth in (MAX_DEPTH + 1, 254, 255, 1000):
+        with pytest.raises(EncodeError, match=f"nested deeper than {MAX_DEPTH} levels") as info:
+            encode_event(StreamEvent(id="deep", event_type="t", payload=nested(depth)))
+        assert (info.value.field, info.value.event_id) == ("payload", "deep")
+    too_deep = AuthContext(metadata={"k": nested(MAX_DEPTH - 1)})
+    with pytest.raises(EncodeError, match="auth_context: nested deeper"):
+        encode_event(StreamEvent(event_type="t", auth_context=too_deep))
+    # What another service wrote deeper is a DecodeError saying so, for both JSON fields.
+    text = json.dumps(nested(MAX_DEPTH + 1))
+    with pytest.raises(DecodeError, match=f"'payload': nested deeper than {MAX_DEPTH}"):
+        decode_event({"event_type": "t", "payload": text}, entry_id="1-0")
+    context = json.dumps({"metadata": {"k": nested(MAX_DEPTH - 1)}})
+    with pytest.raises(DecodeError, match=f"'auth_context': nested deeper than {MAX_DEPTH}"):
+        decode_event({"event_type": "t", "auth_context": context}, entry_id="1-0")
+
+
+def test_a_value_json_cannot_encode_names_the_field_not_the_value() -> None:
+    with pytest.raises(EncodeError, match=r"payload: cannot be encoded as JSON .*object"):
+        encode_event(StreamEvent(id="e", event_type="t", payload={"k": object()}))
+
+
+def test_strings_that_look_like_nan_or_many_brackets_are_fine() -> None:
+    payload = {"text": "NaN Infinity " + "[{" * 300, "n": 1.5, "list": [[]] * 300}
+    event = StreamEvent(event_type="t", payload=payload)
+    assert decode_event(raw(encode_event(event))) == event
+
+
+# --- decoding is deterministic, and what it gives can be written back unchanged -------------
+
+
+def test_an_entry_without_an_id_decodes_to_the_same_event_each_time() -> None:
+    fields = {b"event_type": b"push"}
+    first = decode_message("s", b"1700000000000-3", fields)
+    again = decode_message("s", b"1700000000000-3", fields, delivery_count=2)
+    assert first.event is not None
+    assert again.event is not None
+    assert first.event.id == again.event.id == "1700000000000-3"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event_type": "t", "repo_name": "alias", "repository": "own"},
+        {"event_type": "t", "repository": "own", "repo_name": "alias"},
+    ],
+)
+def test_streamlab_s_own_name_wins_over_an_alias_in_any_order(fields: dict[str, str]) -> None:
+    event = decode_event(raw(fields))
+    assert event.repository == "own"
+    assert event.extra == {"repo_name": "alias"}
+    assert decode_event(raw(encode_event(event))) == event
+
+
+def test_extra_fields_cannot_shadow_attributes() -> None:
+    # encode_event would drop them silently (the attribute is written under that name).
+    with pytest.raises(ValueError, match=r"extra fields \['payload'\] are attributes"):
+        StreamEvent(event_type="t", extra={"payload": "x"})
+
+
+def test_an_event_without_a_tenant_takes_its_auth_context_s() -> None:
+    event = StreamEvent(event_type="t", auth_context=AuthContext(tenant_id="acme"))
+    assert event.tenant_id == "acme"
+    assert decode_event(raw(encode_event(event))) == event

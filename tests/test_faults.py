@@ -291,7 +291,11 @@ def test_a_hung_consumer_cannot_dead_letter_a_message_taken_over_by_another(
     [entry] = add(streams_client, stream_name, 1)
     streams_client.ensure_group(stream_name, "g")
     cfg = ConsumerConfig(
-        stream=stream_name, group="g", consumer="c1", max_retries=0, claim_min_idle=timedelta(0)
+        stream=stream_name,
+        group="g",
+        consumer="c1",
+        max_retries=0,
+        claim_min_idle=timedelta(milliseconds=1),
     )
     hung = Consumer(streams_client, cfg)
     [msg] = hung.read_messages(block=1)

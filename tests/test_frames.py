@@ -668,3 +668,64 @@ def test_parsed_reply_fallback_gives_the_same_frames(
         ),
     ):
         pd.testing.assert_frame_equal(build(parsed), build(redis_client))
+
+
+def test_integers_past_64_bits_are_decode_errors_in_every_frame(
+    redis_client: redis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    # retry_count 9223372036854775808 raised OverflowError out of stream_to_dataframe.
+    good = encode_event(next(sample_events(1)))
+    huge = {
+        "retry_count": b"9223372036854775808",  # 2**63: one past int64
+        "attempts": b"-9223372036854775809",
+        "dlq_attempts": b"1" * 40,
+        "streamlab:replay_count": b"18446744073709551616",
+    }
+    redis_client.xadd(stream_name, good)
+    for name, value in huge.items():
+        redis_client.xadd(stream_name, {**good, name: value})
+    redis_client.xadd(stream_name, {**good, "retry_count": b"9223372036854775807"})  # int64 max
+    redis_client.xgroup_create(stream_name, "g", "0")
+    redis_client.xreadgroup("g", "c", {stream_name: ">"})
+    parquet = tmp_path / "s.parquet"
+    export_parquet(redis_client, stream_name, parquet)
+    frames = {
+        "stream": stream_to_dataframe(redis_client, stream_name),
+        "dlq": dlq_to_dataframe(redis_client, stream_name, dlq=stream_name),
+        "pending": pending_to_dataframe(redis_client, stream_name, "g"),
+        "parquet": read_parquet(parquet),
+    }
+    renamed = {"dlq": {"dlq_attempts": "attempts"}}  # the DLQ frame drops the prefix
+    for kind, df in frames.items():
+        assert len(df) == 6, kind
+        assert pd.isna(df["_decode_error"][0]), kind
+        for row, (name, value) in enumerate(huge.items(), start=1):
+            column = renamed.get(kind, {}).get(name, name)
+            assert df["_decode_error"][row] == f"{column}: integer out of the 64-bit range", kind
+            assert df["_raw"][row] == {column: value}, kind
+            assert pd.isna(df[column][row]), kind
+            assert str(df[column].dtype) == "Int64", (kind, column)
+        assert df["retry_count"][5] == 2**63 - 1, kind
+
+
+def test_a_payload_too_deep_for_json_is_a_decode_error(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    redis_client.xadd(stream_name, {"event_type": "x", "payload": deep, "auth_context": deep})
+    df = stream_to_dataframe(redis_client, stream_name, payload_fields=["0.0"])
+    assert df["_decode_error"][0] == "payload: JSON nested too deep to parse"
+    assert pd.isna(df["payload.0.0"][0])
+
+
+def test_times_outside_years_1_to_9999_are_decode_errors(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    # "-0" parsed as year 0, and reading the frame's value raised OverflowError.
+    for value in (b"-0", b"0000-01-01T00:00:00Z", b"2026-01-01T00:00:00Z"):
+        redis_client.xadd(stream_name, {"event_type": "t", "timestamp": value})
+    df = stream_to_dataframe(redis_client, stream_name)
+    assert df["_decode_error"].tolist()[:2] == ["timestamp: not an RFC 3339 time"] * 2
+    assert df["timestamp"][:2].isna().all()
+    assert df["timestamp"][2] == pd.Timestamp("2026-01-01T00:00:00Z")
+    assert df["_raw"][1] == {"timestamp": b"0000-01-01T00:00:00Z"}

@@ -4,11 +4,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import ValidationError
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.consumer import ConsumerConfig
-from streamlab.errors import DecodeError, Reject, Retry
+from streamlab.errors import ConfigError, DecodeError, Reject, Retry
 from streamlab.events import (
     REPLAY_FIELDS,
     ReplayMarker,
@@ -242,16 +241,16 @@ def test_claims_are_sorted_by_previous_owner() -> None:
 
 def test_config_takes_a_schedule_longer_than_the_claim_clock() -> None:
     ConsumerConfig(stream="s", group="g", max_retries=10, claim_min_idle=timedelta(seconds=30))
-    with pytest.raises(ValidationError, match="30 days"):
+    with pytest.raises(ConfigError, match="30 days"):
         ConsumerConfig(
             stream="s", group="g", backoff=Backoff(max=timedelta(days=60)), max_retries=30
         )
 
 
 def test_config_rejects_unknown_keys_and_the_reserved_consumer_name() -> None:
-    with pytest.raises(ValidationError, match="batchsize"):
+    with pytest.raises(ConfigError, match="batchsize"):
         ConsumerConfig(stream="s", group="g", batchsize=5)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="reserved"):
+    with pytest.raises(ConfigError, match="reserved"):
         ConsumerConfig(stream="s", group="g", consumer=RETRY_CONSUMER)
     assert ConsumerConfig(stream="s", group="g").dlq == "s_dlq"
     assert ConsumerConfig(stream="s", group="g", dlq_stream="dead").dlq == "dead"

@@ -96,7 +96,7 @@ def read_until(consumer: Consumer, timeout: float) -> list[StreamMessage]:
 
 @pytest.mark.parametrize(
     ("claim_min_idle", "delay"),
-    [(0.5, 2.0), (0.0, 1.0)],  # with 0, a waiting retry always shows: parked again each poll
+    [(0.5, 2.0), (0.001, 1.0)],  # with 1 ms, a waiting retry always shows: parked each poll
 )
 def test_a_2s_backoff_with_claim_min_idle_half_a_second_retries_after_2s(
     redis_url: str,

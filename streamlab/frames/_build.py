@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
@@ -251,7 +252,7 @@ class FrameBuilder:
             if not tenant and context:
                 try:
                     value = json.loads(context).get("tenant_id")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     continue
                 if isinstance(value, str):
                     filled[row] = value.encode()
@@ -271,6 +272,9 @@ class FrameBuilder:
                     doc = json.loads(value)
                 except ValueError as exc:
                     self._error(row, field or "", f"invalid JSON ({exc})", value)
+                    continue
+                except RecursionError:
+                    self._error(row, field or "", "JSON nested too deep to parse", value)
                     continue
                 for spec in specs:
                     out[spec.column][row] = _walk(doc, spec.keys)
@@ -300,9 +304,12 @@ class FrameBuilder:
         if target == pa.string():
             return text
         try:
-            return text.cast(target)
+            out = text.cast(target)
         except pa.ArrowInvalid:
             return self._coerce(name, text, target)
+        if target == TS_US and pc.any(_outside_years(out)).as_py():
+            return self._coerce(name, text, target)
+        return out
 
     def _repair_utf8(self, name: str, values: list[Any]) -> pa.Array:
         decoded: list[str | None] = []
@@ -324,14 +331,19 @@ class FrameBuilder:
                 pd.Series(strings, dtype=object), format="ISO8601", utc=True, errors="coerce"
             )
             out = pa.array(parsed.dt.as_unit("us"), TS_US)
+            out = pc.if_else(_outside_years(out), pa.scalar(None, TS_US), out)
             kind = "not an RFC 3339 time"
         else:
             ints = [_int_or_none(s) for s in strings]
-            out = pa.array(ints, pa.int64())
+            fits = [v if v is None or _INT64_MIN <= v <= _INT64_MAX else None for v in ints]
+            out = pa.array(fits, pa.int64())
             kind = "not an integer"
-        for row, (source, value) in enumerate(zip(strings, out.to_pylist(), strict=True)):
-            if source not in (None, "") and value is None:
-                self._error(row, name, kind, source)
+        # Validity, not values: a time's value may be beyond what Python's datetime holds.
+        valid = out.is_valid().to_pylist()
+        for row, (source, ok) in enumerate(zip(strings, valid, strict=True)):
+            if source not in (None, "") and not ok:
+                wide = target != TS_US and ints[row] is not None
+                self._error(row, name, "integer out of the 64-bit range" if wide else kind, source)
         return out
 
     # -- result ------------------------------------------------------------------------------
@@ -368,6 +380,17 @@ class FrameBuilder:
         df["_raw"] = pd.Series(raws, dtype=object, index=df.index)
         self.reset()
         return df
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# RFC 3339 years: 0001 to 9999 (also all that Python's datetime holds).
+_FIRST_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TS_US)
+_LAST_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TS_US)
+
+
+def _outside_years(times: pa.Array) -> pa.Array:
+    """True where a time lies outside years 1 to 9999 (null stays null)."""
+    return pc.or_(pc.less(times, _FIRST_TIME), pc.greater(times, _LAST_TIME))
 
 
 def _int_or_none(text: str | None) -> int | None:
