@@ -91,6 +91,9 @@ class ConsumerConfig(BaseModel):
     and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
     stream (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's
     ``stream_maxlen``; `StreamlabSettings.client` fills that in from the settings).
+    ``delete_idle_consumers``: consumers of the group holding no pending entry and idle
+    (no read or claim) for longer than this are deleted, checked and deleted in one atomic
+    step, so worker churn does not grow the consumer list; None keeps them all.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -113,11 +116,14 @@ class ConsumerConfig(BaseModel):
     group_start_id: str = "0"
     create_group: bool = True
     traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
+    delete_idle_consumers: timedelta | None = timedelta(hours=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.consumer == RETRY_CONSUMER:
             raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
+        if self.delete_idle_consumers is not None and self.delete_idle_consumers <= timedelta(0):
+            raise ValueError("delete_idle_consumers must be positive (or None to keep them)")
         worst = max_delay(self.max_retries, self.backoff)
         if worst > self.claim_min_idle.total_seconds():
             raise ValueError(
@@ -180,6 +186,9 @@ class Consumer:
         # been given the message since (see _settle).
         self._received: dict[str, float] = {}
         self._next_claim = 0.0
+        # A restarted consumer first takes back what it held under the same name.
+        self._own_first = True
+        self._next_prune = 0.0
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
         self._labels = (config.stream, config.group)
@@ -226,7 +235,9 @@ class Consumer:
         """Claimed messages (decoded: they carry their delivery counts), then new entries,
         left raw for `_message` to decode when their turn comes."""
         batch: list[Item] = []
-        if time.monotonic() >= self._next_claim:
+        if self._own_first:
+            batch += self._take_back_own()
+        if len(batch) < self.config.batch_size and time.monotonic() >= self._next_claim:
             batch += self._claim_due()
         room = self.config.batch_size - len(batch)
         if room > 0:
@@ -274,6 +285,56 @@ class Consumer:
             self.stats.lost += len(claimed.lost)
             self.metrics.lost(*self._labels, len(claimed.lost))
         return batch
+
+    def _take_back_own(self) -> list[StreamMessage]:
+        """This consumer's own pending entries, left by a previous process of the same name:
+        taken back first (as XREADGROUP with id 0 would, but with their delivery counts).
+
+        XCLAIM's min-idle (just under the youngest idle seen) skips an entry that another
+        consumer took over between the XPENDING and the XCLAIM.
+        """
+        cfg = self.config
+        rows = self._pending(consumer=cfg.consumer, count=cfg.batch_size)
+        if len(rows) < cfg.batch_size:
+            self._own_first = False
+        if not rows:
+            return []
+        deliveries = {row.id: row.deliveries for row in rows}
+        min_idle = max(min(row.idle_ms for row in rows) - 1, 0)
+        ids: list[Any] = list(deliveries)
+        with translate_errors(cfg.stream, cfg.group):
+            entries: list[Any] = self.redis.xclaim(
+                cfg.stream, cfg.group, cfg.consumer, min_idle, ids
+            )
+        batch = [
+            decode_message(cfg.stream, eid, raw, deliveries.get(eid.decode(), 0) + 1)
+            for eid, raw in entries
+            if raw is not None
+        ]
+        gone = self._gone(set(deliveries) - {m.id for m in batch})
+        if gone:
+            self.stats.lost += len(gone)
+            self.metrics.lost(*self._labels, len(gone))
+        return batch
+
+    def _prune_idle_consumers(self) -> None:
+        """Delete idle consumers that hold nothing (see ``delete_idle_consumers``), at most
+        once per that period; a failure (out of memory, no right) only postpones it."""
+        limit = self.config.delete_idle_consumers
+        if limit is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + limit.total_seconds()
+        cfg = self.config
+        try:
+            deleted = self.client.scripts.prune_consumers(
+                keys=[cfg.stream],
+                args=[cfg.group, int(limit.total_seconds() * 1000), cfg.consumer, 100],
+            )
+        except redis.ResponseError as exc:
+            log.debug("consumer pruning skipped: %s", exc)
+            return
+        if deleted:
+            log.info("deleted %d idle consumers of group %r", len(deleted), cfg.group)
 
     def _pending(
         self,
@@ -538,6 +599,7 @@ class Consumer:
         """
         stop = stop_event or threading.Event()
         self.stats = RunStats()
+        self._own_first = True
         started = time.monotonic()
         cfg = self.config
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
@@ -576,6 +638,7 @@ class Consumer:
 
     def _step(self, handler: Handler, burst: bool) -> bool:
         """Read and process one batch; False when a burst run has nothing left to do."""
+        self._prune_idle_consumers()
         batch = self._read(self._poll_block(burst))
         if batch:
             self.process(batch, handler)

@@ -44,3 +44,8 @@ class Scripts:
     def replay(self) -> Script:
         """See ``lua/replay.lua``."""
         return self._register("replay")
+
+    @cached_property
+    def prune_consumers(self) -> Script:
+        """See ``lua/prune_consumers.lua``."""
+        return self._register("prune_consumers")
