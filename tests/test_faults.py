@@ -135,36 +135,6 @@ def test_sigkilled_worker_messages_are_reclaimed_and_attempts_keep_counting(
     assert pending(r, stream_name) == []
 
 
-def test_poison_message_that_kills_every_worker_ends_in_the_dlq(
-    redis_url: str, streams_client: RedisStreamsClient, stream_name: str, tmp_path: Path
-) -> None:
-    r = streams_client.redis
-    good = add(streams_client, stream_name, 3)
-    [poison] = add(streams_client, stream_name, 1, event_type="poison")
-    good += add(streams_client, stream_name, 3)
-    streams_client.ensure_group(stream_name, "g")
-    out = tmp_path / "handled"
-    args = ["--burst", "--batch-size", "1", "--max-retries", "1", "--claim-min-idle", "0.5"]
-    codes: list[int] = []
-    for n in range(6):
-        worker = spawn(redis_url, stream_name, f"w{n}", "poison", "--out", str(out), *args)
-        worker.communicate(timeout=30)
-        codes.append(worker.returncode)
-        if r.xlen(f"{stream_name}_dlq") and not pending(r, stream_name):
-            break
-        time.sleep(0.6)  # past claim_min_idle: the dead worker's message becomes claimable
-
-    # Delivery 1 and 2 (max_retries=1) each killed their worker; the 3rd dead-letters it.
-    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0]
-    [dead] = streams_client.read_dlq(stream_name)
-    failure = dead.failure
-    assert failure is not None
-    assert (failure.source_id, failure.error_type, failure.attempts) == (poison, "ConsumerDied", 3)
-    assert failure.consumer == "w2"
-    assert Counter(lines(out)) == dict.fromkeys(good, 1)
-    assert pending(r, stream_name) == []
-
-
 def test_sigterm_finishes_the_batch_in_hand_and_acks_what_was_done(
     redis_url: str, streams_client: RedisStreamsClient, stream_name: str, tmp_path: Path
 ) -> None:

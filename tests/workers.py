@@ -11,7 +11,9 @@ Modes (the handler the worker runs):
 - ``flaky``: fails for good on one event in twenty (by a hash of the event id) and on the
   first attempt only for one in ten; appends each success to ``--out`` (the soak test);
 - ``slow``: sleeps ``--sleep`` seconds per message, then appends its id to ``--out``; writes
-  ``--ready`` after the first message (for SIGTERM tests).
+  ``--ready`` after the first message (for SIGTERM tests);
+- ``reject``: rejects (straight to the DLQ) every entry whose ``event_type`` is ``fail`` and
+  that is not a replay (no ``replay_of`` field); handles the others like ``slow``.
 
 Every handled id is appended to ``--out`` (one line, flushed) when the handler returns. At
 exit the worker prints its `RunStats` as JSON on stdout.
@@ -34,6 +36,7 @@ from pathlib import Path
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.errors import Reject
 from streamlab.events import StreamMessage
 
 
@@ -41,7 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     for name in ("url", "stream", "group", "consumer"):
         parser.add_argument(name)
-    parser.add_argument("mode", choices=("block", "poison", "slow", "flaky"))
+    parser.add_argument("mode", choices=("block", "poison", "slow", "flaky", "reject"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--ready", type=Path)
     parser.add_argument("--sleep", type=float, default=0.1)
@@ -49,6 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-retries", type=int, default=3)
     parser.add_argument("--claim-min-idle", type=float, default=5.0)
     parser.add_argument("--backoff-initial", type=float, default=1.0)
+    parser.add_argument("--block-duration", type=float, default=0.5)
     parser.add_argument("--burst", action="store_true")
     return parser.parse_args(argv)
 
@@ -86,7 +90,14 @@ def make_handler(args: argparse.Namespace) -> Callable[[StreamMessage], None]:
             raise TimeoutError("upstream timed out")
         record(args.out, msg.id)
 
-    return {"block": block, "poison": poison, "slow": slow, "flaky": flaky}[args.mode]
+    def reject(msg: StreamMessage) -> None:
+        replay = "replay_of" in msg.fields
+        if msg.event is not None and msg.event.event_type == "fail" and not replay:
+            raise Reject("fails until replayed")
+        slow(msg)
+
+    modes = {"block": block, "poison": poison, "slow": slow, "flaky": flaky, "reject": reject}
+    return modes[args.mode]
 
 
 def flaky_kind(event_id: str) -> str:
@@ -107,7 +118,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         max_retries=args.max_retries,
         claim_min_idle=timedelta(seconds=args.claim_min_idle),
-        block_duration=timedelta(seconds=0.5),
+        block_duration=timedelta(seconds=args.block_duration),
         backoff=Backoff(initial=timedelta(seconds=args.backoff_initial)),
     )
     consumer = Consumer(RedisStreamsClient(connect(args.url)), config)
