@@ -272,40 +272,6 @@ def test_a_hung_consumer_cannot_dead_letter_a_message_taken_over_by_another(
     assert hung.stats.dead_lettered == 0
 
 
-def test_consumer_rides_out_a_redis_restart_with_aof(private_server: Any) -> None:
-    """Redis is SIGKILLed and restarted from its AOF mid-run: the worker waits, reconnects,
-    and every entry is handled and acked; nothing stays pending, nothing is lost."""
-    r = connect(private_server.url)
-    client = RedisStreamsClient(r)
-    first = add(client, "s", 50)
-    handled: Counter[str] = Counter()
-    config = ConsumerConfig(
-        stream="s", group="g", consumer="w", batch_size=5, claim_min_idle=timedelta(seconds=2)
-    )
-
-    def slow(msg: StreamMessage) -> None:
-        handled[msg.id] += 1
-        time.sleep(0.01)
-
-    stop = threading.Event()
-    worker = threading.Thread(
-        target=lambda: Consumer(client, config).run(slow, handle_signals=False, stop_event=stop)
-    )
-    worker.start()
-    wait_for(lambda: len(handled) >= 10, what="the worker to start handling")
-    private_server.restart(kill=True)
-    second = add(client, "s", 50)
-    wait_for(lambda: set(handled) >= set(first + second), timeout=30, what="all entries handled")
-    wait_for(lambda: not pending(r, "s"), timeout=30, what="nothing pending")
-    stop.set()
-    worker.join(timeout=10)
-    assert not worker.is_alive()
-    assert set(handled) == set(first + second)
-    # At-least-once: an entry in hand when Redis died may be handled twice, never zero times.
-    assert all(n in (1, 2) for n in handled.values())
-    r.close()
-
-
 def test_read_messages_settles_entries_that_need_no_handler(
     streams_client: RedisStreamsClient, stream_name: str
 ) -> None:
