@@ -8,8 +8,9 @@ Modes (the handler the worker runs):
   while holding its whole batch);
 - ``poison``: SIGKILLs its own process on an entry whose ``event_type`` is ``poison``;
   appends every other handled id to ``--out``;
-- ``flaky``: fails for good on one event in twenty (by a hash of the event id) and on the
-  first attempt only for one in ten; appends each success to ``--out`` (the soak test);
+- ``flaky``: fails for good on one event in ``--permanent-every`` (default twenty, by a hash
+  of the event id) and on the first attempt only for one in ten; appends each success to
+  ``--out`` (the soak test);
 - ``slow``: sleeps ``--sleep`` seconds per message, then appends its id to ``--out``; writes
   ``--ready`` after the first message (for SIGTERM tests);
 - ``reject``: rejects (straight to the DLQ) every entry whose ``event_type`` is ``fail`` and
@@ -53,6 +54,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--claim-min-idle", type=float, default=5.0)
     parser.add_argument("--backoff-initial", type=float, default=1.0)
     parser.add_argument("--block-duration", type=float, default=0.5)
+    parser.add_argument("--permanent-every", type=int, default=20)
     parser.add_argument("--burst", action="store_true")
     return parser.parse_args(argv)
 
@@ -83,7 +85,7 @@ def make_handler(args: argparse.Namespace) -> Callable[[StreamMessage], None]:
 
     def flaky(msg: StreamMessage) -> None:
         assert msg.event is not None
-        kind = flaky_kind(msg.event.id)
+        kind = flaky_kind(msg.event.id, args.permanent_every)
         if kind == "permanent":
             raise ValueError(f"cannot process {msg.event.id}")
         if kind == "transient" and msg.delivery_count == 1:
@@ -100,11 +102,11 @@ def make_handler(args: argparse.Namespace) -> Callable[[StreamMessage], None]:
     return modes[args.mode]
 
 
-def flaky_kind(event_id: str) -> str:
+def flaky_kind(event_id: str, permanent_every: int = 20) -> str:
     """``permanent``, ``transient`` or ``ok``: the fate of an event in ``flaky`` mode."""
     digest = hashlib.blake2b(event_id.encode(), digest_size=2).digest()
     value = int.from_bytes(digest, "big")
-    if value % 20 == 0:
+    if value % permanent_every == 0:
         return "permanent"
     return "transient" if value % 10 == 1 else "ok"
 
