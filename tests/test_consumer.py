@@ -511,3 +511,25 @@ def test_a_late_nack_does_not_take_back_a_message_another_consumer_took_over(
         for x in r.xpending_range(stream_name, "g", "-", "+", 10)
     }
     assert owners == {entry: b"rescuer", entry2: RETRY_CONSUMER.encode()}
+
+
+def test_idle_consumers_holding_nothing_are_deleted_and_holders_are_kept(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.add_many(stream_name, [StreamEvent(event_type="push") for _ in range(2)])
+    base: dict[str, Any] = {"stream": stream_name, "group": "g", "batch_size": 1}
+    holder = Consumer(streams_client, ConsumerConfig(consumer="holder", **base))
+    assert len(holder.read_messages(block=0.1)) == 1  # holds it, idle from now on
+    redis_client.xgroup_createconsumer(stream_name, "g", "empty")
+    time.sleep(0.3)  # both idle for 3x the limit below: a wide margin, not a tight bound
+    limit = timedelta(seconds=0.1)
+    runner = Consumer(
+        streams_client, ConsumerConfig(consumer="runner", delete_idle_consumers=limit, **base)
+    )
+    runner.run(lambda m: None, burst=True, handle_signals=False)
+    rows = redis_client.xinfo_consumers(stream_name, "g")
+    consumers = {c["name"].decode(): c["pending"] for c in rows}
+    assert consumers == {"holder": 1, "runner": 0}  # "empty" deleted, the holder kept
+    with pytest.raises(ValueError, match="delete_idle_consumers must be positive"):
+        ConsumerConfig(delete_idle_consumers=timedelta(0), **base)
