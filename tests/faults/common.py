@@ -23,18 +23,34 @@ from streamlab.events import StreamEvent
 FaultReport = Callable[..., None]
 WORKER = Path(__file__).parent.parent / "workers.py"
 GROUP = "g"
+SPAWNED: list[subprocess.Popen[str]] = []
 
 
 def spawn(
     url: str, stream: str, consumer: str, mode: str, *args: str, group: str = GROUP
 ) -> subprocess.Popen[str]:
-    """A worker process (``tests/workers.py``); its stdout (the run's stats) and stderr piped."""
-    return subprocess.Popen(
+    """A worker process (``tests/workers.py``); its stdout (the run's stats) and stderr piped.
+
+    A worker still running when its test ends (the test failed) is SIGKILLed by the
+    ``reap_workers`` fixture (tests/faults/conftest.py).
+    """
+    proc = subprocess.Popen(
         [sys.executable, str(WORKER), url, stream, group, consumer, mode, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    SPAWNED.append(proc)
+    return proc
+
+
+def reap() -> None:
+    """SIGKILL and reap every worker `spawn` started that is still running."""
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
