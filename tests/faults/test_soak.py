@@ -1,6 +1,7 @@
-"""Scenario 15, soak (``-m slow``): 5 worker processes, 200,000 events, 2% failing for good and
-10% failing once, and for two minutes a random worker SIGKILLed every 1-4 s and replaced
-(half the time under its own name, which takes its pending entries back at once).
+"""Scenario 15, soak (``-m slow``): 5 worker processes, 200,000 events produced over about
+100 s, 2% failing for good and 10% failing once, and for two minutes a random worker
+SIGKILLed every 1-4 s and replaced (half the time under its own name, which takes its pending
+entries back at once).
 
 Every event must end handled or dead-lettered exactly once, nothing pending. A delivery whose
 holder is killed counts as an attempt (the delivery counter is the attempt count), so an event
@@ -13,6 +14,7 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from workers import flaky_kind
 
 from faults.common import GROUP, FaultReport, drained, handled, spawn, wait_for
 from faults.ledger import ledger_check
-from streamlab.client import RedisStreamsClient
+from streamlab.client import RedisStreamsClient, connect
+from streamlab.events import StreamEvent
 from streamlab.samples import sample_events
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -32,6 +35,20 @@ WORKERS = 5
 BATCH = 20
 PERMANENT_EVERY = 50  # 2%
 KILLING = 120.0  # seconds
+PRODUCING = 100.0  # seconds
+
+
+def produce(url: str, stream: str, events: list[StreamEvent], ids: dict[str, StreamEvent]) -> None:
+    """Add ``events`` in chunks of 1,000, paced to spread them over ``PRODUCING`` seconds."""
+    client = RedisStreamsClient(connect(url))
+    started = time.monotonic()
+    for n in range(0, len(events), 1000):
+        chunk = events[n : n + 1000]
+        ids.update(zip(client.add_many(stream, chunk), chunk, strict=True))
+        ahead = started + PRODUCING * (n + 1000) / len(events) - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)  # pacing the producer, not a wait for a state
+    client.redis.close()
 
 
 @pytest.mark.timeout(900)
@@ -46,11 +63,9 @@ def test_soak_five_workers_random_kills(
     r = redis_client
     streams_client.ensure_group(stream_name, GROUP)
     events = list(sample_events(EVENTS, seed=15))
-    by_entry = dict(zip(streams_client.add_many(stream_name, events), events, strict=True))
-    permanent = {
-        eid for eid, e in by_entry.items() if flaky_kind(e.id, PERMANENT_EVERY) == "permanent"
-    }
-    assert 0.015 * EVENTS < len(permanent) < 0.025 * EVENTS
+    by_entry: dict[str, StreamEvent] = {}
+    producing = threading.Thread(target=produce, args=(redis_url, stream_name, events, by_entry))
+    producing.start()
 
     rng = random.Random(15)
     workers: dict[str, subprocess.Popen[str]] = {}
@@ -68,7 +83,7 @@ def test_soak_five_workers_random_kills(
         start(f"w{i}")
     kills = same_name = 0
     deadline = time.monotonic() + KILLING
-    while time.monotonic() < deadline and not drained(r, stream_name):
+    while time.monotonic() < deadline:
         time.sleep(rng.uniform(1.0, 4.0))  # the kill schedule itself, not a wait for a state
         name = rng.choice(sorted(workers))
         victim = workers.pop(name)
@@ -80,6 +95,8 @@ def test_soak_five_workers_random_kills(
             start(name)
         else:
             start(f"w{WORKERS + kills}")
+    producing.join(timeout=60)
+    assert len(by_entry) == EVENTS
     wait_for(
         lambda: drained(r, stream_name),
         timeout=600,
@@ -94,6 +111,10 @@ def test_soak_five_workers_random_kills(
         # installed its handler, nor read anything (the ledger checks that nothing is held).
         assert proc.returncode in (0, -signal.SIGTERM), err[-2000:]
 
+    permanent = {
+        eid for eid, e in by_entry.items() if flaky_kind(e.id, PERMANENT_EVERY) == "permanent"
+    }
+    assert 0.015 * EVENTS < len(permanent) < 0.025 * EVENTS
     counts = handled(*outs)
     result = ledger_check(r, stream_name, GROUP, list(by_entry), counts)
     failures = {m.failure.source_id: m.failure for m in streams_client.read_dlq(stream_name)}  # type: ignore[union-attr]
