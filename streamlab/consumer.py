@@ -186,8 +186,10 @@ class Consumer:
         # been given the message since (see _settle).
         self._received: dict[str, float] = {}
         self._next_claim = 0.0
-        # A restarted consumer first takes back what it held under the same name.
+        # A restarted consumer first takes back what it held under the same name, in id
+        # order from this cursor (see _take_back_own).
         self._own_first = True
+        self._own_after = "-"
         self._next_prune = 0.0
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
@@ -290,15 +292,18 @@ class Consumer:
         """This consumer's own pending entries, left by a previous process of the same name:
         taken back first (as XREADGROUP with id 0 would, but with their delivery counts).
 
+        In id order, after those already taken back (which may be in hand): while a batch is
+        filled with these, nothing else is read, so every entry past the cursor is an old one.
         XCLAIM's min-idle (just under the youngest idle seen) skips an entry that another
         consumer took over between the XPENDING and the XCLAIM.
         """
         cfg = self.config
-        rows = self._pending(consumer=cfg.consumer, count=cfg.batch_size)
+        rows = self._pending(start=self._own_after, consumer=cfg.consumer, count=cfg.batch_size)
         if len(rows) < cfg.batch_size:
             self._own_first = False
         if not rows:
             return []
+        self._own_after = f"({rows[-1].id}"
         deliveries = {row.id: row.deliveries for row in rows}
         min_idle = max(min(row.idle_ms for row in rows) - 1, 0)
         ids: list[Any] = list(deliveries)
@@ -599,7 +604,7 @@ class Consumer:
         """
         stop = stop_event or threading.Event()
         self.stats = RunStats()
-        self._own_first = True
+        self._own_first, self._own_after = True, "-"
         started = time.monotonic()
         cfg = self.config
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
