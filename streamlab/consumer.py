@@ -117,6 +117,9 @@ class ConsumerConfig(BaseModel):
     Every duration must be greater than 0, ``dlq_stream`` must differ from ``stream`` and
     ``group_start_id`` is ``$``, ``0`` or a stream id: a bad value raises `ConfigError`
     naming the field, as `streamlab.config` does for the same value in YAML or the environment.
+    ``delete_idle_consumers``: consumers of the group holding no pending entry and idle
+    (no read or claim) for longer than this are deleted, checked and deleted in one atomic
+    step, so worker churn does not grow the consumer list; None keeps them all.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -141,6 +144,7 @@ class ConsumerConfig(BaseModel):
     traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
     handler_timeout: Duration | None = None
     shutdown_grace: Duration = timedelta(seconds=10)
+    delete_idle_consumers: timedelta | None = timedelta(hours=1)
 
     if not TYPE_CHECKING:
         # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
@@ -152,7 +156,7 @@ class ConsumerConfig(BaseModel):
 
     _claim_min_idle = field_validator("claim_min_idle")(check_claim_min_idle)
 
-    @field_validator("block_duration", "claim_interval", "dlq_retention")
+    @field_validator("block_duration", "claim_interval", "dlq_retention", "delete_idle_consumers")
     @classmethod
     def _positive(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value <= timedelta(0):
@@ -238,6 +242,11 @@ class Consumer:
         self._redelivered: set[str] = set()
         self._next_prune = 0.0
         self._next_claim = 0.0
+        # A restarted consumer first takes back what it held under the same name, in id
+        # order from this cursor (see _take_back_own).
+        self._own_first = True
+        self._own_after = "-"
+        self._next_prune = 0.0
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
         self._labels = (config.stream, config.group)
@@ -295,7 +304,11 @@ class Consumer:
         """Claimed messages (decoded: they carry their delivery counts), then new entries,
         left raw for `_message` to decode when their turn comes."""
         batch: list[Item] = []
-        if time.monotonic() >= self._next_claim:
+        if self._own_first:
+            taken = self._take_back_own()
+            self._redelivered.update(m.id for m in taken)
+            batch += taken
+        if len(batch) < self.config.batch_size and time.monotonic() >= self._next_claim:
             claimed = self._claim_due()
             self._redelivered.update(m.id for m in claimed)
             batch += claimed
@@ -408,6 +421,59 @@ class Consumer:
         cutoff = int(time.time() * 1000) - self._min_idle_ms
         with translate_errors(self.config.stream, self.config.group):
             self.redis.zremrangebyscore(self._due_key, "-inf", f"({cutoff}")
+
+    def _take_back_own(self) -> list[StreamMessage]:
+        """This consumer's own pending entries, left by a previous process of the same name:
+        taken back first (as XREADGROUP with id 0 would, but with their delivery counts).
+
+        In id order, after those already taken back (which may be in hand): while a batch is
+        filled with these, nothing else is read, so every entry past the cursor is an old one.
+        XCLAIM's min-idle (just under the youngest idle seen) skips an entry that another
+        consumer took over between the XPENDING and the XCLAIM.
+        """
+        cfg = self.config
+        rows = self._pending(start=self._own_after, consumer=cfg.consumer, count=cfg.batch_size)
+        if len(rows) < cfg.batch_size:
+            self._own_first = False
+        if not rows:
+            return []
+        self._own_after = f"({rows[-1].id}"
+        deliveries = {row.id: row.deliveries for row in rows}
+        min_idle = max(min(row.idle_ms for row in rows) - 1, 0)
+        ids: list[Any] = list(deliveries)
+        with translate_errors(cfg.stream, cfg.group):
+            entries: list[Any] = self.redis.xclaim(
+                cfg.stream, cfg.group, cfg.consumer, min_idle, ids
+            )
+        batch = [
+            decode_message(cfg.stream, eid, raw, deliveries.get(eid.decode(), 0) + 1)
+            for eid, raw in entries
+            if raw is not None
+        ]
+        gone = self._gone(set(deliveries) - {m.id for m in batch})
+        if gone:
+            self.stats.lost += len(gone)
+            self.metrics.lost(*self._labels, len(gone))
+        return batch
+
+    def _prune_idle_consumers(self) -> None:
+        """Delete idle consumers that hold nothing (see ``delete_idle_consumers``), at most
+        once per that period; a failure (out of memory, no right) only postpones it."""
+        limit = self.config.delete_idle_consumers
+        if limit is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + limit.total_seconds()
+        cfg = self.config
+        try:
+            deleted = self.client.scripts.prune_consumers(
+                keys=[cfg.stream],
+                args=[cfg.group, int(limit.total_seconds() * 1000), cfg.consumer, 100],
+            )
+        except redis.ResponseError as exc:
+            log.debug("consumer pruning skipped: %s", exc)
+            return
+        if deleted:
+            log.info("deleted %d idle consumers of group %r", len(deleted), cfg.group)
 
     def _pending(
         self,
@@ -731,6 +797,7 @@ class Consumer:
         """
         stop = stop_event or threading.Event()
         self.stats = RunStats()
+        self._own_first, self._own_after = True, "-"
         started = time.monotonic()
         cfg = self.config
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
@@ -790,6 +857,7 @@ class Consumer:
 
     def _step(self, handler: Handler, burst: bool) -> bool:
         """Read and process one batch; False when a burst run has nothing left to do."""
+        self._prune_idle_consumers()
         batch = self._read(self._poll_block(burst))
         if batch:
             self.process(batch, handler)

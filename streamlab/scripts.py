@@ -27,6 +27,7 @@ SCRIPT_COMMANDS = {
     "add": ("xadd", "xinfo|groups", "xpending", "xrange", "xlen", "time", "xtrim"),
     "trim": ("xinfo|groups", "xpending", "xrange", "xlen", "time", "xtrim"),
     "replay": ("hget", "type", "xrange", "xinfo|stream", "xadd", "xdel", "hset"),
+    "prune_consumers": ("xinfo|consumers", "xgroup|delconsumer"),
 }
 
 
@@ -81,3 +82,8 @@ class Scripts:
     def add(self) -> Script:
         """See ``lua/add.lua``."""
         return self._register("add")
+
+    @cached_property
+    def prune_consumers(self) -> Script:
+        """See ``lua/prune_consumers.lua``."""
+        return self._register("prune_consumers")

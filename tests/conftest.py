@@ -38,6 +38,11 @@ def fault_report(request: pytest.FixtureRequest) -> FaultReport:
                 info = next(iter(info.values()))  # a cluster client answers per node
             name = "valkey" if "valkey_version" in info else "redis"
             server = f"{name} {info.get('valkey_version') or info.get('redis_version')}"
+        command = f"pytest '{request.node.nodeid}'"
+        if request.node.get_closest_marker("slow"):
+            command = command.replace("pytest ", "pytest -m slow ", 1)
+        if server.startswith("valkey"):
+            command = f"STREAMLAB_SERVER=valkey {command}"
         ok = expect_lost or (result.lost == 0 and result.dlq_doubles == 0 and result.pending == 0)
         path = os.environ.get("STREAMLAB_FAULT_REPORT")
         if path:
@@ -50,7 +55,7 @@ def fault_report(request: pytest.FixtureRequest) -> FaultReport:
                     **result.row(),
                     "result": "pass" if ok else "FAIL",
                     "note": note,
-                    "command": f"pytest '{request.node.nodeid}'",
+                    "command": command,
                 },
             )
         if not expect_lost:

@@ -560,3 +560,43 @@ def test_a_retention_longer_than_the_epoch_dead_letters_and_trims_nothing(
     assert [m.fields["dlq_error"] for m in streams_client.read_dlq(stream_name)] == [
         b"old", b"no", b"no"
     ]  # fmt: skip
+
+
+def test_idle_consumers_holding_nothing_are_deleted_and_holders_are_kept(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.add_many(stream_name, [StreamEvent(event_type="push") for _ in range(2)])
+    base: dict[str, Any] = {"stream": stream_name, "group": "g", "batch_size": 1}
+    holder = Consumer(streams_client, ConsumerConfig(consumer="holder", **base))
+    assert len(holder.read_messages(block=0.1)) == 1  # holds it, idle from now on
+    redis_client.xgroup_createconsumer(stream_name, "g", "empty")
+    time.sleep(0.3)  # both idle for 3x the limit below: a wide margin, not a tight bound
+    limit = timedelta(seconds=0.1)
+    runner = Consumer(
+        streams_client, ConsumerConfig(consumer="runner", delete_idle_consumers=limit, **base)
+    )
+    runner.run(lambda m: None, burst=True, handle_signals=False)
+    rows = redis_client.xinfo_consumers(stream_name, "g")
+    consumers = {c["name"].decode(): c["pending"] for c in rows}
+    assert consumers == {"holder": 1, "runner": 0}  # "empty" deleted, the holder kept
+    with pytest.raises(ConfigError, match="delete_idle_consumers: must be greater than 0"):
+        ConsumerConfig(delete_idle_consumers=timedelta(0), **base)
+
+
+def test_a_same_name_restart_takes_back_its_entries_once_not_those_in_hand(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    ids = streams_client.add_many(stream_name, [StreamEvent(event_type="x") for _ in range(6)])
+    streams_client.ensure_group(stream_name, "g")
+    base: dict[str, Any] = {"stream": stream_name, "group": "g", "consumer": "w", "batch_size": 2}
+    gone = Consumer(streams_client, ConsumerConfig(**base))
+    assert [m.id for m in gone.read_messages(block=0.1) + gone.read_messages(block=0.1)] == ids[:4]
+    time.sleep(0.01)  # the old deliveries are idle before the new object starts (10x margin)
+    again = Consumer(streams_client, ConsumerConfig(**base))  # claim_min_idle is 60 s
+    batches = [again.read_messages(block=0.1) for _ in range(3)]
+    assert [[(m.id, m.delivery_count) for m in b] for b in batches] == [
+        [(ids[0], 2), (ids[1], 2)],
+        [(ids[2], 2), (ids[3], 2)],  # not ids[0:2] again: they are in hand
+        [(ids[4], 1), (ids[5], 1)],
+    ]
