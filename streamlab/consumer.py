@@ -823,6 +823,10 @@ class Consumer:
                         "group %r of stream %r is gone; creating it again", cfg.group, cfg.stream
                     )
                     group_ready = False
+                except redis.AuthenticationError:
+                    # A wrong user or password (a ConnectionError to redis-py) is not an
+                    # outage: waiting would hang the worker for ever, silently.
+                    raise
                 except _TRANSIENT as exc:
                     # Redis restarting, a dropped connection or a full server: whatever was in
                     # hand stays pending and is claimed again, so waiting loses nothing.

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -600,3 +601,15 @@ def test_a_same_name_restart_takes_back_its_entries_once_not_those_in_hand(
         [(ids[2], 2), (ids[3], 2)],  # not ids[0:2] again: they are in hand
         [(ids[4], 1), (ids[5], 1)],
     ]
+
+
+def test_a_wrong_password_stops_the_worker_instead_of_waiting_for_ever(redis_url: str) -> None:
+    # redis-py's AuthenticationError is a ConnectionError: it was waited out like an outage.
+    parts = urlsplit(redis_url)
+    url = f"redis://nobody:wrong@{parts.hostname}:{parts.port}/0"
+    client = RedisStreamsClient(connect(url))
+    cfg = ConsumerConfig(stream="s", group="g", consumer="c")
+    started = time.monotonic()
+    with pytest.raises(redis.AuthenticationError):
+        Consumer(client, cfg).run(lambda m: None, burst=True, handle_signals=False)
+    assert time.monotonic() - started < 30  # at once; 30 s is a wide margin for a slow CI
