@@ -389,6 +389,12 @@ class Consumer:
         if claimed.reclaimed:
             self.stats.reclaimed += len(claimed.reclaimed)
             self.metrics.reclaimed(*self._labels, len(claimed.reclaimed))
+            log.info(
+                "reclaimed %d messages of %s from dead or stuck consumers",
+                len(claimed.reclaimed), cfg.stream,
+                extra={"stream": cfg.stream, "group": cfg.group, "consumer": cfg.consumer,
+                       "entry_ids": sorted(claimed.reclaimed)},
+            )  # fmt: skip
         if claimed.lost:
             self.stats.lost += len(claimed.lost)
             self.metrics.lost(*self._labels, len(claimed.lost))
@@ -607,8 +613,32 @@ class Consumer:
             self._redelivered.difference_update(
                 e if isinstance(e, str) else e.id for e, _ in outcomes
             )
+        if log.isEnabledFor(logging.INFO):
+            self._log_settled(dead, replies[: len(dead)], due_at)
         self._count(done)
         return done
+
+    def _log_settled(
+        self, dead: list[StreamMessage], new_ids: list[Any], due: dict[str, int]
+    ) -> None:
+        """One structured line per dead letter (INFO) and per retry scheduled (DEBUG)."""
+        cfg = self.config
+        where = {"stream": cfg.stream, "group": cfg.group, "consumer": cfg.consumer}
+        for msg, new_id in zip(dead, new_ids, strict=True):
+            if new_id:
+                dlq_id = new_id.decode() if isinstance(new_id, bytes) else str(new_id)
+                log.info(
+                    "dead-lettered %s to %s as %s after %d deliveries",
+                    msg.id, cfg.dlq_stream, dlq_id, msg.delivery_count,
+                    extra={**where, "entry_id": msg.id, "dlq": cfg.dlq_stream,
+                           "dlq_id": dlq_id, "attempts": msg.delivery_count},
+                )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):
+            for entry_id, due_ms in due.items():
+                log.debug(
+                    "retry of %s due in %d ms", entry_id, due_ms - int(time.time() * 1000),
+                    extra={**where, "entry_id": entry_id, "due_ms": due_ms},
+                )  # fmt: skip
 
     def _queue_due_times(self, pipe: Any, settled: list[str], due_at: dict[str, int]) -> None:
         """Queue a batch's due-time writes: after its acks, before its retries are parked.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,6 +26,8 @@ from streamlab.scripts import LUA_MAX_VALUES
 
 if TYPE_CHECKING:
     import pandas as pd
+
+_log = logging.getLogger("streamlab.replay")
 
 __all__ = ["DEFAULT_LEDGER_TTL", "FAILED_GROUP", "ReplayReport", "replay_dlq"]
 
@@ -449,6 +452,13 @@ def replay_dlq(
     report.remaining = [p.entry.id for p in plans[done:]]
     report.cancelled = bool(report.remaining)
     report.duration = timedelta(seconds=time.perf_counter() - clock)
+    _log.info(
+        "%s", report,
+        extra={"stream": stream, "dlq": dlq, "replay_id": report.replay_id,
+               "dry_run": dry_run, "replayed": len(report.replayed),
+               "skipped": len(report.skipped), "failed": len(report.failed),
+               "remaining": len(report.remaining)},
+    )  # fmt: skip
     return report
 
 
