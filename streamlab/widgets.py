@@ -319,15 +319,22 @@ class DLQBrowser:
             self._detail_out.value = html.escape(str(exc))
             return
         failure = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+            f"<td>{html.escape(v)}</td></tr>"
             for k, v in info["failure"].items()
         )
         payload = json.dumps(info["payload"], indent=2, ensure_ascii=False, default=str)
+        # Long payloads and tracebacks scroll in their own boxes, beside each other.
+        box = (
+            "max-height:22em;overflow:auto;margin:0;padding:.5em;background:#f7f7f7;line-height:1.3"
+        )
         self._detail_out.value = (
-            f"<table>{failure}</table>"
-            f"<details open><summary>payload</summary><pre>{html.escape(payload)}</pre></details>"
-            f"<details open><summary>traceback</summary>"
-            f"<pre>{html.escape(info['traceback'] or '(none)')}</pre></details>"
+            f"<table style='line-height:1.3'>{failure}</table>"
+            "<div style='display:flex;gap:1em'>"
+            f"<div style='flex:1;min-width:0'><b>payload</b><pre style='{box}'>"
+            f"{html.escape(payload)}</pre></div>"
+            f"<div style='flex:1;min-width:0'><b>traceback</b><pre style='{box}'>"
+            f"{html.escape(info['traceback'] or '(none)')}</pre></div></div>"
         )
 
 

@@ -114,7 +114,7 @@ def test_buttons_call_the_same_logic(
     assert list(picker.options) != first_page
     picker.value = picker.options[0]
     detail = [
-        x for x in walk(browser.widget) if isinstance(x, w.HTML) and "<summary>payload" in x.value
+        x for x in walk(browser.widget) if isinstance(x, w.HTML) and "<b>payload</b>" in x.value
     ]
     assert detail
     assert "traceback" in detail[0].value

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _log = logging.getLogger("streamlab.replay")
+_PAD = " style='padding:0 .8em;text-align:left'"
 
 __all__ = ["DEFAULT_LEDGER_TTL", "FAILED_GROUP", "ReplayReport", "replay_dlq"]
 
@@ -147,13 +148,17 @@ class ReplayReport:
         rows = []
         for outcome, target, reason, count, group_ids in self.groups().to_dict("split")["data"]:
             ids = ", ".join(group_ids[:200]) + (" …" if count > 200 else "")
-            cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in (outcome, target, reason))
+            cells = "".join(
+                f"<td{_PAD}>{html.escape(str(v))}</td>" for v in (outcome, target, reason)
+            )
             rows.append(
-                f"<tr>{cells}<td style='text-align:right'>{count:,}</td>"
+                f"<tr>{cells}<td style='text-align:right;padding:0 .8em'>{count:,}</td>"
                 f"<td><details><summary>{count:,} DLQ ids</summary>"
                 f"<code style='white-space:normal'>{html.escape(ids)}</code></details></td></tr>"
             )
-        head = "".join(f"<th>{h}</th>" for h in ("outcome", "target", "reason", "count", "ids"))
+        head = "".join(
+            f"<th{_PAD}>{h}</th>" for h in ("outcome", "target", "reason", "count", "ids")
+        )
         table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         return f"<p><b>{html.escape(str(self))}</b></p>{table if rows else ''}"
 
