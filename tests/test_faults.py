@@ -9,50 +9,26 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
+from faults.common import add, spawn, wait_for
 from prometheus_client import CollectorRegistry
 
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
-from streamlab.events import ReplayMarker, StreamEvent, StreamMessage
+from streamlab.events import ReplayMarker, StreamMessage
 from streamlab.metrics import PrometheusMetrics
-
-WORKER = Path(__file__).with_name("workers.py")
-
-
-def spawn(url: str, stream: str, consumer: str, mode: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), url, stream, "g", consumer, mode, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
-
-
-def add(client: RedisStreamsClient, stream: str, n: int, event_type: str = "push") -> list[str]:
-    return client.add_many(stream, (StreamEvent(event_type=event_type) for _ in range(n)))
 
 
 def pending(r: redis.Redis, stream: str) -> list[tuple[str, str, int]]:

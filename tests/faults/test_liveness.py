@@ -5,43 +5,18 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from faults.common import add, spawn, wait_for
 from faults.ledger import HandledLog, ledger_check
 from streamlab.client import RedisStreamsClient
-from streamlab.events import StreamEvent
 
 pytestmark = pytest.mark.fault
-
-WORKER = Path(__file__).parent.parent / "workers.py"
-
-
-def spawn(url: str, stream: str, consumer: str, mode: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), url, stream, "g", consumer, mode, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def add(client: RedisStreamsClient, stream: str, n: int) -> list[str]:
-    return client.add_many(stream, (StreamEvent(event_type="push") for _ in range(n)))
 
 
 def pending(r: redis.Redis, stream: str) -> dict[str, tuple[str, int]]:
