@@ -16,15 +16,9 @@ import yaml
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.client import RedisStreamsClient, connect
-from streamlab.config import (
-    BackoffSettings,
-    ConsumerSettings,
-    StreamlabSettings,
-    format_duration,
-    load_settings,
-    parse_duration,
-)
+from streamlab.config import StreamlabSettings, load_settings
 from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.durations import format_duration, parse_duration
 from streamlab.errors import ConfigError
 from streamlab.policy import max_delay
 
@@ -71,7 +65,7 @@ def test_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert settings.redis_url() == "redis://redis.internal:6380/4"
     stream = settings.streams["webhook_events"]
-    assert stream.consumer_group == "workers"
+    assert stream.group == "workers"
     assert stream.block_duration == timedelta(milliseconds=250)
     assert stream.batch_size == 25
     assert stream.backoff.initial == timedelta(seconds=2)
@@ -95,12 +89,17 @@ def test_yaml_only_seed_layout() -> None:
 
     assert settings.redis_url() == "redis://localhost:6379/0"
     stream = settings.streams["webhook_events"]
-    assert stream == ConsumerSettings(
-        consumer_group="webhook_workers",
-        max_length=10000,
+    assert stream == ConsumerConfig(
+        stream="webhook_events",
+        group="webhook_workers",
+        consumer=stream.consumer,
+        stream_maxlen=10000,
         block_duration=timedelta(seconds=5),
         batch_size=10,
         max_retries=3,
+        dlq_stream="webhook_events_dlq",
+        dlq_maxlen=1000,
+        dlq_retention=timedelta(days=7),
     )
     assert settings.dlq.stream_name == "webhook_events_dlq"
     assert settings.dlq.max_length == 1000
@@ -113,7 +112,7 @@ def test_yaml_with_every_optional_key() -> None:
     assert settings.redis_url() == "rediss://worker:s3cret@redis.example.com:6380/2"
     hooks = settings.streams["webhook_events"]
     assert hooks.claim_min_idle == timedelta(seconds=90)
-    assert hooks.backoff == BackoffSettings(
+    assert hooks.backoff == Backoff(
         initial=timedelta(seconds=1),
         multiplier=2,
         max=timedelta(seconds=60),
@@ -132,7 +131,7 @@ def test_streamlab_config_env_names_the_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("STREAMLAB_CONFIG", str(SEED))
-    assert StreamlabSettings().streams["webhook_events"].consumer_group == "webhook_workers"
+    assert StreamlabSettings().streams["webhook_events"].group == "webhook_workers"
 
     other = write(tmp_path, "streams:\n  orders:\n    consumer_group: order_workers\n")
     assert list(load_settings(other).streams) == ["orders"], "an explicit path wins"
@@ -156,8 +155,8 @@ def test_env_overrides_yaml_key_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
     stream = settings.streams["webhook_events"]
     assert stream.batch_size == 50
-    assert stream.consumer_group == "webhook_workers", "the YAML's other keys stay"
-    assert stream.max_length == 10000
+    assert stream.group == "webhook_workers", "the YAML's other keys stay"
+    assert stream.stream_maxlen == 10000
     assert settings.redis_url() == "redis://localhost:6379/3"
     assert settings.dlq.retention == timedelta(hours=1)
     assert settings.dlq.max_length == 1000
@@ -206,7 +205,7 @@ def test_settings_are_immutable() -> None:
 def test_duration_forms(raw: object, expected: timedelta) -> None:
     assert parse_duration(raw) == expected
     # The same through a settings field.
-    assert BackoffSettings.model_validate({"initial": raw, "max": "1000h"}).initial == expected
+    assert Backoff(initial=raw, max="1000h").initial == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("raw", ["5s", "1m30s", "168h", "250ms", "1.5s", "100us", "0s", "1h1s"])
@@ -317,7 +316,7 @@ def test_env_vars_that_are_not_settings_are_allowed(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("STREAMLAB_SERVER", "valkey")  # read by streamlab.embedded
     monkeypatch.setenv("STREAMLAB_CONFIG", str(SEED))
     monkeypatch.setenv("STREAMLAB_STREAMS", '{"orders": {"consumer_group": "o"}}')
-    assert load_settings().streams["orders"].consumer_group == "o"
+    assert load_settings().streams["orders"].group == "o"
 
 
 def test_missing_consumer_group_names_the_stream(tmp_path: Path) -> None:
