@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import redis
 import yaml
+from pydantic import ValidationError
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.client import RedisStreamsClient, connect
@@ -743,3 +746,147 @@ def test_a_multiplier_that_is_not_a_finite_number_is_rejected_everywhere(
     python = {"backoff": {"multiplier": float(bad)}}
     for message in errors_from_every_source(monkeypatch, tmp_path, path, bad, python):
         assert "backoff.multiplier: " in message
+
+
+# --- one model per concept: every field accepts and refuses the same values from every source --
+
+# (stream section in the YAML vocabulary, accepted?). Python gets the same keys and values
+# (``consumer_group`` and ``max_length`` are aliases of ``group`` and ``stream_maxlen``).
+SAME_FROM_EVERY_SOURCE: list[tuple[dict[str, object], bool]] = [
+    ({"block_duration": "4s"}, True),
+    ({"block_duration": 2.5}, True),
+    ({"block_duration": "PT1M"}, True),
+    ({"block_duration": 0}, False),  # would block forever
+    ({"block_duration": "0s"}, False),
+    ({"block_duration": "-5s"}, False),
+    ({"block_duration": "5 parsecs"}, False),
+    ({"batch_size": 1}, True),
+    ({"batch_size": "25"}, True),
+    ({"batch_size": 0}, False),
+    ({"batch_size": "many"}, False),
+    ({"max_retries": 0}, True),
+    ({"max_retries": 1030}, True),
+    ({"max_retries": -1}, False),
+    ({"claim_min_idle": "1m30s"}, True),
+    ({"claim_min_idle": "-1m"}, False),
+    ({"claim_min_idle": "876000h"}, False),
+    ({"claim_interval": "250ms"}, True),
+    ({"claim_interval": "0s"}, False),
+    ({"handler_timeout": "5m"}, True),
+    ({"handler_timeout": "0s"}, False),
+    ({"shutdown_grace": "0s"}, True),
+    ({"shutdown_grace": "-1s"}, False),
+    ({"delete_idle_consumers": "2h"}, True),
+    ({"delete_idle_consumers": "0s"}, False),
+    ({"dlq_retention": "24h"}, True),
+    ({"dlq_retention": "0s"}, False),
+    ({"dlq_maxlen": 1000}, True),
+    ({"dlq_maxlen": 0}, False),
+    ({"max_length": 10000}, True),
+    ({"max_length": 0}, False),
+    ({"group_start_id": "$"}, True),
+    ({"group_start_id": "1700000000000-5"}, True),
+    ({"group_start_id": "banana"}, False),
+    ({"create_group": False}, True),
+    ({"create_group": "maybe"}, False),
+    ({"traceback_limit": 0}, True),
+    ({"traceback_limit": -1}, False),
+    ({"dlq_stream": "s_failed"}, True),
+    ({"dlq_stream": "s"}, False),  # the stream itself
+    ({"consumer": "worker-1"}, True),
+    ({"consumer": "streamlab:retry"}, False),
+    ({"backoff": {"initial": "500ms", "max": "1m"}}, True),
+    ({"backoff": {"initial": "10s", "max": "1s"}}, False),  # max below initial
+    ({"backoff": {"initial": "-1s"}}, False),
+    ({"backoff": {"max": "500ms"}}, False),  # below the default initial (1s)
+    ({"backoff": {"multiplier": 1}}, True),
+    ({"backoff": {"multiplier": 0.5}}, False),
+    ({"backoff": {"multiplier": "inf"}}, False),
+    ({"backoff": {"multiplier": "nan"}}, False),
+    ({"backoff": {"jitter": 1}}, True),
+    ({"backoff": {"jitter": 1.5}}, False),
+    ({"backoff": {"first_immediate": False}}, True),
+    ({"backoff": {"first_immediate": "sometimes"}}, False),
+    ({"backoff": {"initial": "31d", "max": "31d"}}, False),  # past the 30-day cap
+]
+
+
+def _env_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _env_vars(section: dict[str, object], prefix: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out.update(_env_vars(value, f"{prefix}{key.upper()}__"))
+        else:
+            out[prefix + key.upper()] = _env_text(value)
+    return out
+
+
+def _leaf_keys(section: dict[str, object]) -> set[str]:
+    keys: set[str] = set()
+    for key, value in section.items():
+        keys |= _leaf_keys(value) if isinstance(value, dict) else {key}
+    return keys
+
+
+@pytest.mark.parametrize(("section", "accepted"), SAME_FROM_EVERY_SOURCE, ids=repr)
+def test_a_value_is_accepted_or_refused_the_same_from_python_yaml_and_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, section: dict[str, object], accepted: bool
+) -> None:
+    worker = None if "consumer" in section else "w"  # the section's own, else "w"
+
+    def from_python() -> ConsumerConfig:
+        return ConsumerConfig(**{"stream": "s", "group": "g", "consumer": "w", **section})
+
+    def from_yaml() -> ConsumerConfig:
+        tree = {"streams": {"s": {"consumer_group": "g", **section}}}
+        path = write(tmp_path, yaml.safe_dump(tree))
+        return load_settings(path).consumer_config("s", consumer=worker)
+
+    def from_env() -> ConsumerConfig:
+        with monkeypatch.context() as env:
+            env.setenv("STREAMLAB_STREAMS__S__CONSUMER_GROUP", "g")
+            for name, text in _env_vars(section, "STREAMLAB_STREAMS__S__").items():
+                env.setenv(name, text)
+            return load_settings().consumer_config("s", consumer=worker)
+
+    if accepted:
+        python, from_file, from_vars = from_python(), from_yaml(), from_env()
+        assert from_file == python
+        assert from_vars == python
+        assert python != ConsumerConfig(stream="s", group="g", consumer="w"), "a non-default"
+        return
+    for build in (from_python, from_yaml, from_env):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert not isinstance(info.value, ValidationError), "never a raw pydantic error"
+        message = str(info.value)
+        named = _leaf_keys(section) | ({"backoff"} if "backoff" in section else set())
+        assert any(key in message for key in named), f"{build.__name__}: {message}"
+
+
+def test_importing_the_consumer_loads_no_settings_machinery() -> None:
+    code = (
+        "import sys, streamlab.consumer, streamlab.backoff, streamlab.durations\n"
+        "heavy = {'yaml', 'pydantic_settings', 'streamlab.config'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_removed_mirror_models_are_gone() -> None:
+    import streamlab
+    import streamlab.config
+
+    for name in ("ConsumerSettings", "BackoffSettings"):
+        assert not hasattr(streamlab.config, name)
+        assert name not in streamlab.__all__
+    stream = load_settings(SEED).streams["webhook_events"]
+    assert type(stream) is ConsumerConfig
+    assert type(stream.backoff) is Backoff
