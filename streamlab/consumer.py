@@ -136,7 +136,7 @@ class ConsumerConfig(BaseModel):
     ``max_length`` (the seed's keys), so a value is valid or invalid the same way everywhere.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     stream: str = Field(min_length=1)
     group: str = Field(min_length=1, validation_alias=AliasChoices("group", "consumer_group"))

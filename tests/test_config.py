@@ -175,6 +175,10 @@ def test_settings_are_immutable() -> None:
     settings = load_settings(SEED)
     with pytest.raises(ValueError, match="frozen"):
         settings.redis.db = 2
+    with pytest.raises(ValueError, match="frozen"):
+        settings.streams["webhook_events"].batch_size = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        settings.streams["webhook_events"].backoff.max = timedelta(0)  # type: ignore[misc]
 
 
 # --- durations ------------------------------------------------------------------------------
