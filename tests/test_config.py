@@ -295,6 +295,53 @@ def test_the_seed_readme_layout_with_dlq_under_streams_is_read() -> None:
     assert (config.dlq, config.dlq_maxlen) == ("webhook_events_dlq", 1000)
 
 
+def test_the_dlq_section_fills_in_each_stream_unless_it_sets_its_own() -> None:
+    streams = {
+        "a": {"consumer_group": "g"},
+        "b": {"consumer_group": "g", "dlq_stream": "b_dead", "dlq_maxlen": 5},
+        "c": {"group": "g", "dlq_retention": "1h"},
+    }
+    settings = load_settings(
+        streams=streams, dlq={"stream_name": "all_dlq", "max_length": 100, "retention": "24h"}
+    )
+    a, b, c = (settings.streams[name] for name in "abc")
+    assert (a.stream, a.dlq_stream, a.dlq_maxlen, a.dlq_retention) == (
+        "a",
+        "all_dlq",
+        100,
+        timedelta(hours=24),
+    )
+    assert (b.dlq_stream, b.dlq_maxlen, b.dlq_retention) == ("b_dead", 5, timedelta(hours=24))
+    assert (c.group, c.dlq_stream, c.dlq_retention) == ("g", "all_dlq", timedelta(hours=1))
+    assert settings.consumer_config("b", consumer="w") == b.model_copy(update={"consumer": "w"})
+
+
+def test_a_bad_dlq_section_is_reported_once_at_dlq() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(streams={"s": {"consumer_group": "g"}}, dlq={"retention": "0s"})
+    message = str(info.value)
+    assert "1 error" in message
+    assert "dlq.retention: must be greater than 0" in message
+
+
+def test_a_section_naming_another_stream_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "streams:\n  s:\n    consumer_group: g\n    stream: t\n")
+    with pytest.raises(ConfigError, match=r"streams\.s\.stream: .*the section's key is the stream"):
+        load_settings(path)
+    assert load_settings(streams={"s": {"consumer_group": "g", "stream": "s"}}).streams["s"]
+
+
+def test_the_stream_key_is_not_a_setting_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(STREAM_ENV + "CONSUMER_GROUP", "g")
+    monkeypatch.setenv(STREAM_ENV + "MAX_LENGTH", "7")  # the seed's alias of stream_maxlen
+    assert load_settings().streams["webhook_events"].stream_maxlen == 7
+    monkeypatch.setenv(STREAM_ENV + "STREAM", "other")
+    with pytest.raises(ConfigError, match=r"'stream' is not a key of streams\.webhook_events"):
+        load_settings()
+
+
 def test_dlq_given_both_under_streams_and_at_the_top_is_an_error(tmp_path: Path) -> None:
     text = (FIXTURES / "seed_readme_layout.yaml").read_text()
     path = tmp_path / "both.yaml"

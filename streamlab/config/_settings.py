@@ -145,13 +145,13 @@ class StreamlabSettings(BaseSettings):
     @classmethod
     def _dlq_under_streams(cls, data: Any) -> Any:
         # The seed's README indents `dlq:` under `streams:`. A DLQ section (it has no
-        # consumer_group, and DLQ keys) cannot be a stream, so read it as the top-level one.
+        # consumer_group or group, and DLQ keys) cannot be a stream: read it as the top one.
         if not isinstance(data, Mapping) or not isinstance(data.get("streams"), Mapping):
             return data
         streams: Mapping[str, Any] = data["streams"]
         dlq = streams.get("dlq")
         keys = set(dlq) if isinstance(dlq, Mapping) else set()
-        if "consumer_group" in keys or not keys & set(DLQSettings.model_fields):
+        if keys & {"consumer_group", "group"} or not keys & set(DLQSettings.model_fields):
             return _fill_streams(data)
         if data.get("dlq"):
             raise ValueError(
