@@ -7,17 +7,17 @@ import random
 import sys
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from streamlab._config_model import ConfigModel
 from streamlab.durations import Duration, format_duration
-from streamlab.errors import ConfigError
 
 __all__ = ["Backoff", "compute_backoff"]
 
 
-class Backoff(BaseModel):
+class Backoff(ConfigModel):
     """Exponential backoff between retries.
 
     The seed's default: the first retry is immediate, then ``initial`` (1 s), then doubling
@@ -28,21 +28,11 @@ class Backoff(BaseModel):
     this model, so a value is valid or invalid the same way in Python, YAML and environment.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     initial: Duration = timedelta(seconds=1)
     multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     max: Duration = timedelta(seconds=60)
     first_immediate: bool = True
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)
-
-    if not TYPE_CHECKING:
-        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError.from_validation(exc, "Backoff") from None
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -18,20 +18,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
 import redis
 from pydantic import (
     AliasChoices,
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from streamlab._config_model import ConfigModel
 from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
@@ -106,7 +104,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class ConsumerConfig(BaseModel):
+class ConsumerConfig(ConfigModel):
     """How a consumer reads, retries and dead-letters. Unknown keys are rejected.
 
     ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
@@ -136,8 +134,6 @@ class ConsumerConfig(BaseModel):
     ``max_length`` (the seed's keys), so a value is valid or invalid the same way everywhere.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     stream: str = Field(min_length=1)
     group: str = Field(min_length=1, validation_alias=AliasChoices("group", "consumer_group"))
     consumer: str = Field(default_factory=default_consumer_name, min_length=1)
@@ -161,14 +157,6 @@ class ConsumerConfig(BaseModel):
     handler_timeout: PositiveDuration | None = None
     shutdown_grace: Duration = timedelta(seconds=10)
     delete_idle_consumers: PositiveDuration | None = timedelta(hours=1)
-
-    if not TYPE_CHECKING:
-        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError.from_validation(exc, "ConsumerConfig") from None
 
     _claim_min_idle = field_validator("claim_min_idle")(check_claim_min_idle)
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.client import RedisStreamsClient, connect
-from streamlab.config import StreamlabSettings, load_settings
+from streamlab.config import DLQSettings, RedisSettings, StreamlabSettings, load_settings
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.durations import format_duration, parse_duration
 from streamlab.errors import ConfigError
@@ -917,6 +917,40 @@ def test_a_value_is_accepted_or_refused_the_same_from_python_yaml_and_env(
         message = str(info.value)
         named = _leaf_keys(section) | ({"backoff"} if "backoff" in section else set())
         assert any(key in message for key in named), f"{build.__name__}: {message}"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ConsumerConfig.model_validate({"stream": "s"}),
+        lambda: ConsumerConfig.model_validate_json(
+            '{"stream": "s", "group": "g", "batch_size": 0}'
+        ),
+        lambda: ConsumerConfig.model_validate_strings(
+            {"stream": "s", "group": "g", "max_retries": "-1"}
+        ),
+        lambda: Backoff.model_validate({"initial": "10s", "max": "1s"}),
+        lambda: Backoff.model_validate_json('{"jitter": 2}'),
+        lambda: DLQSettings(retention="0s"),
+        lambda: RedisSettings(db=-1),
+        lambda: StreamlabSettings.model_validate({"redis": {"db": -1}}),
+    ],
+    ids=[
+        "ConsumerConfig.model_validate",
+        "ConsumerConfig.model_validate_json",
+        "ConsumerConfig.model_validate_strings",
+        "Backoff.model_validate",
+        "Backoff.model_validate_json",
+        "DLQSettings",
+        "RedisSettings",
+        "StreamlabSettings.model_validate",
+    ],
+)
+def test_every_way_of_building_a_config_model_raises_config_error(build: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()  # type: ignore[operator]
+    assert not isinstance(info.value, ValidationError)
+    assert info.value.problems or "invalid streamlab settings" in str(info.value)
 
 
 def test_importing_the_consumer_loads_no_settings_machinery() -> None:

@@ -9,16 +9,13 @@ from __future__ import annotations
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from streamlab._config_model import ConfigModel
 from streamlab.durations import PositiveDuration
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RedisSettings(_Section):
+class RedisSettings(ConfigModel):
     """Where Redis is. ``url`` (``redis://``, ``rediss://`` or ``unix://``) wins over the rest.
 
     ``cluster: true`` (or a ``redis+cluster://`` URL) makes `StreamlabSettings.client` a Redis
@@ -74,7 +71,7 @@ def split_addr(addr: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-class DLQSettings(_Section):
+class DLQSettings(ConfigModel):
     """Dead-letter settings shared by all streams: the DLQ name (``stream_name``, default
     ``<stream>_dlq``), its cap (``max_length``) and ``retention`` (older entries are trimmed).
     Each stream's `ConsumerConfig` gets them as ``dlq_stream``, ``dlq_maxlen`` and

@@ -15,6 +15,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from streamlab._config_model import ConfigErrors
 from streamlab.config._diagnostics import (
     check_environment,
     describe_errors,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from streamlab.client import RedisStreamsClient
 
 
-class StreamlabSettings(BaseSettings):
+class StreamlabSettings(ConfigErrors, BaseSettings):
     """All streamlab settings: ``redis``, ``streams`` (name → `ConsumerConfig`), ``dlq``.
 
     Each ``streams`` entry is the stream's `ConsumerConfig`: ``stream`` is its name, and the
@@ -214,12 +215,11 @@ class StreamlabSettings(BaseSettings):
         if consumer is None and "consumer" in config.model_fields_set:
             consumer = config.consumer
         try:
-            return config.model_validate(
-                {**config.model_dump(), "consumer": consumer or default_consumer_name()}
+            return ConsumerConfig(
+                **{**config.model_dump(), "consumer": consumer or default_consumer_name()}
             )
-        except ValidationError as exc:
-            error = ConfigError.from_validation(exc, f"ConsumerConfig of stream {stream!r}")
-            raise error from None
+        except ConfigError as exc:
+            raise ConfigError(f"stream {stream!r}: {exc}") from exc
 
 
 def _fill_streams(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -232,7 +232,7 @@ def _fill_streams(data: Mapping[str, Any]) -> Mapping[str, Any]:
         return data
     try:
         dlq = DLQSettings.model_validate(data.get("dlq") or {})
-    except ValidationError:
+    except ConfigError:
         dlq = DLQSettings()
     filled: dict[str, Any] = {}
     for name, section in streams.items():
