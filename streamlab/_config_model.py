@@ -28,32 +28,29 @@ def as_config_error(exc: ValidationError, what: str) -> ConfigError:
     return ConfigError.from_validation(exc, what)
 
 
+def _validating(name: str) -> Any:
+    """The classmethod ``name`` of the next base in the MRO, with `ConfigError` for
+    `ValidationError`."""
+
+    def method(cls: type[BaseModel], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(super(ConfigErrors, cls), name)(*args, **kwargs)
+        except ValidationError as exc:
+            raise as_config_error(exc, cls.__name__) from None
+
+    method.__name__ = method.__qualname__ = name
+    return classmethod(method)
+
+
 class ConfigErrors:
     """``model_validate``, ``model_validate_json`` and ``model_validate_strings`` raising
     `ConfigError` instead of `ValidationError` (mix in before the pydantic base class)."""
 
     if not TYPE_CHECKING:
         # Keep pydantic's typed signatures for type checkers; at run time, a ConfigError.
-        @classmethod
-        def model_validate(cls, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().model_validate(*args, **kwargs)
-            except ValidationError as exc:
-                raise as_config_error(exc, cls.__name__) from None
-
-        @classmethod
-        def model_validate_json(cls, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().model_validate_json(*args, **kwargs)
-            except ValidationError as exc:
-                raise as_config_error(exc, cls.__name__) from None
-
-        @classmethod
-        def model_validate_strings(cls, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().model_validate_strings(*args, **kwargs)
-            except ValidationError as exc:
-                raise as_config_error(exc, cls.__name__) from None
+        model_validate = _validating("model_validate")
+        model_validate_json = _validating("model_validate_json")
+        model_validate_strings = _validating("model_validate_strings")
 
 
 class ConfigModel(ConfigErrors, BaseModel):
