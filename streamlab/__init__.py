@@ -41,8 +41,9 @@ from streamlab.metrics import Metrics, NullMetrics, PrometheusMetrics
 
 if TYPE_CHECKING:
     from streamlab.backoff import Backoff
-    from streamlab.config import ConsumerSettings, StreamlabSettings, load_settings
+    from streamlab.config import StreamlabSettings, load_settings
     from streamlab.consumer import Consumer, ConsumerConfig, RunStats
+    from streamlab.durations import Duration, format_duration, parse_duration
     from streamlab.frames import (
         consumers_to_dataframe,
         dlq_summary,
@@ -66,7 +67,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "config": ("ConsumerSettings", "StreamlabSettings", "load_settings"),
+    "config": ("StreamlabSettings", "load_settings"),
+    "durations": ("Duration", "format_duration", "parse_duration"),
     "backoff": ("Backoff",),
     "consumer": ("Consumer", "ConsumerConfig", "RunStats"),
     "frames": (
@@ -115,12 +117,14 @@ __all__ = [
     "ConsumerConfig",
     "RunStats",
     # metrics and config
-    "ConsumerSettings",
+    "Duration",
     "Metrics",
     "NullMetrics",
     "PrometheusMetrics",
     "StreamlabSettings",
+    "format_duration",
     "load_settings",
+    "parse_duration",
     # servers
     "EmbeddedCluster",
     "EmbeddedServer",

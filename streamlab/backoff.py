@@ -7,60 +7,39 @@ import random
 import sys
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from streamlab.errors import ConfigError
+from streamlab._config_model import ConfigModel
+from streamlab.durations import Duration, format_duration
 
 __all__ = ["Backoff", "compute_backoff"]
 
 
-class Backoff(BaseModel):
+class Backoff(ConfigModel):
     """Exponential backoff between retries.
 
     The seed's default: the first retry is immediate, then ``initial`` (1 s), then doubling
     (2 s, 4 s, ...) up to ``max``. ``jitter`` spreads each delay by up to that fraction either
-    way, so that a burst of failures does not retry in lockstep. Durations must be >= 0 and
-    ``max`` >= ``initial``; a bad value raises `ConfigError` naming the field.
+    way, so that a burst of failures does not retry in lockstep. Durations are `Duration`s
+    (``"1s"``, seconds, ISO 8601 or a `timedelta`), >= 0, and ``max`` >= ``initial``; a bad
+    value raises `ConfigError` naming the field. The YAML ``backoff:`` section of a stream is
+    this model, so a value is valid or invalid the same way in Python, YAML and environment.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    initial: timedelta = timedelta(seconds=1)
+    initial: Duration = timedelta(seconds=1)
     multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
-    max: timedelta = timedelta(seconds=60)
+    max: Duration = timedelta(seconds=60)
     first_immediate: bool = True
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)
-
-    if not TYPE_CHECKING:
-        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError.from_validation(exc, "Backoff") from None
-
-    @field_validator("initial", "max")
-    @classmethod
-    def _not_negative(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError(f"must be >= 0 (got {value.total_seconds():g} s)")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.max < self.initial:
             raise ValueError(
-                f"max ({self.max.total_seconds():g} s) is below initial "
-                f"({self.initial.total_seconds():g} s)"
+                f"max ({format_duration(self.max)}) is below initial "
+                f"({format_duration(self.initial)})"
             )
         return self
 

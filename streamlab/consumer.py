@@ -18,17 +18,24 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from streamlab._config_model import ConfigModel
 from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
 from streamlab.backoff import Backoff
 from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
-from streamlab.config import Duration
+from streamlab.durations import Duration, PositiveDuration, format_duration
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
@@ -97,7 +104,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class ConsumerConfig(BaseModel):
+class ConsumerConfig(ConfigModel):
     """How a consumer reads, retries and dead-letters. Unknown keys are rejected.
 
     ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
@@ -114,53 +121,52 @@ class ConsumerConfig(BaseModel):
     ``shutdown_grace`` is how long a running handler may go on after a stop request before
     it is interrupted and its message left pending. See `streamlab._lease` for how, and its
     limit: a handler blocked in C code outside the main thread stops only when it returns.
-    Every duration must be greater than 0, ``dlq_stream`` must differ from ``stream`` and
-    ``group_start_id`` is ``$``, ``0`` or a stream id: a bad value raises `ConfigError`
-    naming the field, as `streamlab.config` does for the same value in YAML or the environment.
+    Durations are `Duration`s (a `timedelta`, ``"5s"``, seconds or ISO 8601); each one but
+    ``claim_min_idle`` and ``shutdown_grace`` must be greater than 0. ``dlq_stream`` must
+    differ from ``stream`` and ``group_start_id`` is ``$``, ``0`` or a stream id. A bad value
+    raises `ConfigError` naming the field.
     ``delete_idle_consumers``: consumers of the group holding no pending entry and idle
     (no read or claim) for longer than this are deleted, checked and deleted in one atomic
     step, so worker churn does not grow the consumer list; None keeps them all.
+
+    A stream's section of the settings (``streams.<name>`` in YAML or ``STREAMLAB_*``) is this
+    model: ``group`` is also read as ``consumer_group`` and ``stream_maxlen`` as
+    ``max_length`` (the seed's keys), so a value is valid or invalid the same way everywhere.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     stream: str = Field(min_length=1)
-    group: str = Field(min_length=1)
+    group: str = Field(min_length=1, validation_alias=AliasChoices("group", "consumer_group"))
     consumer: str = Field(default_factory=default_consumer_name, min_length=1)
-    block_duration: timedelta = timedelta(seconds=5)
+    block_duration: Duration = timedelta(seconds=5)
     batch_size: int = Field(default=10, ge=1)
     max_retries: int = Field(default=3, ge=0)
     backoff: Backoff = Field(default_factory=Backoff)
-    claim_min_idle: timedelta = timedelta(seconds=60)
-    claim_interval: timedelta = timedelta(milliseconds=100)
+    claim_min_idle: Duration = timedelta(seconds=60)
+    claim_interval: PositiveDuration = timedelta(milliseconds=100)
     dlq_stream: str = Field(
         default_factory=lambda data: dlq_key(data.get("stream") or ""), min_length=1
     )
     dlq_maxlen: int | None = Field(default=None, ge=1)
-    dlq_retention: timedelta | None = None
-    stream_maxlen: int | None = Field(default=None, ge=1)
+    dlq_retention: PositiveDuration | None = None
+    stream_maxlen: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("stream_maxlen", "max_length")
+    )
     group_start_id: str = "0"
     create_group: bool = True
     traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
-    handler_timeout: Duration | None = None
+    handler_timeout: PositiveDuration | None = None
     shutdown_grace: Duration = timedelta(seconds=10)
-    delete_idle_consumers: timedelta | None = timedelta(hours=1)
-
-    if not TYPE_CHECKING:
-        # Keep pydantic's typed signature for type checkers; at run time, a ConfigError.
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError.from_validation(exc, "ConsumerConfig") from None
+    delete_idle_consumers: PositiveDuration | None = timedelta(hours=1)
 
     _claim_min_idle = field_validator("claim_min_idle")(check_claim_min_idle)
 
-    @field_validator("block_duration", "claim_interval", "dlq_retention", "delete_idle_consumers")
+    @field_validator("block_duration")
     @classmethod
-    def _positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError(f"must be greater than 0 (got {value.total_seconds():g} s)")
+    def _block(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(
+                f"must be greater than 0 (got {format_duration(value)}; 0 would block forever)"
+            )
         return value
 
     @field_validator("group_start_id")
@@ -168,17 +174,20 @@ class ConsumerConfig(BaseModel):
     def _start_id(cls, value: str) -> str:
         return check_start_id(value)
 
+    @field_validator("dlq_stream")
+    @classmethod
+    def _not_the_stream(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("stream"):
+            raise ValueError(
+                f"the DLQ {value!r} is the stream itself, so every dead letter would be read "
+                "again and dead-lettered again; name another stream"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.handler_timeout is not None and self.handler_timeout <= timedelta(0):
-            raise ValueError("handler_timeout must be greater than 0 (None: no limit)")
         if self.consumer == RETRY_CONSUMER:
             raise ValueError(f"consumer name {RETRY_CONSUMER!r} is reserved for waiting retries")
-        if self.dlq_stream == self.stream:
-            raise ValueError(
-                f"dlq_stream: the DLQ {self.dlq_stream!r} is the stream itself, so every "
-                "dead letter would be read again and dead-lettered again; name another stream"
-            )
         error = schedule_error(self.max_retries, self.backoff)
         if error:
             raise ValueError(error)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 
 class StreamlabError(Exception):
@@ -16,35 +17,53 @@ class StreamlabError(Exception):
 class ConfigError(StreamlabError, ValueError):
     """Settings are invalid: an unknown key, a bad value, or keys that cannot share a slot.
 
-    ``problems`` lists (field path, reason) pairs when the error comes from validating a model.
+    ``problems`` lists (field path, reason) pairs when the error comes from validating a model;
+    ``details`` holds pydantic's errors behind them, nested models' errors flattened into
+    their parent's (see `flatten_errors`).
     """
 
     problems: tuple[tuple[str, str], ...] = ()
+    details: tuple[ErrorDetails, ...] = ()
 
     @classmethod
     def from_validation(cls, exc: ValidationError, what: str) -> ConfigError:
         """One error naming every bad field of ``what`` (a model name) and why."""
+        details = flatten_errors(exc.errors())
         problems: list[tuple[str, str]] = []
-        for error in exc.errors():
+        for error in details:
             where = ".".join(str(part) for part in error["loc"])
             cause = error.get("ctx", {}).get("error")
-            if error["type"] == "default_factory_not_called":
-                continue  # a default that depends on a field already reported
-            if isinstance(cause, ConfigError) and cause.problems:
-                # A nested model's own ConfigError: its fields, under this field's name.
-                problems += [(f"{where}.{w}" if w else where, r) for w, r in cause.problems]
-                continue
             if error["type"] == "value_error":
                 reason = str(cause if cause is not None else error["msg"])
             elif error["type"] == "extra_forbidden":
                 reason = "unknown key"
+            elif error["type"] == "missing":
+                reason = "required"
             else:
                 reason = f"{error['msg']} (got {repr(error['input'])[:80]})"
             problems.append((where, reason))
         text = "; ".join(f"{w}: {r}" if w else r for w, r in problems)
         result = cls(f"invalid {what}: {text}")
         result.problems = tuple(problems)
+        result.details = tuple(details)
         return result
+
+
+def flatten_errors(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """pydantic's errors with each nested model's `ConfigError` (a model whose ``__init__``
+    raises one, like `Backoff`) replaced by that model's own errors, under its location.
+    Defaults that depend on a field already reported are left out."""
+    flat: list[ErrorDetails] = []
+    for error in errors:
+        if error["type"] == "default_factory_not_called":
+            continue
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError) and cause.details:
+            for inner in cause.details:
+                flat.append({**inner, "loc": (*error["loc"], *inner["loc"])})
+            continue
+        flat.append(error)
+    return flat
 
 
 class ArgumentError(StreamlabError, ValueError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,18 +15,13 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import redis
 import yaml
+from pydantic import ValidationError
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.client import RedisStreamsClient, connect
-from streamlab.config import (
-    BackoffSettings,
-    ConsumerSettings,
-    StreamlabSettings,
-    format_duration,
-    load_settings,
-    parse_duration,
-)
+from streamlab.config import DLQSettings, RedisSettings, StreamlabSettings, load_settings
 from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.durations import format_duration, parse_duration
 from streamlab.errors import ConfigError
 from streamlab.policy import max_delay
 
@@ -71,7 +68,7 @@ def test_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert settings.redis_url() == "redis://redis.internal:6380/4"
     stream = settings.streams["webhook_events"]
-    assert stream.consumer_group == "workers"
+    assert stream.group == "workers"
     assert stream.block_duration == timedelta(milliseconds=250)
     assert stream.batch_size == 25
     assert stream.backoff.initial == timedelta(seconds=2)
@@ -95,12 +92,17 @@ def test_yaml_only_seed_layout() -> None:
 
     assert settings.redis_url() == "redis://localhost:6379/0"
     stream = settings.streams["webhook_events"]
-    assert stream == ConsumerSettings(
-        consumer_group="webhook_workers",
-        max_length=10000,
+    assert stream == ConsumerConfig(
+        stream="webhook_events",
+        group="webhook_workers",
+        consumer=stream.consumer,
+        stream_maxlen=10000,
         block_duration=timedelta(seconds=5),
         batch_size=10,
         max_retries=3,
+        dlq_stream="webhook_events_dlq",
+        dlq_maxlen=1000,
+        dlq_retention=timedelta(days=7),
     )
     assert settings.dlq.stream_name == "webhook_events_dlq"
     assert settings.dlq.max_length == 1000
@@ -113,7 +115,7 @@ def test_yaml_with_every_optional_key() -> None:
     assert settings.redis_url() == "rediss://worker:s3cret@redis.example.com:6380/2"
     hooks = settings.streams["webhook_events"]
     assert hooks.claim_min_idle == timedelta(seconds=90)
-    assert hooks.backoff == BackoffSettings(
+    assert hooks.backoff == Backoff(
         initial=timedelta(seconds=1),
         multiplier=2,
         max=timedelta(seconds=60),
@@ -132,7 +134,7 @@ def test_streamlab_config_env_names_the_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("STREAMLAB_CONFIG", str(SEED))
-    assert StreamlabSettings().streams["webhook_events"].consumer_group == "webhook_workers"
+    assert StreamlabSettings().streams["webhook_events"].group == "webhook_workers"
 
     other = write(tmp_path, "streams:\n  orders:\n    consumer_group: order_workers\n")
     assert list(load_settings(other).streams) == ["orders"], "an explicit path wins"
@@ -156,8 +158,8 @@ def test_env_overrides_yaml_key_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
     stream = settings.streams["webhook_events"]
     assert stream.batch_size == 50
-    assert stream.consumer_group == "webhook_workers", "the YAML's other keys stay"
-    assert stream.max_length == 10000
+    assert stream.group == "webhook_workers", "the YAML's other keys stay"
+    assert stream.stream_maxlen == 10000
     assert settings.redis_url() == "redis://localhost:6379/3"
     assert settings.dlq.retention == timedelta(hours=1)
     assert settings.dlq.max_length == 1000
@@ -173,6 +175,10 @@ def test_settings_are_immutable() -> None:
     settings = load_settings(SEED)
     with pytest.raises(ValueError, match="frozen"):
         settings.redis.db = 2
+    with pytest.raises(ValueError, match="frozen"):
+        settings.streams["webhook_events"].batch_size = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        settings.streams["webhook_events"].backoff.max = timedelta(0)  # type: ignore[misc]
 
 
 # --- durations ------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ def test_settings_are_immutable() -> None:
 def test_duration_forms(raw: object, expected: timedelta) -> None:
     assert parse_duration(raw) == expected
     # The same through a settings field.
-    assert BackoffSettings.model_validate({"initial": raw, "max": "1000h"}).initial == expected
+    assert Backoff(initial=raw, max="1000h").initial == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("raw", ["5s", "1m30s", "168h", "250ms", "1.5s", "100us", "0s", "1h1s"])
@@ -289,6 +295,53 @@ def test_the_seed_readme_layout_with_dlq_under_streams_is_read() -> None:
     assert (config.dlq, config.dlq_maxlen) == ("webhook_events_dlq", 1000)
 
 
+def test_the_dlq_section_fills_in_each_stream_unless_it_sets_its_own() -> None:
+    streams = {
+        "a": {"consumer_group": "g"},
+        "b": {"consumer_group": "g", "dlq_stream": "b_dead", "dlq_maxlen": 5},
+        "c": {"group": "g", "dlq_retention": "1h"},
+    }
+    settings = load_settings(
+        streams=streams, dlq={"stream_name": "all_dlq", "max_length": 100, "retention": "24h"}
+    )
+    a, b, c = (settings.streams[name] for name in "abc")
+    assert (a.stream, a.dlq_stream, a.dlq_maxlen, a.dlq_retention) == (
+        "a",
+        "all_dlq",
+        100,
+        timedelta(hours=24),
+    )
+    assert (b.dlq_stream, b.dlq_maxlen, b.dlq_retention) == ("b_dead", 5, timedelta(hours=24))
+    assert (c.group, c.dlq_stream, c.dlq_retention) == ("g", "all_dlq", timedelta(hours=1))
+    assert settings.consumer_config("b", consumer="w") == b.model_copy(update={"consumer": "w"})
+
+
+def test_a_bad_dlq_section_is_reported_once_at_dlq() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(streams={"s": {"consumer_group": "g"}}, dlq={"retention": "0s"})
+    message = str(info.value)
+    assert "1 error" in message
+    assert "dlq.retention: must be greater than 0" in message
+
+
+def test_a_section_naming_another_stream_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "streams:\n  s:\n    consumer_group: g\n    stream: t\n")
+    with pytest.raises(ConfigError, match=r"streams\.s\.stream: .*the section's key is the stream"):
+        load_settings(path)
+    assert load_settings(streams={"s": {"consumer_group": "g", "stream": "s"}}).streams["s"]
+
+
+def test_the_stream_key_is_not_a_setting_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(STREAM_ENV + "CONSUMER_GROUP", "g")
+    monkeypatch.setenv(STREAM_ENV + "MAX_LENGTH", "7")  # the seed's alias of stream_maxlen
+    assert load_settings().streams["webhook_events"].stream_maxlen == 7
+    monkeypatch.setenv(STREAM_ENV + "STREAM", "other")
+    with pytest.raises(ConfigError, match=r"'stream' is not a key of streams\.webhook_events"):
+        load_settings()
+
+
 def test_dlq_given_both_under_streams_and_at_the_top_is_an_error(tmp_path: Path) -> None:
     text = (FIXTURES / "seed_readme_layout.yaml").read_text()
     path = tmp_path / "both.yaml"
@@ -317,7 +370,7 @@ def test_env_vars_that_are_not_settings_are_allowed(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("STREAMLAB_SERVER", "valkey")  # read by streamlab.embedded
     monkeypatch.setenv("STREAMLAB_CONFIG", str(SEED))
     monkeypatch.setenv("STREAMLAB_STREAMS", '{"orders": {"consumer_group": "o"}}')
-    assert load_settings().streams["orders"].consumer_group == "o"
+    assert load_settings().streams["orders"].group == "o"
 
 
 def test_missing_consumer_group_names_the_stream(tmp_path: Path) -> None:
@@ -744,3 +797,181 @@ def test_a_multiplier_that_is_not_a_finite_number_is_rejected_everywhere(
     python = {"backoff": {"multiplier": float(bad)}}
     for message in errors_from_every_source(monkeypatch, tmp_path, path, bad, python):
         assert "backoff.multiplier: " in message
+
+
+# --- one model per concept: every field accepts and refuses the same values from every source --
+
+# (stream section in the YAML vocabulary, accepted?). Python gets the same keys and values
+# (``consumer_group`` and ``max_length`` are aliases of ``group`` and ``stream_maxlen``).
+SAME_FROM_EVERY_SOURCE: list[tuple[dict[str, object], bool]] = [
+    ({"block_duration": "4s"}, True),
+    ({"block_duration": 2.5}, True),
+    ({"block_duration": "PT1M"}, True),
+    ({"block_duration": 0}, False),  # would block forever
+    ({"block_duration": "0s"}, False),
+    ({"block_duration": "-5s"}, False),
+    ({"block_duration": "5 parsecs"}, False),
+    ({"batch_size": 1}, True),
+    ({"batch_size": "25"}, True),
+    ({"batch_size": 0}, False),
+    ({"batch_size": "many"}, False),
+    ({"max_retries": 0}, True),
+    ({"max_retries": 1030}, True),
+    ({"max_retries": -1}, False),
+    ({"claim_min_idle": "1m30s"}, True),
+    ({"claim_min_idle": "-1m"}, False),
+    ({"claim_min_idle": "876000h"}, False),
+    ({"claim_interval": "250ms"}, True),
+    ({"claim_interval": "0s"}, False),
+    ({"handler_timeout": "5m"}, True),
+    ({"handler_timeout": "0s"}, False),
+    ({"shutdown_grace": "0s"}, True),
+    ({"shutdown_grace": "-1s"}, False),
+    ({"delete_idle_consumers": "2h"}, True),
+    ({"delete_idle_consumers": "0s"}, False),
+    ({"dlq_retention": "24h"}, True),
+    ({"dlq_retention": "0s"}, False),
+    ({"dlq_maxlen": 1000}, True),
+    ({"dlq_maxlen": 0}, False),
+    ({"max_length": 10000}, True),
+    ({"max_length": 0}, False),
+    ({"group_start_id": "$"}, True),
+    ({"group_start_id": "1700000000000-5"}, True),
+    ({"group_start_id": "banana"}, False),
+    ({"create_group": False}, True),
+    ({"create_group": "maybe"}, False),
+    ({"traceback_limit": 0}, True),
+    ({"traceback_limit": -1}, False),
+    ({"dlq_stream": "s_failed"}, True),
+    ({"dlq_stream": "s"}, False),  # the stream itself
+    ({"consumer": "worker-1"}, True),
+    ({"consumer": "streamlab:retry"}, False),
+    ({"backoff": {"initial": "500ms", "max": "1m"}}, True),
+    ({"backoff": {"initial": "10s", "max": "1s"}}, False),  # max below initial
+    ({"backoff": {"initial": "-1s"}}, False),
+    ({"backoff": {"max": "500ms"}}, False),  # below the default initial (1s)
+    ({"backoff": {"multiplier": 1}}, True),
+    ({"backoff": {"multiplier": 0.5}}, False),
+    ({"backoff": {"multiplier": "inf"}}, False),
+    ({"backoff": {"multiplier": "nan"}}, False),
+    ({"backoff": {"jitter": 1}}, True),
+    ({"backoff": {"jitter": 1.5}}, False),
+    ({"backoff": {"first_immediate": False}}, True),
+    ({"backoff": {"first_immediate": "sometimes"}}, False),
+    ({"backoff": {"initial": "31d", "max": "31d"}}, False),  # past the 30-day cap
+]
+
+
+def _env_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _env_vars(section: dict[str, object], prefix: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out.update(_env_vars(value, f"{prefix}{key.upper()}__"))
+        else:
+            out[prefix + key.upper()] = _env_text(value)
+    return out
+
+
+def _leaf_keys(section: dict[str, object]) -> set[str]:
+    keys: set[str] = set()
+    for key, value in section.items():
+        keys |= _leaf_keys(value) if isinstance(value, dict) else {key}
+    return keys
+
+
+@pytest.mark.parametrize(("section", "accepted"), SAME_FROM_EVERY_SOURCE, ids=repr)
+def test_a_value_is_accepted_or_refused_the_same_from_python_yaml_and_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, section: dict[str, object], accepted: bool
+) -> None:
+    worker = None if "consumer" in section else "w"  # the section's own, else "w"
+
+    def from_python() -> ConsumerConfig:
+        return ConsumerConfig(**{"stream": "s", "group": "g", "consumer": "w", **section})
+
+    def from_yaml() -> ConsumerConfig:
+        tree = {"streams": {"s": {"consumer_group": "g", **section}}}
+        path = write(tmp_path, yaml.safe_dump(tree))
+        return load_settings(path).consumer_config("s", consumer=worker)
+
+    def from_env() -> ConsumerConfig:
+        with monkeypatch.context() as env:
+            env.setenv("STREAMLAB_STREAMS__S__CONSUMER_GROUP", "g")
+            for name, text in _env_vars(section, "STREAMLAB_STREAMS__S__").items():
+                env.setenv(name, text)
+            return load_settings().consumer_config("s", consumer=worker)
+
+    if accepted:
+        python, from_file, from_vars = from_python(), from_yaml(), from_env()
+        assert from_file == python
+        assert from_vars == python
+        assert python != ConsumerConfig(stream="s", group="g", consumer="w"), "a non-default"
+        return
+    for build in (from_python, from_yaml, from_env):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert not isinstance(info.value, ValidationError), "never a raw pydantic error"
+        message = str(info.value)
+        named = _leaf_keys(section) | ({"backoff"} if "backoff" in section else set())
+        assert any(key in message for key in named), f"{build.__name__}: {message}"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ConsumerConfig.model_validate({"stream": "s"}),
+        lambda: ConsumerConfig.model_validate_json(
+            '{"stream": "s", "group": "g", "batch_size": 0}'
+        ),
+        lambda: ConsumerConfig.model_validate_strings(
+            {"stream": "s", "group": "g", "max_retries": "-1"}
+        ),
+        lambda: Backoff.model_validate({"initial": "10s", "max": "1s"}),
+        lambda: Backoff.model_validate_json('{"jitter": 2}'),
+        lambda: DLQSettings(retention="0s"),
+        lambda: RedisSettings(db=-1),
+        lambda: StreamlabSettings.model_validate({"redis": {"db": -1}}),
+    ],
+    ids=[
+        "ConsumerConfig.model_validate",
+        "ConsumerConfig.model_validate_json",
+        "ConsumerConfig.model_validate_strings",
+        "Backoff.model_validate",
+        "Backoff.model_validate_json",
+        "DLQSettings",
+        "RedisSettings",
+        "StreamlabSettings.model_validate",
+    ],
+)
+def test_every_way_of_building_a_config_model_raises_config_error(build: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()  # type: ignore[operator]
+    assert not isinstance(info.value, ValidationError)
+    assert info.value.problems or "invalid streamlab settings" in str(info.value)
+
+
+def test_importing_the_consumer_loads_no_settings_machinery() -> None:
+    code = (
+        "import sys, streamlab.consumer, streamlab.backoff, streamlab.durations\n"
+        "heavy = {'yaml', 'pydantic_settings', 'streamlab.config'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_removed_mirror_models_are_gone() -> None:
+    import streamlab
+    import streamlab.config
+
+    for name in ("ConsumerSettings", "BackoffSettings"):
+        assert not hasattr(streamlab.config, name)
+        assert name not in streamlab.__all__
+    stream = load_settings(SEED).streams["webhook_events"]
+    assert type(stream) is ConsumerConfig
+    assert type(stream.backoff) is Backoff
