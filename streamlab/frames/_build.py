@@ -65,6 +65,7 @@ _TYPED_FIELDS = frozenset(
 TIME_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) == TIME)
 INT_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) == "Int64")
 CATEGORY_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) == "category")
+_TEXT_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) in ("str", "category"))
 _TYPES_MAPPER = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get
 
 
@@ -303,6 +304,9 @@ class FrameBuilder:
             text = self._repair_utf8(name, values)
         target = arrow_type(name)
         if target == pa.string():
+            # streamlab's own fields: an empty value is a missing one (NA); others stay as written.
+            if name in _TEXT_FIELDS and pc.any(pc.equal(text, "")).as_py():
+                text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
             return text
         # Times parse to microseconds (RFC 3339 allows any precision), then keep milliseconds.
         parse = TS_US if target == TS_MS else target
