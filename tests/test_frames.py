@@ -49,7 +49,7 @@ BASE_DTYPES = {
     "event_type": "category",
     "repository": "category",
     "tenant_id": "category",
-    "timestamp": "datetime64[us, UTC]",
+    "timestamp": "datetime64[ms, UTC]",
     "retry_count": "Int64",
     "payload": "str",
     "auth_context": "str",
@@ -86,7 +86,7 @@ def test_streamlab_events_typed_over_several_pages(
     assert df["event_id"].tolist() == [e.id for e in events]
     assert df["event_type"].astype(str).tolist() == [e.event_type for e in events]
     assert df["tenant_id"].astype(str).tolist() == [e.tenant_id for e in events]
-    assert df["timestamp"].tolist() == [pd.Timestamp(e.timestamp) for e in events]
+    assert df["timestamp"].tolist() == [pd.Timestamp(e.timestamp).floor("ms") for e in events]
     assert df["retry_count"].tolist() == [0] * 57
     assert [json.loads(p) for p in df["payload"]] == [e.payload for e in events]
     assert df["_decode_error"].isna().all()
@@ -164,7 +164,7 @@ def test_platform_entries_normalised(streams_client: RedisStreamsClient, stream_
     assert str(df["sender_name"].dtype) == "category"
     assert df["metadata"].tolist() == [e["metadata"] for e in entries]
     assert (df["metadata.source"] == "github").all()
-    assert df["timestamp"].tolist() == [pd.Timestamp(e["timestamp"]) for e in entries]
+    assert df["timestamp"].tolist() == [pd.Timestamp(e["timestamp"]).floor("ms") for e in entries]
     assert df["retry_count"].isna().all()
 
 
@@ -207,12 +207,12 @@ def test_binary_and_invalid_values_kept_and_flagged(
     assert df["_raw"][2] == {"timestamp": b"yesterday", "retry_count": b"two"}
     assert pd.isna(df["timestamp"][2])
     assert pd.isna(df["retry_count"][2])
-    assert df["timestamp"][0] == pd.Timestamp(good["timestamp"])
+    assert df["timestamp"][0] == pd.Timestamp(good["timestamp"]).floor("ms")
 
     assert "payload: invalid JSON" in df["_decode_error"][3]
     assert df["_raw"][3] == {"payload": b"{truncated"}
     assert pd.isna(df["payload.sender.login"][3])
-    assert str(df["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert str(df["timestamp"].dtype) == "datetime64[ms, UTC]"
     assert str(df["retry_count"].dtype) == "Int64"
 
 
@@ -300,7 +300,7 @@ def test_pending_rows_match_xpending(
         "ts": "datetime64[ms, UTC]",
         "consumer": "category",
         "state": "category",
-        "deliveries": "int64",
+        "deliveries": "Int64",
         "idle": "timedelta64[ms]",
         "consumer_idle": "timedelta64[ms]",
         "claimable": "bool",
@@ -381,8 +381,8 @@ def test_groups_and_consumers(
     groups = groups_to_dataframe(streams_client, stream_name)
     assert dtypes(groups) == {
         "group": "category",
-        "consumers": "int64",
-        "pending": "int64",
+        "consumers": "Int64",
+        "pending": "Int64",
         "last_delivered_id": "str",
         "last_delivered": "datetime64[ms, UTC]",
         "entries_read": "Int64",
@@ -397,7 +397,7 @@ def test_groups_and_consumers(
     assert dtypes(consumers) == {
         "group": "category",
         "consumer": "category",
-        "pending": "int64",
+        "pending": "Int64",
         "idle": "timedelta64[ms]",
         "inactive": "timedelta64[ms]",
     }
@@ -480,7 +480,7 @@ def test_dlq_frame_typed(streams_client: RedisStreamsClient, stream_name: str) -
     ]  # fmt: skip
     assert dtypes(df) == {
         **BASE_DTYPES,
-        "failed_at": "datetime64[us, UTC]",
+        "failed_at": "datetime64[ms, UTC]",
         "error_signature": "category",
         "error_type": "category",
         "error": "str",
@@ -493,7 +493,9 @@ def test_dlq_frame_typed(streams_client: RedisStreamsClient, stream_name: str) -
     }
     assert df["error"].tolist() == [x["dlq_error"] for x in letters]
     assert df["attempts"].tolist() == [int(x["dlq_attempts"]) for x in letters]
-    assert df["failed_at"].tolist() == [pd.Timestamp(x["dlq_failed_at"]) for x in letters]
+    assert df["failed_at"].tolist() == [
+        pd.Timestamp(x["dlq_failed_at"]).floor("ms") for x in letters
+    ]
     assert df["event_id"].tolist() == [x["id"] for x in letters]
     assert set(df["error_signature"].astype(str)) == {
         "KeyError: order <n> not found for tenant <str> [" + df["error_signature"][1][-9:],

@@ -152,7 +152,7 @@ def test_outcome_shows_an_event_a_real_consumer_dead_letters_again(
     assert (stats.acked, stats.dead_lettered) == (2, 1)
     [again] = streams_client.read_dlq(stream_name)  # written by the consumer, not by hand
 
-    outcome = replay_outcome(streams_client, stream_name, report.replay_id).set_index("dlq_id")
+    outcome = replay_outcome(streams_client, stream_name, report.replay_id).set_index("id")
     event_of = {
         f[b"streamlab:replay_of"].decode(): f[b"id"].decode()
         for _, f in streams_client.redis.xrange(stream_name)

@@ -8,6 +8,8 @@ Frames are built column-wise in Arrow, so building one costs about as much as fe
 
 from __future__ import annotations
 
+from streamlab.frames._display import Table
+from streamlab.frames.columns import COLUMN_DTYPES
 from streamlab.frames.parquet import export_parquet, read_parquet
 from streamlab.frames.pending import (
     PENDING_STATES,
@@ -22,8 +24,10 @@ from streamlab.frames.summary import bucket_for, dlq_summary, failures_over_time
 from streamlab.signatures import error_signature
 
 __all__ = [
+    "COLUMN_DTYPES",
     "PENDING_STATES",
     "RETRY_CONSUMER",
+    "Table",
     "bucket_for",
     "consumers_to_dataframe",
     "dlq_summary",

@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamlab.events import DLQ_FIELDS, REPLAY_PREFIX
+from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS
+from streamlab.frames.columns import TIME, dtype_of
 
 __all__ = [
     "DLQ_RENAMES",
@@ -56,21 +57,22 @@ STREAM_COLUMNS = (
     "auth_context",
 )
 RESERVED = frozenset({"id", "ts", "_decode_error", "_raw"})
-TIME_FIELDS = frozenset({"timestamp", "failed_at", REPLAY_PREFIX + "replayed_at", "dlq_failed_at"})
-INT_FIELDS = frozenset({"retry_count", "attempts", "dlq_attempts", REPLAY_PREFIX + "replay_count"})
-CATEGORY_FIELDS = frozenset(
-    {"event_type", "tenant_id", "repository", "sender_name", "consumer", "group", "error_type"}
-    | {"source_stream", REPLAY_PREFIX + "replay_group", "dlq_consumer", "dlq_group"}
-    | {"dlq_error_type"}
-    | {"dlq_source_stream"}
+# The fields of events, failures and replay markers, typed by name as `columns` says; every
+# other field of a stream is text.
+_TYPED_FIELDS = frozenset(
+    {*STREAM_COLUMNS, "sender_name", *DLQ_FIELDS, *DLQ_RENAMES.values(), *REPLAY_FIELDS}
 )
+TIME_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) == TIME)
+INT_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) == "Int64")
+CATEGORY_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) == "category")
+_TEXT_FIELDS = frozenset(n for n in _TYPED_FIELDS if dtype_of(n) in ("str", "category"))
 _TYPES_MAPPER = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get
 
 
 def arrow_type(name: str) -> pa.DataType:
     """The Arrow type a field decodes to, from its (column) name."""
     if name in TIME_FIELDS:
-        return TS_US
+        return TS_MS
     if name in INT_FIELDS:
         return pa.int64()
     return pa.string()
@@ -302,14 +304,20 @@ class FrameBuilder:
             text = self._repair_utf8(name, values)
         target = arrow_type(name)
         if target == pa.string():
+            # streamlab's own fields: an empty value is a missing one (NA); others stay as written.
+            if name in _TEXT_FIELDS and pc.any(pc.equal(text, "")).as_py():
+                text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
             return text
+        # Times parse to microseconds (RFC 3339 allows any precision), then keep milliseconds.
+        parse = TS_US if target == TS_MS else target
         try:
-            out = text.cast(target)
+            out = text.cast(parse)
         except pa.ArrowInvalid:
-            return self._coerce(name, text, target)
-        if target == TS_US and pc.any(_outside_years(out)).as_py():
-            return self._coerce(name, text, target)
-        return out
+            out = self._coerce(name, text, parse)
+        else:
+            if parse == TS_US and pc.any(_outside_years(out)).as_py():
+                out = self._coerce(name, text, parse)
+        return out.cast(TS_MS, safe=False) if target == TS_MS else out
 
     def _repair_utf8(self, name: str, values: list[Any]) -> pa.Array:
         decoded: list[str | None] = []

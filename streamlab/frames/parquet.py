@@ -12,9 +12,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streamlab.frames._build import CATEGORY_FIELDS, arrow_type, path_array, to_pandas
+from streamlab.errors import ArgumentError
+from streamlab.frames._build import (
+    CATEGORY_FIELDS,
+    TS_MS,
+    TS_US,
+    arrow_type,
+    path_array,
+    to_pandas,
+)
 from streamlab.frames._fetch import PAGE_SIZE, fetcher
-from streamlab.frames.stream import read_pages, stream_builder
+from streamlab.frames.stream import dlq_builder, read_pages, stream_builder, with_signatures
 from streamlab.ids import Bound
 
 __all__ = ["RAW_TYPE", "export_parquet", "read_parquet"]
@@ -83,6 +91,7 @@ def export_parquet(
     stream: str,
     path: str | os.PathLike[str],
     *,
+    dlq: bool | str = False,
     since: Bound | None = None,
     until: Bound | None = None,
     limit: int | None = None,
@@ -101,9 +110,20 @@ def export_parquet(
     contradict the schema and nothing is lost. ``_raw`` is a ``map<string, binary>``.
     `read_parquet` gives back exactly the frame `stream_to_dataframe` makes of the same entries;
     ``pd.read_parquet`` (or any Parquet reader) sees the stored columns. Returns the row count.
+
+    ``dlq=True`` writes the DLQ of ``stream`` instead (as the client names it; ``dlq="name"``
+    names it), rows as `dlq_to_dataframe` makes them: failure fields without their ``dlq_``
+    prefix and ``error_signature``, so that ``dlq_summary(read_parquet(path))`` works on the
+    copy. ``since`` / ``until`` then bound when the entries were dead-lettered.
     """
+    if not isinstance(dlq, (bool, str)):
+        raise ArgumentError(f"dlq: must be True, False or a DLQ stream name, got {dlq!r}")
     source = fetcher(client)
-    builder = stream_builder(payload_fields, paths_as_json=True)
+    if dlq is False:
+        builder, finish = stream_builder(payload_fields, paths_as_json=True), _same
+    else:
+        builder, finish = dlq_builder(payload_fields, paths_as_json=True), with_signatures
+        stream = source.dlq_stream(stream) if dlq is True else dlq
     json_columns = [spec.column for spec in builder.paths]
     writer: pq.ParquetWriter | None = None
     schema = pa.schema([])
@@ -111,7 +131,7 @@ def export_parquet(
 
     def flush() -> None:
         nonlocal writer, written, schema
-        frame = builder.frame()
+        frame = finish(builder.frame())
         if writer is None:
             schema = _schema(frame, json_columns)
             writer = pq.ParquetWriter(path, schema, compression=compression)
@@ -135,8 +155,13 @@ def export_parquet(
     return written
 
 
+def _same(df: pd.DataFrame) -> pd.DataFrame:
+    return df
+
+
 def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a file written by `export_parquet` back as the frame `stream_to_dataframe` gives.
+    """Read a file written by `export_parquet` back as the frame `stream_to_dataframe` gives
+    (with ``dlq=``: the frame `dlq_to_dataframe` gives).
 
     ``payload_fields`` columns get their JSON types back, fields that first appeared after the
     first chunk become columns again (typed like the exporter types them), and ``_raw`` holds
@@ -165,5 +190,8 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def _typed(name: str, values: list[str | None]) -> pa.Array:
     """A late field's column as the exporter types it: times, counters, categories, text."""
-    column = pa.array(values, pa.string()).cast(arrow_type(name))
+    target = arrow_type(name)
+    text = pa.array(values, pa.string())
+    # Times were written with isoformat: parse their microseconds, keep the milliseconds.
+    column = text.cast(TS_US).cast(TS_MS, safe=False) if target == TS_MS else text.cast(target)
     return pc.dictionary_encode(column) if name in CATEGORY_FIELDS else column

@@ -55,7 +55,7 @@ def _id_time(entry_id: str | None) -> Any:
 def groups_to_dataframe(client: Any, stream: str) -> pd.DataFrame:
     """One row per consumer group of ``stream`` (XINFO GROUPS).
 
-    Columns: ``group`` (category), ``consumers``, ``pending`` (int64), ``last_delivered_id``
+    Columns: ``group`` (category), ``consumers``, ``pending`` (``Int64``), ``last_delivered_id``
     (str), ``last_delivered`` (``datetime64[ms, UTC]``, from that id), ``entries_read`` and
     ``lag`` (``Int64``; Redis reports no lag when it cannot compute it, e.g. after deletions).
     A missing stream gives an empty frame; a key that is not a stream raises WrongTypeError.
@@ -81,7 +81,7 @@ def groups_to_dataframe(client: Any, stream: str) -> pd.DataFrame:
         [_id_time(i) for i in df["last_delivered_id"]], dtype="datetime64[ms, UTC]"
     ))  # fmt: skip
     return df.astype({
-        "group": "category", "consumers": "int64", "pending": "int64",
+        "group": "category", "consumers": "Int64", "pending": "Int64",
         "last_delivered_id": "str", "entries_read": "Int64", "lag": "Int64",
     })  # fmt: skip
 
@@ -94,7 +94,7 @@ def _consumer_rows(source: Fetcher, stream: str, group: str) -> list[Mapping[Any
 def consumers_to_dataframe(client: Any, stream: str, group: str) -> pd.DataFrame:
     """One row per consumer of ``group`` (XINFO CONSUMERS).
 
-    Columns: ``group``, ``consumer`` (category), ``pending`` (int64), ``idle`` (time since
+    Columns: ``group``, ``consumer`` (category), ``pending`` (``Int64``), ``idle`` (time since
     its last attempted read or claim) and ``inactive`` (since its last successful one; NaT
     on Redis < 7.2 and for a consumer that never read), both ``timedelta64[ms]``.
     A missing group (or stream) raises `streamlab.errors.GroupNotFoundError`.
@@ -103,7 +103,7 @@ def consumers_to_dataframe(client: Any, stream: str, group: str) -> pd.DataFrame
     df = pd.DataFrame({
         "group": pd.Series([group] * len(rows), dtype="category"),
         "consumer": pd.Series([_get(c, "name") for c in rows], dtype="category"),
-        "pending": pd.Series([int(_get(c, "pending") or 0) for c in rows], dtype="int64"),
+        "pending": pd.Series([int(_get(c, "pending") or 0) for c in rows], dtype="Int64"),
         "idle": pd.Series([_ms(_get(c, "idle")) for c in rows], dtype="timedelta64[ms]"),
         "inactive": pd.Series([_ms(_get(c, "inactive")) for c in rows], dtype="timedelta64[ms]"),
     })  # fmt: skip
@@ -138,7 +138,7 @@ def pending_to_dataframe(
     that range), never one round trip per id.
 
     Columns: ``id``, ``ts``, ``consumer`` (category), ``state`` (category), ``deliveries``
-    (int64), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
+    (``Int64``), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
     owner's XINFO idle), ``claimable`` (idle >= ``claim_min_idle``, and for a waiting retry
     its due time reached: the next claim takes it), ``retry_due_at`` (``datetime64[ms, UTC]``:
     when a ``retry_wait`` entry is due, from the group's due-time set; for a waiting retry
@@ -240,7 +240,7 @@ def _pending_columns(
     meta: Mapping[str, list[Any]], owners: Mapping[str, Any], poison: int, claim_ms: int
 ) -> pd.DataFrame:
     idle = pd.Series(meta["idle"], dtype="int64")
-    deliveries = pd.Series(meta["deliveries"], dtype="int64")
+    deliveries = pd.Series(meta["deliveries"], dtype="Int64")
     consumers = pd.Series(meta["consumer"], dtype="str")
     owner_idle = consumers.map(owners.get).astype("Float64")
     deleted = pd.Series(meta["deleted"], dtype="boolean")

@@ -120,9 +120,10 @@ def stream_to_dataframe(
     ``tenant_id`` is read from ``auth_context``. A field whose name is taken keeps its own
     name with a ``_field`` suffix (``id_field`` for an ``id`` next to an ``event_id``).
 
-    Types: times (``timestamp``, ``failed_at``...) are ``datetime64[us, UTC]``; counters
-    (``retry_count``, ``attempts``) ``Int64``; event type, tenant, repository, sender,
-    consumer, group and error type are ``category``; every other field is ``str``.
+    Types, by column name as in every frame (`streamlab.frames.columns`): times
+    (``timestamp``, ``failed_at``...) are ``datetime64[ms, UTC]``; counters (``retry_count``,
+    ``attempts``) ``Int64``; event type, tenant, repository, sender, consumer, group, source
+    stream and error type are ``category``; every other field is ``str``.
     ``payload`` and the other JSON fields stay JSON text: parsing every payload would cost
     more than reading it. ``payload_fields=["ref", "sender.login"]`` parses them once per
     entry and adds ``payload.ref`` and ``payload.sender.login`` (list items by index:
@@ -172,13 +173,25 @@ def dlq_to_dataframe(
     """
     source = fetcher(client)
     name = dlq or source.dlq_stream(stream)
-    builder = FrameBuilder(
+    pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
+    return with_signatures(_fill(dlq_builder(payload_fields), pages))
+
+
+def dlq_builder(
+    payload_fields: Iterable[str] | None, *, paths_as_json: bool = False
+) -> FrameBuilder:
+    """The builder behind `dlq_to_dataframe` (also used by `export_parquet`)."""
+    return FrameBuilder(
         renames={**STREAM_ALIASES, **DLQ_RENAMES},
         columns=DLQ_COLUMNS,
         paths=payload_fields,
+        paths_as_json=paths_as_json,
     )
-    pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
-    df = _fill(builder, pages)
+
+
+def with_signatures(df: pd.DataFrame) -> pd.DataFrame:
+    """A DLQ frame from `dlq_builder` with its ``error_signature`` column, before
+    ``error_type``."""
     df.insert(list(df.columns).index("error_type"), "error_signature", _signatures(df))
     return df
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from streamlab.frames._display import Table
+
 __all__ = ["bucket_for", "dlq_summary", "failures_over_time"]
 
 
@@ -28,6 +30,10 @@ def dlq_summary(
     ``failed_at``, else ``ts``), and, when present in ``df`` and not grouped by,
     ``error_type``, ``example_error`` and ``example_id`` (the first dead letter of the group:
     look it up with ``df[df.id == example_id]``). Rows with a null key form their own group.
+
+    The result is a `streamlab.frames.Table`: a DataFrame whose display cuts no cell (a
+    signature is shown whole, with the hash that tells two apart), leaves blanks blank and
+    keeps stream ids on one line.
     """
     keys = _keys(by)
     missing = [k for k in keys if k not in df.columns]
@@ -52,7 +58,8 @@ def dlq_summary(
     out = grouped.reset_index().sort_values(
         ["count", "last_failure"], ascending=[False, False], kind="stable"
     )
-    return out.reset_index(drop=True)
+    out["count"] = out["count"].astype("Int64")
+    return Table(out.reset_index(drop=True))
 
 
 # Bucket widths a reader expects on a time axis, smallest first.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["replay_outcome"]
 
 _OUTCOME_COLUMNS = (
-    "dlq_id",
+    "id",
     "target",
     "new_id",
     "group",
@@ -54,6 +54,10 @@ def replay_outcome(
     - ``waiting``: not delivered to the group yet;
     - ``gone``: not delivered and no longer in the target (deleted or trimmed);
     - ``no_group``: the target has no such group (nobody consumes it).
+
+    Columns: ``id`` (the DLQ id), ``target``, ``new_id``, ``group``, ``state``, ``consumer``,
+    ``deliveries``, ``idle``, ``dlq_entry_id``, ``error_type``, ``error`` (NA where they do not
+    apply), typed as every frame (`streamlab.frames.columns`), as a `streamlab.frames.Table`.
 
     The events come from the run's ledger (``<dlq>:replay:<replay_id>``). Once it has expired
     (``ledger_ttl``), the target streams are scanned for entries whose complete `ReplayMarker`
@@ -170,7 +174,7 @@ def _target_outcome(
     gone = _gone(c.redis, target, new_ids)
     rows = []
     for dlq_id, new_id, name in wanted:
-        row: dict[str, Any] = {"dlq_id": dlq_id, "target": target, "new_id": new_id}
+        row: dict[str, Any] = {"id": dlq_id, "target": target, "new_id": new_id}
         row["group"] = name
         state = _state(
             new_id, name, delivered=delivered, pending=pending, dead=dead, gone=new_id in gone
@@ -215,13 +219,10 @@ def _state(
 def _outcome_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
+    from streamlab.frames._display import Table
+    from streamlab.frames.columns import typed
+
     data = {name: [row.get(name) for row in rows] for name in _OUTCOME_COLUMNS}
     frame = pd.DataFrame(data, columns=list(_OUTCOME_COLUMNS))
-    for name in ("dlq_id", "target", "new_id", "group", "consumer", "dlq_entry_id"):
-        frame[name] = frame[name].astype("str")
-    for name in ("error_type", "error"):
-        frame[name] = frame[name].astype("str")
     frame["state"] = pd.Categorical(frame["state"], categories=list(_STATES))
-    frame["deliveries"] = frame["deliveries"].astype("Int64")
-    frame["idle"] = pd.to_timedelta(frame["idle"])
-    return frame
+    return Table(typed(frame))

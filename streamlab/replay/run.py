@@ -129,24 +129,29 @@ class ReplayReport:
         return f"<ReplayReport: {self}>"
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per selected id: ``dlq_id``, ``outcome``, ``target``, ``new_id``, ``reason``
-        (NA where there is none; a dry run's ``new_id`` is always NA)."""
+        """One row per selected id: ``id`` (the DLQ id), ``outcome``, ``target``, ``new_id``,
+        ``reason`` (NA where there is none; a dry run's ``new_id`` is always NA), as a
+        `streamlab.frames.Table`."""
         import pandas as pd
+
+        from streamlab.frames._display import Table
+        from streamlab.frames.columns import typed
 
         ids = self.selected
         reasons = self.skipped | self.failed
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
-                "dlq_id": pd.Series(ids, dtype="str"),
+                "id": ids,
                 "outcome": pd.Categorical(
                     [self.outcome(i) for i in ids],
                     categories=["replayed", "skipped", "failed", "remaining"],
                 ),
-                "target": pd.Series([self.targets.get(i) for i in ids], dtype="string"),
-                "new_id": pd.Series([self.mapping.get(i) for i in ids], dtype="string"),
-                "reason": pd.Series([reasons.get(i) for i in ids], dtype="string"),
+                "target": [self.targets.get(i) for i in ids],
+                "new_id": [self.mapping.get(i) for i in ids],
+                "reason": [reasons.get(i) for i in ids],
             }
         )
+        return Table(typed(frame))
 
     def groups(self) -> pd.DataFrame:
         """The report folded: one row per (outcome, target, reason) with its ``count`` and
@@ -155,27 +160,36 @@ class ReplayReport:
         if self.dry_run:
             frame["outcome"] = frame["outcome"].cat.rename_categories({"replayed": "would replay"})
         keys = ["outcome", "target", "reason"]
-        grouped = frame.fillna({"target": "", "reason": ""}).groupby(keys, observed=True)
-        out = grouped["dlq_id"].agg(count="size", ids=list).reset_index()
+        grouped = frame.groupby(keys, observed=True, dropna=False, sort=False)
+        out = grouped["id"].agg(count="size", ids=list).reset_index()
+        out["count"] = out["count"].astype("Int64")
         return out.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
 
     def _repr_html_(self) -> str:
+        import pandas as pd
+
         rows = []
         for outcome, target, reason, count, group_ids in self.groups().to_dict("split")["data"]:
-            ids = ", ".join(group_ids[:200]) + (" …" if count > 200 else "")
+            ids = ", ".join(_nowrap(i) for i in group_ids[:200]) + (" …" if count > 200 else "")
             cells = "".join(
-                f"<td{_PAD}>{html.escape(str(v))}</td>" for v in (outcome, target, reason)
+                f"<td{_PAD}>{'' if pd.isna(v) else html.escape(str(v))}</td>"
+                for v in (outcome, target, reason)
             )
             rows.append(
                 f"<tr>{cells}<td style='text-align:right;padding:0 .8em'>{count:,}</td>"
                 f"<td><details><summary>{count:,} DLQ ids</summary>"
-                f"<code style='white-space:normal'>{html.escape(ids)}</code></details></td></tr>"
+                f"<code style='white-space:normal'>{ids}</code></details></td></tr>"
             )
         head = "".join(
             f"<th{_PAD}>{h}</th>" for h in ("outcome", "target", "reason", "count", "ids")
         )
         table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         return f"<p><b>{html.escape(str(self))}</b></p>{table if rows else ''}"
+
+
+def _nowrap(entry_id: str) -> str:
+    """A stream id that a browser does not break at its hyphen."""
+    return f"<span style='white-space:nowrap'>{html.escape(entry_id)}</span>"
 
 
 # -- replaying ---------------------------------------------------------------------------------

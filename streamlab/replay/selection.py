@@ -111,20 +111,24 @@ class ReplaySelection:
         ``failed_at``, plus ``replay_count`` (how often the event was replayed before)."""
         import pandas as pd
 
+        from streamlab.frames._display import Table
+        from streamlab.frames.columns import typed
+
         es = self._entries
+        ids = [e.id for e in es]
         frame = pd.DataFrame(
             {
-                "id": pd.Series([e.id for e in es], dtype="str"),
-                "ts": _ids_to_ts(pd, [e.id for e in es]),
-                "event_id": pd.Series([e.first((b"id", b"event_id")) for e in es], dtype="str"),
+                "id": ids,
+                "ts": [int(i.split("-", 1)[0]) for i in ids],
+                "event_id": [e.first((b"id", b"event_id")) for e in es],
                 "event_type": [e.event_type for e in es],
                 "tenant_id": [e.tenant for e in es],
                 "repository": [e.repository for e in es],
                 "error_type": [e.text(b"dlq_error_type") for e in es],
-                "error": pd.Series([e.text(b"dlq_error") for e in es], dtype="str"),
+                "error": [e.text(b"dlq_error") for e in es],
                 "attempts": _ints(pd, [e.text(b"dlq_attempts") for e in es]),
                 "source_stream": [e.text(b"dlq_source_stream") for e in es],
-                "source_id": pd.Series([e.text(b"dlq_source_id") for e in es], dtype="str"),
+                "source_id": [e.text(b"dlq_source_id") for e in es],
                 "group": [e.text(b"dlq_group") for e in es],
                 "consumer": [e.text(b"dlq_consumer") for e in es],
                 "failed_at": pd.to_datetime(
@@ -136,14 +140,13 @@ class ReplaySelection:
                 "replay_count": _ints(pd, [e.text(_COUNT_FIELD) or "0" for e in es]),
             }
         )
-        for name in ("event_type", "tenant_id", "repository", "error_type", "source_stream"):
-            frame[name] = frame[name].astype("category")
-        for name in ("group", "consumer"):
-            frame[name] = frame[name].astype("category")
-        return frame
+        frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+        return Table(typed(frame))
 
     def _repr_html_(self) -> str:
-        head = self.to_dataframe().head(20)
+        from streamlab.frames._display import Table
+
+        head = Table(self.to_dataframe().head(20))
         counts = "".join(
             f"<li><b>{html.escape(name)}</b>: "
             + html.escape(", ".join(f"{k} {n:,}" for k, n in list(c.items())[:8]))
@@ -154,7 +157,7 @@ class ReplaySelection:
         return (
             f"<p><b>{html.escape(self._headline())}</b><br>"
             f"selected by: <code>{html.escape(self.describe())}</code></p><ul>{counts}</ul>"
-            f"{head.to_html(index=False)}{more}"
+            f"{head._repr_html_() or ''}{more}"
         )
 
 
@@ -167,11 +170,6 @@ def _shown(value: Any) -> str:
 def _when(entry_id: str) -> str:
     ms = int(entry_id.split("-", 1)[0])
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _ids_to_ts(pd: Any, ids: list[str]) -> Any:
-    ms = pd.Series([int(i.split("-", 1)[0]) for i in ids], dtype="int64")
-    return pd.to_datetime(ms, unit="ms", utc=True).astype("datetime64[ms, UTC]")
 
 
 def _ints(pd: Any, values: list[str]) -> Any:

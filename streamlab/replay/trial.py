@@ -27,13 +27,17 @@ def try_handler(
     does not decode is not passed to the handler (the consumer would dead-letter it at once):
     its row says ``error`` with ``error_type`` ``DecodeError``.
 
-    Returns one row per entry: ``dlq_id``, ``event_type``, ``outcome`` (``ok`` / ``error``),
-    ``error``, ``error_type`` and ``duration`` (a timedelta).
+    Returns one row per entry: ``id`` (the DLQ id), ``event_type``, ``outcome`` (``ok`` /
+    ``error``), ``error``, ``error_type`` (NA when it went well) and ``duration``
+    (``timedelta64[ms]``), as a `streamlab.frames.Table` (blanks shown blank).
     """
     import pandas as pd
 
+    from streamlab.frames._display import Table
+    from streamlab.frames.columns import typed
+
     rows: dict[str, list[Any]] = {
-        k: [] for k in ("dlq_id", "event_type", "outcome", "error", "error_type", "duration")
+        k: [] for k in ("id", "event_type", "outcome", "error", "error_type", "duration")
     }
     for entry in selection._entries:
         flat = entry.original()
@@ -47,14 +51,12 @@ def try_handler(
             except Exception as exc:
                 error = exc
         took = time.perf_counter() - began
-        rows["dlq_id"].append(entry.id)
+        rows["id"].append(entry.id)
         rows["event_type"].append(entry.event_type)
         rows["outcome"].append("ok" if error is None else "error")
         rows["error"].append(None if error is None else str(error))
         rows["error_type"].append(None if error is None else type(error).__name__)
         rows["duration"].append(timedelta(seconds=took))
     frame = pd.DataFrame(rows)
-    frame["dlq_id"] = frame["dlq_id"].astype("str")
     frame["outcome"] = pd.Categorical(frame["outcome"], categories=["ok", "error"])
-    frame["duration"] = pd.to_timedelta(frame["duration"])
-    return frame
+    return Table(typed(frame))
