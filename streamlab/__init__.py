@@ -37,7 +37,7 @@ from streamlab.events import (
     decode_event,
     encode_event,
 )
-from streamlab.metrics import Metrics, NullMetrics, PrometheusMetrics
+from streamlab.metrics import Metrics, PrometheusMetrics
 
 if TYPE_CHECKING:
     from streamlab.backoff import Backoff
@@ -119,7 +119,6 @@ __all__ = [
     # metrics and config
     "Duration",
     "Metrics",
-    "NullMetrics",
     "PrometheusMetrics",
     "StreamlabSettings",
     "format_duration",

@@ -40,7 +40,7 @@ from streamlab.events import (
     encode_event,
 )
 from streamlab.keys import dlq_key, is_cluster
-from streamlab.metrics import Metrics, NullMetrics
+from streamlab.metrics import Metrics
 from streamlab.scripts import LUA_MAX_VALUES, SCRIPT_COMMANDS, Scripts, script_by_sha
 
 __all__ = [
@@ -375,7 +375,7 @@ class RedisStreamsClient:
             )
         # Any: redis-py's overloads (sync/async, RESP2/3) type replies as unions we narrow here.
         self.redis: Any = redis_client
-        self.metrics: Metrics = metrics or NullMetrics()
+        self.metrics: Metrics = metrics or Metrics()
         self.dlq_names = dict(dlq_names or {})
         self.stream_maxlen = dict(stream_maxlen or {})
         self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim

@@ -39,7 +39,7 @@ from streamlab.durations import Duration, PositiveDuration, format_duration
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
-from streamlab.metrics import Metrics, NullMetrics
+from streamlab.metrics import Metrics
 from streamlab.policy import (
     RETRY_CONSUMER,
     TRACEBACK_LIMIT,
@@ -234,7 +234,7 @@ class Consumer:
         )
         self.config = config
         self.redis = self.client.redis
-        self.metrics: Metrics = metrics or self.client.metrics or NullMetrics()
+        self.metrics: Metrics = metrics or self.client.metrics
         self.dlq = self._dlq_name(config)
         # The client then reads the DLQ where this consumer writes (read_dlq, exporters, replay).
         self.client.dlq_names.setdefault(config.stream, self.dlq)

@@ -6,7 +6,7 @@ Nothing is registered at import: `PrometheusMetrics` takes the `CollectorRegistr
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -15,14 +15,19 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from streamlab.client import RedisStreamsClient
 
-__all__ = ["PROCESSING_BUCKETS", "Metrics", "NullMetrics", "PrometheusMetrics"]
+__all__ = ["PROCESSING_BUCKETS", "Metrics", "PrometheusMetrics"]
 
 # Webhook handlers take milliseconds to a minute (API calls, clones); the buckets span both.
 PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class Metrics(Protocol):
-    """What the client and consumer report. Counts come in batches to keep the hot path lean."""
+class Metrics:
+    """What the client and consumer report; every method here does nothing.
+
+    Subclass it and override the hooks you need (like a dramatiq Middleware); the default
+    client and consumer use a plain ``Metrics()``. Counts come in batches to keep the hot path
+    lean.
+    """
 
     def produced(self, stream: str, n: int) -> None:
         """``n`` entries were added to ``stream``."""
@@ -52,37 +57,6 @@ class Metrics(Protocol):
         """Report the lag of ``stream``'s groups, read from Redis at scrape time."""
 
 
-class NullMetrics:
-    """The default hook: records nothing."""
-
-    def produced(self, stream: str, n: int) -> None:
-        pass
-
-    def consumed(self, stream: str, group: str, n: int) -> None:
-        pass
-
-    def failed(self, stream: str, group: str, n: int) -> None:
-        pass
-
-    def retried(self, stream: str, group: str, n: int) -> None:
-        pass
-
-    def dead_lettered(self, stream: str, group: str, n: int) -> None:
-        pass
-
-    def reclaimed(self, stream: str, group: str, n: int) -> None:
-        pass
-
-    def lost(self, stream: str, group: str, n: int) -> None:
-        pass
-
-    def observe(self, stream: str, group: str, seconds: float) -> None:
-        pass
-
-    def watch(self, client: RedisStreamsClient, stream: str) -> None:
-        pass
-
-
 class _LagCollector(Collector):
     """``queue_consumer_lag`` read from XINFO GROUPS when Prometheus scrapes."""
 
@@ -110,7 +84,7 @@ class _LagCollector(Collector):
         yield family
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(Metrics):
     """Prometheus metrics with the seed's names, labelled by stream and group.
 
     ``queue_messages_produced_total``, ``queue_messages_consumed_total``,

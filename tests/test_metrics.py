@@ -84,3 +84,31 @@ def test_two_metrics_objects_on_separate_registries_do_not_clash() -> None:
     labels = {"stream": "s", "group": "g"}
     assert first.get_sample_value("queue_messages_consumed_total", labels) == 2
     assert second.get_sample_value("queue_messages_consumed_total", labels) == 5
+
+
+def test_metrics_base_is_a_no_op_that_a_subclass_overrides_in_part(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    from streamlab.metrics import Metrics
+
+    class Produced(Metrics):
+        def __init__(self) -> None:
+            self.n = 0
+
+        def produced(self, stream: str, n: int) -> None:
+            self.n += n
+
+    assert issubclass(PrometheusMetrics, Metrics)
+    hook = Produced()
+    client = RedisStreamsClient(streams_client.redis, metrics=hook)
+    ids = client.add_many(stream_name, (StreamEvent(event_type="push") for _ in range(3)))
+
+    def handler(msg: StreamMessage) -> None:
+        pass
+
+    cfg = ConsumerConfig(stream=stream_name, group="g", consumer="c")
+    stats = Consumer(client, cfg).run(handler, burst=True, handle_signals=False)
+    assert hook.n == 3
+    assert len(ids) == 3
+    assert stats.acked == 3
+    assert Metrics().watch(client, stream_name) is None
