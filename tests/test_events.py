@@ -219,3 +219,18 @@ def test_an_event_without_a_tenant_takes_its_auth_context_s() -> None:
     event = StreamEvent(event_type="t", auth_context=AuthContext(tenant_id="acme"))
     assert event.tenant_id == "acme"
     assert decode_event(raw(encode_event(event))) == event
+
+
+def test_default_ids_are_distinct_canonical_uuid4_texts() -> None:
+    import uuid
+
+    ids = [StreamEvent(event_type="push", repository="o/r", tenant_id="t").id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    variants = set()
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+        variants.add(text[19])
+    assert variants == set("89ab")
