@@ -5,7 +5,7 @@
 Prints events/s and the ratio streamlab / baseline (higher is better; 1.0 = as fast):
 - add_many vs a hand-written pipelined XADD loop (json.dumps of the nested values);
 - Consumer.run(burst=True) with a no-op handler (decode, validate, batched ack, metrics) vs a
-  hand-written XREADGROUP + json.loads + XACK loop, both with batches of 100.
+  hand-written XREADGROUP + json.loads + XACK loop, both with batches of 500.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from streamlab import (
 from streamlab.events import StreamEvent, format_time
 from streamlab.samples import sample_events
 
-BATCH = 100
+BATCH = 500
 
 
 def timed(fn: Callable[[], object]) -> float:

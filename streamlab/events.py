@@ -14,8 +14,8 @@ rejects deeper JSON with a `DecodeError` and, being tolerant, reads a bare ``NaN
 from __future__ import annotations
 
 import math
+import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -95,7 +95,14 @@ when producing (`EncodeError`) and when decoding (`DecodeError`)."""
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    """A random uuid4 as text, built from 16 random bytes directly: the same distribution and
+    form as ``str(uuid.uuid4())`` (version 4, RFC 4122 variant) at about a third of its cost,
+    which matters when a producer builds events by the thousand."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = "89ab"
 
 
 def _now() -> datetime:
@@ -283,9 +290,25 @@ def decode_event(
     ``extra_retries`` is added to the wire ``retry_count`` (the consumer passes deliveries so
     far minus one).
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any]
     extra: dict[str, str | bytes] = {}
     wire: dict[str, str] = {}
+    if fields.keys() == _KNOWN:  # type: ignore[comparison-overlap]
+        # streamlab's own layout (what `encode_event` writes): every name known, no alias, no
+        # unknown field, so each value goes straight to its decoder.
+        f: Mapping[str, Any] = fields  # type: ignore[assignment]
+        data = {
+            "id": f["id"],
+            "event_type": f["event_type"],
+            "repository": f["repository"],
+            "tenant_id": f["tenant_id"],
+            "payload": _payload(f["payload"], "payload", entry_id),
+            "auth_context": _auth_context(f["auth_context"], "auth_context", entry_id),
+            "timestamp": _parse_time(f["timestamp"]),
+            "retry_count": f["retry_count"],
+        }
+        return _validated(data, wire, entry_id, extra_retries)
+    data = {}
     for raw_key, value in fields.items():
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
         name = _ALIASES.get(key, key)
@@ -301,12 +324,7 @@ def decode_event(
             extra[wire[name]] = _keep(data[name])
         wire[name] = key
         if name == "payload":
-            # pydantic-core's Rust parser: about twice as fast as json.loads on payloads.
-            try:
-                data[name] = pydantic_core.from_json(value) if value else None
-            except ValueError as exc:
-                reason = _TOO_DEEP if "recursion limit" in str(exc) else f"invalid JSON: {exc}"
-                raise DecodeError(reason, field=key, entry_id=entry_id) from None
+            data[name] = _payload(value, key, entry_id)
         elif name == "auth_context":
             data[name] = _auth_context(value, key, entry_id)
         elif name == "timestamp":
@@ -323,6 +341,21 @@ def decode_event(
         data.setdefault("id", entry_id)
     if extra:
         data["extra"] = extra
+    return _validated(data, wire, entry_id, extra_retries)
+
+
+def _payload(value: bytes | str, key: str, entry_id: str | None) -> Any:
+    # pydantic-core's Rust parser: about twice as fast as json.loads on payloads.
+    try:
+        return pydantic_core.from_json(value) if value else None
+    except ValueError as exc:
+        reason = _TOO_DEEP if "recursion limit" in str(exc) else f"invalid JSON: {exc}"
+        raise DecodeError(reason, field=key, entry_id=entry_id) from None
+
+
+def _validated(
+    data: dict[str, Any], wire: dict[str, str], entry_id: str | None, extra_retries: int
+) -> StreamEvent:
     try:
         event: StreamEvent = _event_validator.validate_python(data)
     except ValidationError as exc:
@@ -518,6 +551,23 @@ class StreamMessage:
         return Failure.from_fields(self.fields)
 
 
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 4096
+
+
+def _field_name(key: bytes | str) -> str:
+    """A field name as text, decoded once per distinct name (entries of one layout share
+    them); the cache is bounded, so arbitrary names cannot grow it without limit."""
+    if not isinstance(key, bytes):
+        return key
+    name = _NAMES.get(key)
+    if name is None:
+        name = key.decode("utf-8", "surrogateescape")
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[key] = name
+    return name
+
+
 def decode_message(
     stream: str,
     entry_id: bytes | str,
@@ -526,10 +576,7 @@ def decode_message(
 ) -> StreamMessage:
     """Build a `StreamMessage` from a raw redis-py entry, never raising on bad content."""
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    fields = {
-        (k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else k): v
-        for k, v in (raw_fields or {}).items()
-    }
+    fields = {_field_name(k): v for k, v in (raw_fields or {}).items()}
     try:
         event = decode_event(fields, entry_id=eid, extra_retries=max(delivery_count - 1, 0))
     except DecodeError as exc:

@@ -219,3 +219,32 @@ def test_an_event_without_a_tenant_takes_its_auth_context_s() -> None:
     event = StreamEvent(event_type="t", auth_context=AuthContext(tenant_id="acme"))
     assert event.tenant_id == "acme"
     assert decode_event(raw(encode_event(event))) == event
+
+
+def test_default_ids_are_distinct_canonical_uuid4_texts() -> None:
+    import uuid
+
+    ids = [StreamEvent(event_type="push", repository="o/r", tenant_id="t").id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    variants = set()
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+        variants.add(text[19])
+    assert variants == set("89ab")
+
+
+def test_own_layout_fast_path_decodes_as_the_general_path() -> None:
+    event = next(iter(sample_events(1)))
+    own = {k: v.encode() if isinstance(v, str) else v for k, v in encode_event(event).items()}
+    fast = decode_event(own, entry_id="1-0")
+    general = decode_event({**own, "x-other": b"1"}, entry_id="1-0")  # not own layout
+    assert fast == general.model_copy(update={"extra": fast.extra})
+    assert fast == event
+    with pytest.raises(DecodeError, match="payload") as info:
+        decode_event({**own, "payload": b"{not json"}, entry_id="1-0")
+    assert info.value.entry_id == "1-0"
+    with pytest.raises(DecodeError, match="retry_count"):
+        decode_event({**own, "retry_count": b"many"}, entry_id="1-0")

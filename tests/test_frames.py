@@ -731,3 +731,27 @@ def test_times_outside_years_1_to_9999_are_decode_errors(
     assert df["timestamp"][:2].isna().all()
     assert df["timestamp"][2] == pd.Timestamp("2026-01-01T00:00:00Z")
     assert df["_raw"][1] == {"timestamp": b"0000-01-01T00:00:00Z"}
+
+
+def test_overlapped_pages_match_sequential_xrange_and_early_stop_leaves_pool_clean(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    from streamlab.frames._fetch import Fetcher
+
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(25):
+        pipe.xadd(stream_name, {"n": str(i)})
+    pipe.execute()
+    fetch = Fetcher(redis_client)
+    expected = [eid for eid, _ in redis_client.xrange(stream_name)]
+    for limit in (None, 0, 7, 10, 25, 30):
+        got = [e[0] for page in fetch.pages(stream_name, limit=limit, page_size=5) for e in page]
+        assert got == expected[: len(expected) if limit is None else limit]
+    # Stopping after the first page leaves the second page's reply unread on its connection:
+    # that connection must not be handed, reply and all, to the next command.
+    pages = fetch.pages(stream_name, page_size=5)
+    assert len(next(pages)) == 5
+    pages.close()
+    assert redis_client.set("k-" + stream_name, "v") is True
+    assert redis_client.get("k-" + stream_name) == b"v"
+    assert [e[0] for p in fetch.pages(stream_name, page_size=100) for e in p] == expected

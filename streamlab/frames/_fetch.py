@@ -22,7 +22,7 @@ __all__ = ["Fetcher", "RawEntry", "fetcher"]
 
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
 RawEntry = Sequence[Any]
-PAGE_SIZE = 10_000
+PAGE_SIZE = 2_000
 _RAW_COMMANDS = ("XRANGE", "XPENDING")
 
 
@@ -76,14 +76,55 @@ class Fetcher:
         """XRANGE pages from ``start`` to ``end`` (ids), at most ``limit`` entries in all.
 
         Each next page starts after the last id seen (``(id``), so entries added or trimmed
-        meanwhile never make a page repeat or skip one.
+        meanwhile never make a page repeat or skip one. On a plain client the next page's
+        XRANGE is sent before the current page is handed over, so the server and the socket
+        work while the caller decodes; the pages are the same as without the overlap.
         """
+        if self._raw is None:
+            yield from self._pages_sequential(stream, start, end, limit, page_size)
+            return
+        pool = self._raw.connection_pool
+        conn = pool.get_connection()
+        clean = False
+        try:
+            with translate_errors(stream):
+                remaining = limit
+                size = page_size if remaining is None else min(page_size, remaining)
+                if size <= 0:
+                    clean = True
+                    return
+                conn.send_command("XRANGE", stream, start, end, "COUNT", size)
+                while True:
+                    page = list(conn.read_response())
+                    if remaining is not None:
+                        remaining -= len(page)
+                    more = len(page) == size and (remaining is None or remaining > 0)
+                    if more:
+                        last = page[-1][0]
+                        lo = b"(" + (last if isinstance(last, bytes) else str(last).encode())
+                        size = page_size if remaining is None else min(page_size, remaining)
+                        conn.send_command("XRANGE", stream, lo, end, "COUNT", size)
+                    else:
+                        clean = True
+                    if page:
+                        yield page
+                    if not more:
+                        return
+        finally:
+            # A reply still unread (the caller stopped early, or an error) would be read by
+            # the connection's next user: such a connection is closed, not reused as it is.
+            if not clean:
+                conn.disconnect()
+            pool.release(conn)
+
+    def _pages_sequential(
+        self, stream: str, start: str, end: str, limit: int | None, page_size: int
+    ) -> Iterator[list[RawEntry]]:
         lo: str | bytes = start
-        hi = end
         remaining = limit
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
-            page = self.xrange(stream, lo, hi, size)
+            page = self.xrange(stream, lo, end, size)
             if not page:
                 return
             yield page
