@@ -148,45 +148,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pending(args: argparse.Namespace) -> int:
-    from streamlab.client import translate_errors
-
-    client = _client(args)
-    with translate_errors(args.stream, args.group):
-        rows = client.redis.xpending_range(args.stream, args.group, "-", "+", args.count)
-    data = [
-        {
-            "id": r["message_id"].decode(),
-            "consumer": r["consumer"].decode(),
-            "idle_ms": r["time_since_delivered"],
-            "deliveries": r["times_delivered"],
-        }
-        for r in rows
-    ]
-    _print(data, args.json)
-    return 0
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    client = _client(args)
-    data = []
-    for msg in client.read_dlq(args.stream, count=args.count):
-        failure = msg.failure
-        event = msg.event
-        data.append(
-            {
-                "id": msg.id,
-                "event_type": event.event_type if event else None,
-                "repository": event.repository if event else None,
-                "error_type": failure.error_type if failure else None,
-                "error": failure.error if failure else None,
-                "attempts": failure.attempts if failure else None,
-            }
-        )
-    _print(data, args.json)
-    return 0
-
-
 def _when(value: str | None) -> Any:
     """``6h``-style durations mean "that long ago"; anything else is an ISO time or stream id.
 
@@ -368,9 +329,21 @@ def _replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``streamlab`` command."""
+    from streamlab import _cli_commands
+
     parser = _Parser(prog="streamlab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamlab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -402,17 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", "stream length, first/last ids and groups with lag")
     info.add_argument("stream")
     info.set_defaults(func=cmd_info)
-    pending = command("pending", "pending entries of a group (XPENDING)")
-    pending.add_argument("stream")
-    pending.add_argument("group")
-    pending.add_argument("--count", type=_positive_int, default=100)
-    pending.set_defaults(func=cmd_pending)
-    dlq = command("dlq", "dead-lettered entries with their failures")
-    dlq.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
-    dlq.add_argument("--dlq", help=DLQ_HELP)
-    dlq.add_argument("--count", type=_positive_int, default=100)
-    dlq.set_defaults(func=cmd_dlq)
-
     replay = command("replay", "re-inject DLQ events (shows a dry run and asks first)")
     replay.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
     _replay_arguments(replay)
@@ -422,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     outcome.add_argument("replay_id")
     outcome.add_argument("--dlq", help=DLQ_HELP)
     outcome.set_defaults(func=cmd_outcome)
+    _cli_commands.register(command, sub)
     return parser
 
 
