@@ -68,11 +68,21 @@ def print_frame(df: pd.DataFrame, columns: Sequence[str], title: str | None = No
         table.add_column(c, overflow="fold")
     for _, row in df[cols].iterrows():
         table.add_row(*(_cell(row[c]) for c in cols))
-    _console().print(table)
+    _emit(table)
+
+
+def _emit(renderable: Any) -> None:
+    # Rendered here and written by us: rich turns a broken pipe into a silent SystemExit,
+    # and the command's one-line error contract needs the BrokenPipeError itself.
+    console = _console()
+    with console.capture() as captured:
+        console.print(renderable, markup=False)
+    for line in captured.get().splitlines():
+        sys.stdout.write(line.rstrip() + "\n")
 
 
 def say(text: str) -> None:
-    _console().print(text, markup=False)
+    _emit(text)
 
 
 def dump(data: Any) -> None:
