@@ -62,7 +62,9 @@ def print_frame(df: pd.DataFrame, columns: Sequence[str], title: str | None = No
     """``df``'s ``columns`` as a table."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    if title:
+        say(title)  # above the table, not as its title: rich wraps a title to the table's width
+    table = Table(box=None, header_style="bold")
     cols = [c for c in columns if c in df.columns]
     for c in cols:
         table.add_column(c, overflow="fold")

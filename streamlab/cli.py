@@ -23,7 +23,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
-from urllib.parse import quote
 
 import redis
 
@@ -92,48 +91,6 @@ def _client(args: argparse.Namespace) -> Any:
     if getattr(args, "dlq", None):
         client.dlq_names[args.stream] = args.dlq
     return client
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from streamlab.demo import run_demo, server_url
-
-    given = args.url
-    if given:
-        _client(args).redis.ping()  # a bad URL, password or host fails here, within --timeout
-        if args.tls_ca:
-            given += f"{'&' if '?' in given else '?'}ssl_ca_certs={quote(args.tls_ca)}"
-    with server_url(given) as url:
-        where = redact_url(url) if args.url else f"embedded server at {url}"
-        if not args.json:
-            print(f"streamlab demo: {args.events} webhook events on {where}")
-        # A private server starts empty; on someone else's server use a fresh stream name.
-        stream = None if args.url else "webhook_events"
-        result = run_demo(url, events=args.events, seed=args.seed, stream=stream)
-    stats = result.stats
-    summary = {
-        "stream": result.stream,
-        "produced": result.produced,
-        "acked": stats.acked,
-        "retried": stats.retried,
-        "dead_lettered": stats.dead_lettered,
-        "dlq_length": result.dlq_length,
-        "pending": result.pending,
-        "failures": stats.failed,
-        "dlq_errors": dict(result.dlq_errors),
-        "seconds": round(result.seconds, 2),
-    }
-    if args.json:
-        _print(summary, True)
-        return 0
-    print(f"  produced       {result.produced:>7}")
-    print(f"  acked          {stats.acked:>7}")
-    print(f"  retried        {stats.retried:>7}   (transient failures, retried with backoff)")
-    print(f"  dead-lettered  {stats.dead_lettered:>7}   -> {result.dlq}")
-    print(f"  still pending  {result.pending:>7}")
-    for error_type, count in result.dlq_errors.most_common():
-        print(f"    {count:>5} x {error_type}")
-    print(f"  done in {result.seconds:.1f} s")
-    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -340,7 +297,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``streamlab`` command."""
-    from streamlab import _cli_commands
+    from streamlab import _cli_commands, _cli_demo
 
     parser = _Parser(prog="streamlab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamlab {_version()}")
@@ -368,10 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
         return p
 
-    demo = command("demo", "produce, consume, retry and dead-letter on an embedded server")
+    demo = command("demo", "the incident story: fail, dead-letter, fix, replay (embedded server)")
     demo.add_argument("--events", type=_positive_int, default=3000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=cmd_demo)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--stream", help="with --url: the stream to write (default webhook_events)")
+    demo.add_argument("--keep", action="store_true", help="keep the embedded server until Ctrl-C")
+    demo.set_defaults(func=_cli_demo.cmd_demo)
     info = command("info", "stream length, first/last ids and groups with lag")
     info.add_argument("stream")
     info.set_defaults(func=cmd_info)
@@ -445,4 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the command modules raise
+    # streamlab.cli's UsageError, which must be the class describe_error checks.
+    from streamlab.cli import main as _main
+
+    sys.exit(_main())

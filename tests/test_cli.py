@@ -14,7 +14,6 @@ import pytest
 
 from streamlab._redact import redact, redact_url
 from streamlab.client import RedisStreamsClient
-from streamlab.demo import BROKEN_REPOSITORY
 from streamlab.embedded import EmbeddedServer
 from streamlab.events import Failure, encode_event
 from streamlab.samples import sample_events
@@ -30,29 +29,51 @@ def streamlab(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_on_its_own_embedded_server_accounts_for_every_event() -> None:
-    run = streamlab("demo", "--events", "400", "--json")
+def test_demo_tells_the_incident_story_and_loses_nothing(tmp_path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", "demo", "--events", "600", "--json"],
+        capture_output=True, text=True, timeout=90, check=False, cwd=tmp_path,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    broken = sum(
-        1
-        for e in sample_events(400)
-        if e.repository == BROKEN_REPOSITORY and e.event_type.endswith("pull_request")
-    )
-    assert broken > 0
-    assert result["produced"] == 400
-    assert result["dead_lettered"] == result["dlq_length"] == broken
-    assert result["acked"] == 400 - broken
-    assert result["pending"] == 0
-    assert result["retried"] > 3 * broken  # the transient failures were retried too
-    assert result["dlq_errors"] == {"SchemaError": broken}
+    assert result["stream"] == "webhook_events"
+    assert result["produced"] == 600
+    assert result["dead_lettered"] > 0
+    assert result["acked"] + result["dead_lettered"] + result["held_by_dead_worker"] == 600
+    assert {s.split(":")[0] for s in result["signatures"]} == {"LookupError", "UpstreamTimeout"}
+    assert sum(result["signatures"].values()) == result["dead_lettered"]
+    assert result["tried_ok"] == result["replayed"] == result["dead_lettered"]
+    assert result["replay_failed"] == 0
+    assert result["processed_after_replay"] == result["replayed"]
+    assert result["dlq_length"] == 0
+    assert result["pending"]["webhook_workers"] == result["held_by_dead_worker"]
+    chart = tmp_path / "streamlab-demo-failures.png"
+    assert result["chart"] == str(chart)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["seconds"] < 60
+    assert "streamlab groups webhook_events" in result["next"]
 
 
-def test_demo_text_output_on_an_external_server_uses_a_fresh_stream(redis_url: str) -> None:
-    run = streamlab("demo", "--events", "200", "--url", redis_url)
+def test_demo_text_on_an_external_server_names_its_stream_and_refuses_to_reuse_it(
+    redis_url: str, stream_name: str, tmp_path
+) -> None:
+    url = redis_url.replace("redis://", "redis://default:sekret@", 1)
+    run = subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", "demo", "--events", "300", "--url", redis_url,
+         "--stream", stream_name],
+        capture_output=True, text=True, timeout=90, check=False, cwd=tmp_path,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "produced" in run.stdout
-    assert "webhook_events:demo-" in run.stdout
+    out = run.stdout
+    assert f"into stream {stream_name!r}" in out
+    for heading in ("1. produce", "2. the DLQ", "3. try the fixed", "4. dry run", "5. replay",
+                    "6. nothing lost", "chart of failures over time:", "next, try:"):  # fmt: skip
+        assert heading in out
+    assert f"streamlab dlq {stream_name} --summary" in out
+    again = streamlab("demo", "--events", "10", "--url", redis_url, "--stream", stream_name)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    assert "sekret" not in url or "sekret" not in out
 
 
 def test_info_pending_and_dlq_commands(
