@@ -473,3 +473,89 @@ def test_unknown_replay_id_and_a_replay_where_every_event_fails_exit_1(
         assert f"target {target!r} is a string, not a stream" in line
         assert "3 failed" in run.stdout  # the report itself is still printed
     assert r.xlen(dlq) == 3
+
+
+def test_operator_commands_text_json_and_exit_codes(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path
+) -> None:
+    from streamlab.frames import read_parquet
+    from streamlab.incident import BUG_TENANT, seed_incident
+
+    incident = seed_incident(streams_client, stream_name, events=300)
+    dead = incident.stats.dead_lettered
+
+    def ok(*args: str) -> str:
+        run = streamlab(*args, "--url", redis_url)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    def js(*args: str) -> dict:
+        return json.loads(ok(*args, "--json"))
+
+    groups = js("groups", stream_name)["groups"]
+    assert {g["group"] for g in groups} == {"audit", "webhook_workers"}
+    assert "lag" in ok("groups", stream_name)
+    assert "\x1b[" not in ok("groups", stream_name)
+    consumers = {c["consumer"]: c["pending"] for c in
+                 js("consumers", stream_name, "webhook_workers")["consumers"]}  # fmt: skip
+    assert consumers["worker-dead"] == incident.held_by_dead_worker
+    pending = js("pending", stream_name, "webhook_workers", "--limit", "3")
+    assert pending["count"] == incident.held_by_dead_worker
+    assert len(pending["pending"]) == 3
+    assert "showing 3 of" in ok("pending", stream_name, "webhook_workers", "--limit", "3")
+    streams_client.ensure_group(stream_name, "idle")
+    assert "nothing pending" in ok("pending", stream_name, "idle")
+
+    read = js("read", stream_name, "--limit", "5")
+    assert read["count"] == 5
+    assert len(read["entries"]) == 5
+    first = read["entries"][0]["id"]
+    shown = js("show", stream_name, first)
+    assert shown["id"] == first
+    assert shown["stream"] == stream_name
+    assert "payload:" in ok("show", stream_name, first)
+
+    dlq = js("dlq", stream_name, "--limit", "2")
+    assert dlq["count"] == dead
+    assert len(dlq["entries"]) == 2
+    assert f"showing 2 of {dead} dead letters" in ok("dlq", stream_name, "--limit", "2")
+    bug = js("dlq", stream_name, "--tenant-id", BUG_TENANT, "--error-type", "LookupError")
+    assert bug["count"] > 0
+    assert {e["tenant_id"] for e in bug["entries"]} == {BUG_TENANT}
+    dlq_id = bug["entries"][0]["id"]
+    assert "traceback:" in ok("show", stream_name, dlq_id)
+    summary = js("dlq", stream_name, "--summary")
+    assert sum(g["count"] for g in summary["groups"]) == dead
+    by_tenant = js("dlq", stream_name, "--summary", "--by", "tenant_id")["groups"]
+    assert by_tenant[0]["tenant_id"] == BUG_TENANT
+
+    out = tmp_path / "events.parquet"
+    assert js("export", stream_name, "--to", str(out))["count"] == 300
+    assert len(read_parquet(out)) == 300
+    lines = tmp_path / "bug.jsonl"
+    exported = js("export", stream_name, "--dlq", "--tenant-id", BUG_TENANT, "--to", str(lines))
+    assert exported["count"] == len(lines.read_text().splitlines()) >= bug["count"]
+
+    claimed = js("claim", stream_name, "webhook_workers", "w2", "--min-idle", "1ms", "--all")
+    assert claimed["count"] == incident.held_by_dead_worker
+
+    # audit lags behind: trimming would drop entries it was never given.
+    run = streamlab("trim", stream_name, "--maxlen", "10", "--url", redis_url)
+    assert run.returncode == 1
+    assert "--force" in run.stderr
+    assert streams_client.redis.xlen(stream_name) == 300
+    assert js("trim", stream_name, "--maxlen", "10", "--force")["removed"] == 290
+
+    for bad, text in (
+        (("claim", stream_name, "g", "c", "--min-idle", "1s"), "ids or --all"),
+        (("trim", stream_name), "--maxlen N or --minid"),
+        (("export", stream_name, "--to", "x.txt"), "must end with"),
+        (("dlq", stream_name, "--by", "nope"), "invalid choice"),
+    ):
+        run = streamlab(*bad, "--url", redis_url)
+        assert run.returncode == 2, (bad, run.stderr)
+        assert text in run.stderr
+        assert "Traceback" not in run.stderr
+
+    assert re.match(r"streamlab \d", streamlab("--version").stdout)
+    assert "complete -o default -F _streamlab streamlab" in streamlab("completion", "bash").stdout
