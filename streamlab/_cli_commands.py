@@ -479,6 +479,91 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replays(args: argparse.Namespace) -> int:
+    from streamlab.keys import ledger_key
+    from streamlab.replay import replay_outcome
+
+    client = _client(args)
+    dlq = args.dlq or client.dlq_stream(args.stream)
+    prefix = ledger_key(dlq, "")
+    runs = []
+    for key in client.redis.scan_iter(match=ledger_key(dlq, "*"), count=500):
+        name = key.decode() if isinstance(key, bytes) else key
+        replay_id = name[len(prefix) :]
+        first = next(iter(client.redis.hscan_iter(name, count=1)), None)
+        when = None
+        if first is not None:
+            new_id = first[1].split(b"\n", 1)[0].decode()
+            when = pd.Timestamp(int(new_id.split("-")[0]), unit="ms", tz="UTC")
+        states = replay_outcome(client, args.stream, replay_id)["state"].value_counts()
+        runs.append({"replay_id": replay_id, "when": when,
+                     "events": int(client.redis.hlen(name)),
+                     **{str(k): int(v) for k, v in states.items() if v}})  # fmt: skip
+    runs.sort(key=lambda r: r["when"] or pd.Timestamp(0, tz="UTC"), reverse=True)
+    df = pd.DataFrame(runs)
+    if args.json:
+        dump({"stream": args.stream, "count": len(runs), "replays": records(df)})
+    elif df.empty:
+        say(f"{args.stream}: no replay runs (or their ledgers expired)")
+    else:
+        print_frame(df, list(df.columns), title=f"{args.stream}: {len(df)} replay runs")
+    return 0
+
+
+def _write_archive(df: pd.DataFrame, path: str) -> None:
+    """Write ``df`` to ``path`` completely (a temporary file renamed into place)."""
+    import os
+
+    tmp = f"{path}.partial"
+    df = df.drop(columns=[c for c in ("_raw",) if c in df.columns])
+    if path.endswith(".parquet"):
+        df.to_parquet(tmp)
+    else:
+        df.to_json(tmp, orient="records", lines=True, date_format="iso")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Archive (when asked) then XDEL the selected dead letters: the archive is complete on
+    disk before anything is deleted, so a failure part-way leaves every entry in one place."""
+    from streamlab.cli import UsageError, _confirm
+    from streamlab.replay import select_dlq
+
+    if args.archive and not args.archive.endswith((".parquet", ".jsonl")):
+        raise UsageError(f"--archive {args.archive}: the file must end with .parquet or .jsonl")
+    client = _client(args)
+    selection = select_dlq(client, args.stream, dlq=args.dlq, **filter_kwargs(args))
+    ids = selection.ids
+    dlq = args.dlq or client.dlq_stream(args.stream)
+    if args.dry_run or not ids:
+        if args.json:
+            dump({"stream": args.stream, "dlq": dlq, "dry_run": True, "count": len(ids),
+                  "ids": ids})  # fmt: skip
+        else:
+            say(str(selection))
+            say(f"would discard {len(ids)} dead letters" if ids else "nothing to discard")
+        return 0
+    if not args.yes:
+        say(str(selection))
+        if not _confirm(f"discard {len(ids):,} dead letters?"):
+            say("nothing discarded")
+            return 1
+    if args.archive:
+        _write_archive(selection.to_dataframe(), args.archive)
+    removed = 0
+    for start in range(0, len(ids), 500):
+        removed += int(client.redis.xdel(dlq, *ids[start : start + 500]))
+    if args.json:
+        dump({"stream": args.stream, "dlq": dlq, "dry_run": False, "count": removed,
+              "archive": args.archive, "ids": ids})  # fmt: skip
+    else:
+        where = f" (archived to {args.archive})" if args.archive else ""
+        say(f"discarded {removed} dead letters from {dlq}{where}")
+    return 0
+
+
 def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -> None:  # noqa: PLR0915
     """Add the operator commands; ``command`` adds one with the common connection flags."""
     from streamlab.cli import DLQ_HELP, _positive_int
@@ -536,6 +621,18 @@ def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -
     p.add_argument("--minid")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_trim)
+    p = command("replays", "past replay runs of a stream's DLQ, from their ledgers")
+    p.add_argument("stream")
+    p.add_argument("--dlq", help=DLQ_HELP)
+    p.set_defaults(func=cmd_replays)
+    p = command("discard", "remove dead letters given up on (archive first with --archive)")
+    p.add_argument("stream")
+    p.add_argument("--dlq", help=DLQ_HELP)
+    add_filter_arguments(p)
+    p.add_argument("--archive", metavar="FILE", help=".parquet or .jsonl")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_discard)
     p = command("metrics", "serve Prometheus /metrics for streams (lag, pending, DLQ)")
     p.add_argument("--stream", action="append", required=True)
     p.add_argument("--port", type=_positive_int, default=9108)

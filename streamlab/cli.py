@@ -123,7 +123,7 @@ def _when(value: str | None) -> Any:
 
 def _confirm(prompt: str) -> bool:
     if not sys.stdin.isatty():
-        raise UsageError("refusing to replay without a terminal to confirm: pass --yes")
+        raise UsageError("refusing to go on without a terminal to confirm: pass --yes")
     return input(f"{prompt} [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -161,6 +161,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         options["for_group"] = args.for_group
     plan = replay_dlq(client, args.stream, selection, dry_run=True, **options)
     if args.dry_run or not plan.replayed:
+        if not args.json:
+            print(selection)  # what was selected, then what would happen to it
         _report(plan, args.json)
         _check_failed(plan)
         return 0

@@ -559,3 +559,47 @@ def test_operator_commands_text_json_and_exit_codes(
 
     assert re.match(r"streamlab \d", streamlab("--version").stdout)
     assert "complete -o default -F _streamlab streamlab" in streamlab("completion", "bash").stdout
+
+
+def test_replays_lists_runs_and_discard_archives_before_deleting(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path
+) -> None:
+    import pandas as pd
+
+    from streamlab.incident import BUG_TENANT, seed_incident
+
+    seed_incident(streams_client, stream_name, events=300)
+    dlq = streams_client.dlq_stream(stream_name)
+    url = ("--url", redis_url)
+    none = json.loads(streamlab("replays", stream_name, *url, "--json").stdout)
+    assert none["count"] == 0
+    assert "no replay runs" in streamlab("replays", stream_name, *url).stdout
+    dry = streamlab("replay", stream_name, "--error-type", "UpstreamTimeout", "--dry-run", *url)
+    assert "selected" in dry.stdout
+    assert streamlab("replay", stream_name, "--error-type", "UpstreamTimeout", "--yes", *url)
+    runs = json.loads(streamlab("replays", stream_name, *url, "--json").stdout)
+    assert runs["count"] == 1
+    assert runs["replays"][0]["events"] > 0
+
+    bug = ("--tenant-id", BUG_TENANT)
+    before = streams_client.redis.xlen(dlq)
+    plan = json.loads(streamlab("discard", stream_name, *bug, "--dry-run", *url, "--json").stdout)
+    assert plan["dry_run"]
+    assert plan["count"] > 0
+    assert streams_client.redis.xlen(dlq) == before
+    refused = subprocess.run(
+        [sys.executable, "-m", "streamlab.cli", "discard", stream_name, *bug, *url],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    archive = tmp_path / "gone.parquet"
+    done = streamlab("discard", stream_name, *bug, "--archive", str(archive), "--yes", *url)
+    assert done.returncode == 0, done.stderr
+    assert f"discarded {plan['count']} dead letters" in done.stdout
+    assert streams_client.redis.xlen(dlq) == before - plan["count"]
+    archived = pd.read_parquet(archive)
+    assert len(archived) == plan["count"]
+    assert set(archived["tenant_id"]) == {BUG_TENANT}
+    bad = streamlab("discard", stream_name, "--archive", "x.csv", "--yes", *url)
+    assert bad.returncode == 2
