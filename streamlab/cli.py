@@ -23,7 +23,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
-from urllib.parse import quote
 
 import redis
 
@@ -94,48 +93,6 @@ def _client(args: argparse.Namespace) -> Any:
     return client
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from streamlab.demo import run_demo, server_url
-
-    given = args.url
-    if given:
-        _client(args).redis.ping()  # a bad URL, password or host fails here, within --timeout
-        if args.tls_ca:
-            given += f"{'&' if '?' in given else '?'}ssl_ca_certs={quote(args.tls_ca)}"
-    with server_url(given) as url:
-        where = redact_url(url) if args.url else f"embedded server at {url}"
-        if not args.json:
-            print(f"streamlab demo: {args.events} webhook events on {where}")
-        # A private server starts empty; on someone else's server use a fresh stream name.
-        stream = None if args.url else "webhook_events"
-        result = run_demo(url, events=args.events, seed=args.seed, stream=stream)
-    stats = result.stats
-    summary = {
-        "stream": result.stream,
-        "produced": result.produced,
-        "acked": stats.acked,
-        "retried": stats.retried,
-        "dead_lettered": stats.dead_lettered,
-        "dlq_length": result.dlq_length,
-        "pending": result.pending,
-        "failures": stats.failed,
-        "dlq_errors": dict(result.dlq_errors),
-        "seconds": round(result.seconds, 2),
-    }
-    if args.json:
-        _print(summary, True)
-        return 0
-    print(f"  produced       {result.produced:>7}")
-    print(f"  acked          {stats.acked:>7}")
-    print(f"  retried        {stats.retried:>7}   (transient failures, retried with backoff)")
-    print(f"  dead-lettered  {stats.dead_lettered:>7}   -> {result.dlq}")
-    print(f"  still pending  {result.pending:>7}")
-    for error_type, count in result.dlq_errors.most_common():
-        print(f"    {count:>5} x {error_type}")
-    print(f"  done in {result.seconds:.1f} s")
-    return 0
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     info = _client(args).get_stream_info(args.stream)
     data = dataclasses.asdict(info)
@@ -145,45 +102,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{info.stream}: {info.length} entries, first {info.first_id}, last {info.last_id}")
     for group in info.groups:
         _print(dataclasses.asdict(group), False)
-    return 0
-
-
-def cmd_pending(args: argparse.Namespace) -> int:
-    from streamlab.client import translate_errors
-
-    client = _client(args)
-    with translate_errors(args.stream, args.group):
-        rows = client.redis.xpending_range(args.stream, args.group, "-", "+", args.count)
-    data = [
-        {
-            "id": r["message_id"].decode(),
-            "consumer": r["consumer"].decode(),
-            "idle_ms": r["time_since_delivered"],
-            "deliveries": r["times_delivered"],
-        }
-        for r in rows
-    ]
-    _print(data, args.json)
-    return 0
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    client = _client(args)
-    data = []
-    for msg in client.read_dlq(args.stream, count=args.count):
-        failure = msg.failure
-        event = msg.event
-        data.append(
-            {
-                "id": msg.id,
-                "event_type": event.event_type if event else None,
-                "repository": event.repository if event else None,
-                "error_type": failure.error_type if failure else None,
-                "error": failure.error if failure else None,
-                "attempts": failure.attempts if failure else None,
-            }
-        )
-    _print(data, args.json)
     return 0
 
 
@@ -205,7 +123,7 @@ def _when(value: str | None) -> Any:
 
 def _confirm(prompt: str) -> bool:
     if not sys.stdin.isatty():
-        raise UsageError("refusing to replay without a terminal to confirm: pass --yes")
+        raise UsageError("refusing to go on without a terminal to confirm: pass --yes")
     return input(f"{prompt} [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -243,6 +161,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         options["for_group"] = args.for_group
     plan = replay_dlq(client, args.stream, selection, dry_run=True, **options)
     if args.dry_run or not plan.replayed:
+        if not args.json:
+            print(selection)  # what was selected, then what would happen to it
         _report(plan, args.json)
         _check_failed(plan)
         return 0
@@ -368,9 +288,21 @@ def _replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``streamlab`` command."""
+    from streamlab import _cli_commands, _cli_demo
+
     parser = _Parser(prog="streamlab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamlab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -395,24 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
             )
         return p
 
-    demo = command("demo", "produce, consume, retry and dead-letter on an embedded server")
+    demo = command("demo", "the incident story: fail, dead-letter, fix, replay (embedded server)")
     demo.add_argument("--events", type=_positive_int, default=3000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=cmd_demo)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--stream", help="with --url: the stream to write (default webhook_events)")
+    demo.add_argument("--keep", action="store_true", help="keep the embedded server until Ctrl-C")
+    demo.set_defaults(func=_cli_demo.cmd_demo)
     info = command("info", "stream length, first/last ids and groups with lag")
     info.add_argument("stream")
     info.set_defaults(func=cmd_info)
-    pending = command("pending", "pending entries of a group (XPENDING)")
-    pending.add_argument("stream")
-    pending.add_argument("group")
-    pending.add_argument("--count", type=_positive_int, default=100)
-    pending.set_defaults(func=cmd_pending)
-    dlq = command("dlq", "dead-lettered entries with their failures")
-    dlq.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
-    dlq.add_argument("--dlq", help=DLQ_HELP)
-    dlq.add_argument("--count", type=_positive_int, default=100)
-    dlq.set_defaults(func=cmd_dlq)
-
     replay = command("replay", "re-inject DLQ events (shows a dry run and asks first)")
     replay.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
     _replay_arguments(replay)
@@ -422,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     outcome.add_argument("replay_id")
     outcome.add_argument("--dlq", help=DLQ_HELP)
     outcome.set_defaults(func=cmd_outcome)
+    _cli_commands.register(command, sub)
     return parser
 
 
@@ -482,4 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the command modules raise
+    # streamlab.cli's UsageError, which must be the class describe_error checks.
+    from streamlab.cli import main as _main
+
+    sys.exit(_main())

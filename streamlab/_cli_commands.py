@@ -1,0 +1,645 @@
+"""The operator commands of ``streamlab`` (issue 11): groups, consumers, read, show, dlq
+summaries, export, claim, trim, server, completion. `streamlab.cli` registers them.
+
+Tables go through rich: colour on a terminal, plain text when piped. ``--json`` prints one
+JSON document. Errors raise; `streamlab.cli.describe_error` turns them into one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from streamlab.filters import COLUMNS
+
+__all__ = ["add_filter_arguments", "filter_kwargs", "print_frame", "register"]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Colour only on a terminal; piped output is plain and never wrapped to 80 columns.
+    tty = sys.stdout.isatty()
+    return Console(highlight=False, no_color=not tty, width=None if tty else 200)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+        return ""
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, pd.Timedelta):
+        return f"{value.total_seconds():.1f}s"
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, pd.Timedelta):
+        return value.total_seconds()
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def records(df: pd.DataFrame, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``df`` (only ``columns`` when given) as JSON-ready dicts."""
+    cols = [c for c in (columns or df.columns) if c in df.columns]
+    return [{c: _jsonable(row[c]) for c in cols} for _, row in df[cols].iterrows()]
+
+
+def print_frame(df: pd.DataFrame, columns: Sequence[str], title: str | None = None) -> None:
+    """``df``'s ``columns`` as a table."""
+    from rich.table import Table
+
+    if title:
+        say(title)  # above the table, not as its title: rich wraps a title to the table's width
+    table = Table(box=None, header_style="bold")
+    cols = [c for c in columns if c in df.columns]
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for _, row in df[cols].iterrows():
+        table.add_row(*(_cell(row[c]) for c in cols))
+    _emit(table)
+
+
+def _emit(renderable: Any) -> None:
+    # Rendered here and written by us: rich turns a broken pipe into a silent SystemExit,
+    # and the command's one-line error contract needs the BrokenPipeError itself.
+    console = _console()
+    with console.capture() as captured:
+        console.print(renderable, markup=False)
+    for line in captured.get().splitlines():
+        sys.stdout.write(line.rstrip() + "\n")
+
+
+def say(text: str) -> None:
+    _emit(text)
+
+
+def dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """The filter keywords (`streamlab.filters`) as kebab-case flags, repeatable."""
+    for name in (*COLUMNS, "id"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append",
+                       help="repeatable; values OR")  # fmt: skip
+    p.add_argument("--error-contains")
+    p.add_argument("--since", help="6h (that long ago), an ISO time or a stream id")
+    p.add_argument("--until", help="6h (that long ago), an ISO time or a stream id")
+
+
+def filter_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from streamlab.cli import _when
+
+    out: dict[str, Any] = {name: getattr(args, name) for name in COLUMNS}
+    out.update(
+        error_contains=args.error_contains,
+        ids=args.id,
+        since=_when(args.since),
+        until=_when(args.until),
+    )
+    return out
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from streamlab.cli import _client as make
+
+    return make(args)
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    from streamlab.errors import StreamNotFoundError
+    from streamlab.frames import groups_to_dataframe
+
+    client = _client(args)
+    if not client.redis.exists(args.stream):
+        raise StreamNotFoundError(f"no stream {args.stream!r}")
+    df = groups_to_dataframe(client, args.stream)
+    cols = ["group", "consumers", "pending", "lag", "last_delivered_id", "last_delivered"]
+    if args.json:
+        dump({"stream": args.stream, "groups": records(df, cols)})
+    elif df.empty:
+        say(f"{args.stream}: no consumer groups")
+    else:
+        print_frame(df, cols, title=f"{args.stream}: {len(df)} groups")
+    return 0
+
+
+def cmd_consumers(args: argparse.Namespace) -> int:
+    from streamlab.frames import consumers_to_dataframe
+
+    df = consumers_to_dataframe(_client(args), args.stream, args.group)
+    cols = ["consumer", "pending", "idle", "inactive"]
+    if args.json:
+        dump({"stream": args.stream, "group": args.group, "consumers": records(df, cols)})
+    elif df.empty:
+        say(f"{args.stream} {args.group}: no consumers")
+    else:
+        print_frame(df, cols, title=f"{args.stream} {args.group}: {len(df)} consumers")
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from streamlab.config import parse_duration
+    from streamlab.frames import pending_to_dataframe
+
+    min_idle = parse_duration(args.min_idle) if args.min_idle else None
+    df = pending_to_dataframe(
+        _client(args), args.stream, args.group, consumer=args.consumer, min_idle=min_idle
+    )
+    total = len(df)
+    df = df.head(args.limit)
+    cols = ["id", "consumer", "state", "idle", "deliveries", "event_type", "tenant_id"]
+    if args.json:
+        dump({"stream": args.stream, "group": args.group, "count": total,
+              "pending": records(df, cols)})  # fmt: skip
+    elif df.empty:
+        say(f"{args.stream} {args.group}: nothing pending")
+    else:
+        print_frame(df, cols, title=f"{args.stream} {args.group}: showing {len(df)} of {total}")
+    return 0
+
+
+READ_COLUMNS = ["id", "ts", "event_type", "tenant_id", "repository", "retry_count"]
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from streamlab.cli import _when
+    from streamlab.frames import stream_to_dataframe
+
+    client = _client(args)
+    df = stream_to_dataframe(
+        client, args.stream, since=_when(args.since), until=_when(args.until), limit=args.limit
+    )
+    if args.json:
+        dump({"stream": args.stream, "count": len(df), "entries": records(df, READ_COLUMNS)})
+    elif df.empty:
+        say(f"{args.stream}: no entries")
+    else:
+        print_frame(df, READ_COLUMNS, title=f"{args.stream}: {len(df)} entries")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from streamlab.errors import StreamlabError
+    from streamlab.frames import dlq_to_dataframe, stream_to_dataframe
+
+    client = _client(args)
+    where = args.stream
+    df = stream_to_dataframe(client, args.stream, since=args.id, until=args.id, limit=1)
+    if df.empty:
+        df = dlq_to_dataframe(client, args.stream, dlq=args.dlq, since=args.id, until=args.id,
+                              limit=1)  # fmt: skip
+        where = args.dlq or client.dlq_stream(args.stream)
+    if df.empty:
+        raise StreamlabError(f"no entry {args.id} in {args.stream!r} or its DLQ")
+    row = records(df)[0]
+    row = {k: v for k, v in row.items() if v is not None and not k.startswith("_")}
+    if args.json:
+        dump({"stream": where, **row})
+        return 0
+    payload = row.pop("payload", None)
+    traceback = row.pop("traceback", None)
+    say(f"{where} {row.pop('id')}")
+    width = max(len(k) for k in row) if row else 0
+    for key, value in row.items():
+        say(f"  {key:<{width}}  {value}")
+    if payload:
+        say("payload:")
+        try:
+            say(json.dumps(json.loads(payload), indent=2))
+        except ValueError:
+            say(str(payload))
+    if traceback:
+        say("traceback:")
+        say(str(traceback))
+    return 0
+
+
+DLQ_COLUMNS = ["id", "failed_at", "tenant_id", "event_type", "error_signature", "attempts"]
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from streamlab.filters import DLQFilter
+    from streamlab.frames import dlq_summary, dlq_to_dataframe
+
+    client = _client(args)
+    kw = filter_kwargs(args)
+    since, until = kw.pop("since"), kw.pop("until")
+    df = dlq_to_dataframe(client, args.stream, dlq=args.dlq, since=since, until=until)
+    total = len(df)
+    selected = DLQFilter(**{k: v for k, v in kw.items() if v}).apply(df)
+    if args.summary:
+        by = args.by or "error_signature"
+        if by not in selected.columns:
+            from streamlab.cli import UsageError
+
+            raise UsageError(f"--by {by}: no such column (choose from {', '.join(COLUMNS)})")
+        summary = dlq_summary(selected, by=by)
+        cols = [by, "count", "first_failure", "last_failure"]
+        if args.json:
+            dump({"stream": args.stream, "count": len(selected), "by": by,
+                  "groups": records(summary, cols)})  # fmt: skip
+        else:
+            print_frame(summary, cols, title=f"{len(selected)} dead letters by {by}")
+        return 0
+    shown = selected.head(args.limit)
+    if args.json:
+        dump({"stream": args.stream, "count": len(selected), "total": total,
+              "entries": records(shown, [*DLQ_COLUMNS, "error"])})  # fmt: skip
+    elif shown.empty:
+        say(f"{args.stream}: no dead letters" + (" match" if total else ""))
+    else:
+        print_frame(shown, DLQ_COLUMNS,
+                    title=f"showing {len(shown)} of {len(selected)} dead letters"
+                    + (f" ({total} in the DLQ)" if total != len(selected) else ""))  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from streamlab.cli import UsageError, _when
+    from streamlab.filters import DLQFilter
+    from streamlab.frames import dlq_to_dataframe, export_parquet, stream_to_dataframe
+
+    client = _client(args)
+    target = str(args.to)
+    since, until = _when(args.since), _when(args.until)
+    kinds = (".parquet", ".csv", ".jsonl")
+    if not target.endswith(kinds):
+        raise UsageError(f"--to {target}: the file must end with {', '.join(kinds)}")
+    kw = filter_kwargs(args)
+    kw.pop("since"), kw.pop("until")
+    filters = {k: v for k, v in kw.items() if v}
+    if filters and not args.from_dlq:
+        raise UsageError("filters apply to the DLQ: add --dlq")
+    tty = sys.stderr.isatty()
+    if target.endswith(".parquet") and not args.from_dlq:
+        count = export_parquet(client, args.stream, target, since=since, until=until,
+                               progress=tty)  # fmt: skip
+    else:
+        if args.from_dlq:
+            df = dlq_to_dataframe(client, args.stream, since=since, until=until, progress=tty)
+            df = DLQFilter(**filters).apply(df) if filters else df
+        else:
+            df = stream_to_dataframe(client, args.stream, since=since, until=until, progress=tty)
+        df = df.drop(columns=[c for c in ("_raw",) if c in df.columns])
+        count = len(df)
+        if target.endswith(".parquet"):
+            df.to_parquet(target)
+        elif target.endswith(".csv"):
+            df.to_csv(target, index=False)
+        else:
+            df.to_json(target, orient="records", lines=True, date_format="iso")
+    if args.json:
+        dump({"stream": args.stream, "dlq": args.from_dlq, "count": count, "path": target})
+    else:
+        say(f"exported {count} entries to {target}")
+    return 0
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    from streamlab.cli import UsageError
+    from streamlab.client import translate_errors
+    from streamlab.config import parse_duration
+
+    if bool(args.ids) == args.all:
+        raise UsageError("give entry ids or --all (not both)")
+    client = _client(args)
+    idle_ms = int(parse_duration(args.min_idle).total_seconds() * 1000)
+    claimed: list[str] = []
+    with translate_errors(args.stream, args.group):
+        if args.all:
+            start = "0-0"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                nxt, msgs, *_ = client.redis.xautoclaim(
+                    args.stream, args.group, args.consumer, idle_ms, start, count=500
+                )
+                claimed += [m[0].decode() if isinstance(m[0], bytes) else m[0] for m in msgs]
+                start = nxt.decode() if isinstance(nxt, bytes) else nxt
+                if start == "0-0":
+                    break
+        else:
+            got = client.redis.xclaim(
+                args.stream, args.group, args.consumer, idle_ms, args.ids, justid=True
+            )
+            claimed = [m.decode() if isinstance(m, bytes) else m for m in got]
+    if args.json:
+        dump({"stream": args.stream, "group": args.group, "consumer": args.consumer,
+              "count": len(claimed), "ids": claimed})  # fmt: skip
+    else:
+        say(f"claimed {len(claimed)} entries for {args.consumer}")
+    return 0
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def cmd_trim(args: argparse.Namespace) -> int:
+    from streamlab.cli import RunFailed, UsageError
+    from streamlab.client import translate_errors
+    from streamlab.frames import groups_to_dataframe
+
+    if (args.maxlen is None) == (args.minid is None):
+        raise UsageError("give --maxlen N or --minid ID")
+    client = _client(args)
+    r = client.redis
+    with translate_errors(args.stream):
+        if args.maxlen is not None:
+            length = r.xlen(args.stream)
+            cut = length - args.maxlen
+            first_kept = None
+            if cut > 0:
+                kept = r.xrange(args.stream, "-", "+", count=cut + 1)
+                first_kept = kept[-1][0].decode() if len(kept) > cut else None
+        else:
+            first_kept = args.minid
+        if not args.force and first_kept is not None:
+            groups = groups_to_dataframe(client, args.stream)
+            for row in records(groups):
+                held = r.xpending_range(args.stream, row["group"], "-", "+", 1)
+                if held and _id_key(held[0]["message_id"].decode()) < _id_key(first_kept):
+                    raise RunFailed(f"group {row['group']!r} still holds entries pending "
+                                    "before the cut; pass --force to trim anyway")  # fmt: skip
+                last = row["last_delivered_id"] or "0-0"
+                if _id_key(last) < _id_key(first_kept) and (row["lag"] or 0) > 0:
+                    raise RunFailed(f"group {row['group']!r} has not been given entries "
+                                    "before the cut; pass --force to trim anyway")  # fmt: skip
+        if args.maxlen is not None:
+            removed = r.xtrim(args.stream, maxlen=args.maxlen, approximate=False)
+        else:
+            removed = r.xtrim(args.stream, minid=args.minid, approximate=False)
+    if args.json:
+        dump({"stream": args.stream, "removed": removed})
+    else:
+        say(f"removed {removed} entries from {args.stream}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import threading
+
+    from streamlab.embedded import EmbeddedServer
+
+    stop = threading.Event()
+    options = {"port": args.port} if args.port else {}
+    with EmbeddedServer(**options) as server:
+        print(f"export REDIS_URL={server.url}", flush=True)
+        print("embedded server running; Ctrl-C stops it", file=sys.stderr, flush=True)
+        try:
+            while not stop.wait(3600):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+    from prometheus_client.core import REGISTRY, GaugeMetricFamily
+
+    from streamlab.frames import groups_to_dataframe
+
+    client = _client(args)
+
+    class Collector:
+        def collect(self) -> Any:
+            lag = GaugeMetricFamily("streamlab_group_lag", "entries not yet delivered",
+                                    labels=["stream", "group"])  # fmt: skip
+            pend = GaugeMetricFamily("streamlab_group_pending", "entries delivered, not acked",
+                                     labels=["stream", "group"])  # fmt: skip
+            dlq = GaugeMetricFamily("streamlab_dlq_length", "dead letters", labels=["stream"])
+            for stream in args.stream:
+                for row in records(groups_to_dataframe(client, stream)):
+                    lag.add_metric([stream, row["group"]], row["lag"] or 0)
+                    pend.add_metric([stream, row["group"]], row["pending"])
+                dlq.add_metric([stream], client.redis.xlen(client.dlq_stream(stream)))
+            return [lag, pend, dlq]
+
+    REGISTRY.register(Collector())
+    start_http_server(args.port)
+    print(f"serving /metrics on :{args.port}; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+COMPLETION = {
+    "bash": """_streamlab() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}}
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{commands}" -- "$cur"))
+    else
+        local flags
+        flags=$(streamlab "${{COMP_WORDS[1]}}" --help 2>/dev/null | grep -o -- '--[a-z-]*')
+        COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+    fi
+}}
+complete -o default -F _streamlab streamlab
+""",
+    "zsh": """autoload -U bashcompinit && bashcompinit
+_streamlab() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}}
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{commands}" -- "$cur"))
+    else
+        local flags
+        flags=$(streamlab "${{COMP_WORDS[1]}}" --help 2>/dev/null | grep -o -- '--[a-z-]*')
+        COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+    fi
+}}
+complete -o default -F _streamlab streamlab
+""",
+}
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from streamlab.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    print(COMPLETION[args.shell].format(commands=" ".join(sorted(commands))), end="")
+    return 0
+
+
+def cmd_replays(args: argparse.Namespace) -> int:
+    from streamlab.keys import ledger_key
+    from streamlab.replay import replay_outcome
+
+    client = _client(args)
+    dlq = args.dlq or client.dlq_stream(args.stream)
+    prefix = ledger_key(dlq, "")
+    runs = []
+    for key in client.redis.scan_iter(match=ledger_key(dlq, "*"), count=500):
+        name = key.decode() if isinstance(key, bytes) else key
+        replay_id = name[len(prefix) :]
+        first = next(iter(client.redis.hscan_iter(name, count=1)), None)
+        when = None
+        if first is not None:
+            new_id = first[1].split(b"\n", 1)[0].decode()
+            when = pd.Timestamp(int(new_id.split("-")[0]), unit="ms", tz="UTC")
+        states = replay_outcome(client, args.stream, replay_id)["state"].value_counts()
+        runs.append({"replay_id": replay_id, "when": when,
+                     "events": int(client.redis.hlen(name)),
+                     **{str(k): int(v) for k, v in states.items() if v}})  # fmt: skip
+    runs.sort(key=lambda r: r["when"] or pd.Timestamp(0, tz="UTC"), reverse=True)
+    df = pd.DataFrame(runs)
+    if args.json:
+        dump({"stream": args.stream, "count": len(runs), "replays": records(df)})
+    elif df.empty:
+        say(f"{args.stream}: no replay runs (or their ledgers expired)")
+    else:
+        print_frame(df, list(df.columns), title=f"{args.stream}: {len(df)} replay runs")
+    return 0
+
+
+def _write_archive(df: pd.DataFrame, path: str) -> None:
+    """Write ``df`` to ``path`` completely (a temporary file renamed into place)."""
+    import os
+
+    tmp = f"{path}.partial"
+    df = df.drop(columns=[c for c in ("_raw",) if c in df.columns])
+    if path.endswith(".parquet"):
+        df.to_parquet(tmp)
+    else:
+        df.to_json(tmp, orient="records", lines=True, date_format="iso")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Archive (when asked) then XDEL the selected dead letters: the archive is complete on
+    disk before anything is deleted, so a failure part-way leaves every entry in one place."""
+    from streamlab.cli import UsageError, _confirm
+    from streamlab.replay import select_dlq
+
+    if args.archive and not args.archive.endswith((".parquet", ".jsonl")):
+        raise UsageError(f"--archive {args.archive}: the file must end with .parquet or .jsonl")
+    client = _client(args)
+    selection = select_dlq(client, args.stream, dlq=args.dlq, **filter_kwargs(args))
+    ids = selection.ids
+    dlq = args.dlq or client.dlq_stream(args.stream)
+    if args.dry_run or not ids:
+        if args.json:
+            dump({"stream": args.stream, "dlq": dlq, "dry_run": True, "count": len(ids),
+                  "ids": ids})  # fmt: skip
+        else:
+            say(str(selection))
+            say(f"would discard {len(ids)} dead letters" if ids else "nothing to discard")
+        return 0
+    if not args.yes:
+        say(str(selection))
+        if not _confirm(f"discard {len(ids):,} dead letters?"):
+            say("nothing discarded")
+            return 1
+    if args.archive:
+        _write_archive(selection.to_dataframe(), args.archive)
+    removed = 0
+    for start in range(0, len(ids), 500):
+        removed += int(client.redis.xdel(dlq, *ids[start : start + 500]))
+    if args.json:
+        dump({"stream": args.stream, "dlq": dlq, "dry_run": False, "count": removed,
+              "archive": args.archive, "ids": ids})  # fmt: skip
+    else:
+        where = f" (archived to {args.archive})" if args.archive else ""
+        say(f"discarded {removed} dead letters from {dlq}{where}")
+    return 0
+
+
+def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -> None:  # noqa: PLR0915
+    """Add the operator commands; ``command`` adds one with the common connection flags."""
+    from streamlab.cli import DLQ_HELP, _positive_int
+
+    p = command("groups", "consumer groups of a stream: lag, pending, consumers")
+    p.add_argument("stream")
+    p.set_defaults(func=cmd_groups)
+    p = command("consumers", "consumers of a group: idle time and pending each")
+    p.add_argument("stream")
+    p.add_argument("group")
+    p.set_defaults(func=cmd_consumers)
+    p = command("pending", "pending entries of a group, classified")
+    p.add_argument("stream")
+    p.add_argument("group")
+    p.add_argument("--consumer")
+    p.add_argument("--min-idle", metavar="DUR", help="e.g. 30s, 5m")
+    p.add_argument("--limit", type=_positive_int, default=100)
+    p.set_defaults(func=cmd_pending)
+    p = command("read", "entries of a stream")
+    p.add_argument("stream")
+    p.add_argument("--since", help="6h (that long ago), an ISO time or a stream id")
+    p.add_argument("--until", help="6h (that long ago), an ISO time or a stream id")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.set_defaults(func=cmd_read)
+    p = command("show", "one entry of a stream or its DLQ, payload and traceback")
+    p.add_argument("stream")
+    p.add_argument("id")
+    p.add_argument("--dlq", help=DLQ_HELP)
+    p.set_defaults(func=cmd_show)
+    p = command("dlq", "dead letters (filtered), or --summary grouped by signature")
+    p.add_argument("stream", help="the source stream (its DLQ is <stream>_dlq)")
+    p.add_argument("--dlq", help=DLQ_HELP)
+    add_filter_arguments(p)
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--summary", action="store_true", help="group by error signature")
+    p.add_argument("--by", choices=COLUMNS, help="with --summary: group by this column")
+    p.set_defaults(func=cmd_dlq)
+    p = command("export", "write a stream or its DLQ to .parquet, .csv or .jsonl")
+    p.add_argument("stream")
+    p.add_argument("--to", required=True, metavar="FILE")
+    p.add_argument("--dlq", dest="from_dlq", action="store_true", help="export the DLQ")
+    add_filter_arguments(p)
+    p.set_defaults(func=cmd_export)
+    p = command("claim", "take over pending entries idle at least --min-idle")
+    p.add_argument("stream")
+    p.add_argument("group")
+    p.add_argument("consumer")
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--min-idle", required=True, metavar="DUR")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_claim)
+    p = command("trim", "remove old entries every group has been given and acked")
+    p.add_argument("stream")
+    p.add_argument("--maxlen", type=int)
+    p.add_argument("--minid")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_trim)
+    p = command("replays", "past replay runs of a stream's DLQ, from their ledgers")
+    p.add_argument("stream")
+    p.add_argument("--dlq", help=DLQ_HELP)
+    p.set_defaults(func=cmd_replays)
+    p = command("discard", "remove dead letters given up on (archive first with --archive)")
+    p.add_argument("stream")
+    p.add_argument("--dlq", help=DLQ_HELP)
+    add_filter_arguments(p)
+    p.add_argument("--archive", metavar="FILE", help=".parquet or .jsonl")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_discard)
+    p = command("metrics", "serve Prometheus /metrics for streams (lag, pending, DLQ)")
+    p.add_argument("--stream", action="append", required=True)
+    p.add_argument("--port", type=_positive_int, default=9108)
+    p.set_defaults(func=cmd_metrics)
+    p = sub.add_parser("server", help="an embedded server in the foreground, until Ctrl-C")
+    p.add_argument("--port", type=_positive_int)
+    p.set_defaults(func=cmd_server, url=None)
+    p = sub.add_parser("completion", help="print a bash or zsh completion script")
+    p.add_argument("shell", choices=sorted(COMPLETION))
+    p.set_defaults(func=cmd_completion, url=None)
