@@ -31,6 +31,7 @@ def _story(url: str, stream: str, events: int, seed: int, as_json: bool) -> dict
     from streamlab.consumer import Consumer, ConsumerConfig
     from streamlab.frames import dlq_summary, dlq_to_dataframe, plot_failures
     from streamlab.incident import fixed_handler, seed_incident
+    from streamlab.keys import is_cluster
     from streamlab.replay import replay_dlq, replay_outcome, select_dlq, try_handler
 
     def step(title: str, frame: pd.DataFrame, columns: list[str]) -> None:
@@ -40,6 +41,9 @@ def _story(url: str, stream: str, events: int, seed: int, as_json: bool) -> dict
 
     started = time.monotonic()
     client = RedisStreamsClient(connect_any(url))
+    if is_cluster(client.redis) and stream == DEMO_STREAM:
+        # On a cluster the stream's DLQ and bookkeeping keys must share its slot.
+        stream = "{" + stream + "}"
     try:
         if client.redis.exists(stream, client.dlq_stream(stream)):
             from streamlab.cli import UsageError

@@ -335,7 +335,7 @@ def test_the_cli_names_the_refused_command_in_one_line(private_server: EmbeddedS
     )
     run = streamlab("dlq", STREAM, "--url", url, "--json")
     assert run.returncode == 0, run.stderr  # reading the DLQ needs no XPENDING
-    assert [d["error"] for d in json.loads(run.stdout)] == ["boom"]
+    assert [d["error"] for d in json.loads(run.stdout)["entries"]] == ["boom"]
 
 
 INVESTIGATOR_RIGHTS = [

@@ -151,9 +151,9 @@ def test_produce_consume_dead_letter_and_replay_over_tls(
         ("--url", url, "--tls-ca", str(certs["ca"])),
         ("--url", f"{url}?ssl_ca_certs={certs['ca']}"),
     ):
-        run = streamlab("dlq", STREAM, *flags, "--json", "--count", "1000")
+        run = streamlab("dlq", STREAM, *flags, "--json", "--limit", "1000")
         assert run.returncode == 0, run.stderr
-        assert len(json.loads(run.stdout)) == 20
+        assert json.loads(run.stdout)["count"] == 20
     run = streamlab("demo", "--events", "50", "--url", url, "--tls-ca", str(certs["ca"]), "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["produced"] == 50
