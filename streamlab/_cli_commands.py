@@ -286,9 +286,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if filters and not args.from_dlq:
         raise UsageError("filters apply to the DLQ: add --dlq")
     tty = sys.stderr.isatty()
-    if target.endswith(".parquet") and not args.from_dlq:
-        count = export_parquet(client, args.stream, target, since=since, until=until,
-                               progress=tty)  # fmt: skip
+    if target.endswith(".parquet") and not filters:
+        # Streamed in chunks, and read_parquet gives back the stream's (or the DLQ's) frame.
+        count = export_parquet(client, args.stream, target, dlq=args.from_dlq, since=since,
+                               until=until, progress=tty)  # fmt: skip
     else:
         if args.from_dlq:
             df = dlq_to_dataframe(client, args.stream, since=since, until=until, progress=tty)

@@ -532,6 +532,11 @@ def test_operator_commands_text_json_and_exit_codes(
     out = tmp_path / "events.parquet"
     assert js("export", stream_name, "--to", str(out))["count"] == 300
     assert len(read_parquet(out)) == 300
+    # A Parquet copy of the DLQ reads back as the DLQ frame, ready for dlq_summary.
+    copy = tmp_path / "dlq.parquet"
+    assert js("export", stream_name, "--dlq", "--to", str(copy))["count"] == dead
+    assert "error_signature" in read_parquet(copy).columns
+    assert len(read_parquet(copy)) == dead
     lines = tmp_path / "bug.jsonl"
     exported = js("export", stream_name, "--dlq", "--tenant-id", BUG_TENANT, "--to", str(lines))
     assert exported["count"] == len(lines.read_text().splitlines()) >= bug["count"]
