@@ -442,32 +442,22 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 0
 
 
+# One completion function; zsh runs it through its bash compatibility layer.
+_BASH_COMPLETION = """_streamlab() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}}
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{commands}" -- "$cur"))
+    else
+        local flags
+        flags=$(streamlab "${{COMP_WORDS[1]}}" --help 2>/dev/null | grep -o -- '--[a-z-]*')
+        COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+    fi
+}}
+complete -o default -F _streamlab streamlab
+"""
 COMPLETION = {
-    "bash": """_streamlab() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}}
-    if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "{commands}" -- "$cur"))
-    else
-        local flags
-        flags=$(streamlab "${{COMP_WORDS[1]}}" --help 2>/dev/null | grep -o -- '--[a-z-]*')
-        COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-    fi
-}}
-complete -o default -F _streamlab streamlab
-""",
-    "zsh": """autoload -U bashcompinit && bashcompinit
-_streamlab() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}}
-    if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "{commands}" -- "$cur"))
-    else
-        local flags
-        flags=$(streamlab "${{COMP_WORDS[1]}}" --help 2>/dev/null | grep -o -- '--[a-z-]*')
-        COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-    fi
-}}
-complete -o default -F _streamlab streamlab
-""",
+    "bash": _BASH_COMPLETION,
+    "zsh": "autoload -U bashcompinit && bashcompinit\n" + _BASH_COMPLETION,
 }
 
 
