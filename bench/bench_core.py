@@ -27,7 +27,8 @@ from streamlab import (
     PrometheusMetrics,
     RedisStreamsClient,
 )
-from streamlab.events import StreamEvent, format_time
+from streamlab.events import StreamEvent
+from streamlab.records import format_time
 from streamlab.samples import sample_events
 
 BATCH = 500

@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from streamlab import EmbeddedServer, RedisStreamsClient
-from streamlab.events import DLQ_FIELDS, Failure, encode_event
+from streamlab.events import encode_event
+from streamlab.records import DLQ_FIELDS, Failure
 from streamlab.replay import replay_dlq
 from streamlab.samples import sample_events
 

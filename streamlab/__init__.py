@@ -26,18 +26,16 @@ from streamlab.errors import (
     StreamNotFoundError,
     WrongTypeError,
 )
-from streamlab.events import (
-    AuthContext,
+from streamlab.events import AuthContext, StreamEvent, StreamMessage, decode_event, encode_event
+from streamlab.metrics import Metrics, PrometheusMetrics
+from streamlab.records import (
+    ConsumerInfo,
     Failure,
     GroupInfo,
+    PendingEntry,
     ReplayMarker,
-    StreamEvent,
     StreamInfo,
-    StreamMessage,
-    decode_event,
-    encode_event,
 )
-from streamlab.metrics import Metrics, PrometheusMetrics
 
 if TYPE_CHECKING:
     from streamlab.backoff import Backoff
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
         consumers_to_dataframe,
         dlq_summary,
         dlq_to_dataframe,
-        error_signature,
         export_parquet,
         failures_over_time,
         groups_to_dataframe,
@@ -65,17 +62,18 @@ if TYPE_CHECKING:
         select_dlq,
         try_handler,
     )
+    from streamlab.signatures import error_signature
 
 _LAZY = {
     "config": ("StreamlabSettings", "load_settings"),
     "durations": ("Duration", "format_duration", "parse_duration"),
+    "signatures": ("error_signature",),
     "backoff": ("Backoff",),
     "consumer": ("Consumer", "ConsumerConfig", "RunStats"),
     "frames": (
         "consumers_to_dataframe",
         "dlq_summary",
         "dlq_to_dataframe",
-        "error_signature",
         "export_parquet",
         "failures_over_time",
         "groups_to_dataframe",
@@ -98,8 +96,10 @@ _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names
 __all__ = [
     # events and wire format
     "AuthContext",
+    "ConsumerInfo",
     "Failure",
     "GroupInfo",
+    "PendingEntry",
     "ReplayMarker",
     "StreamEvent",
     "StreamInfo",

@@ -346,15 +346,11 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def cmd_trim(args: argparse.Namespace) -> int:
     from streamlab.cli import RunFailed, UsageError
     from streamlab.client import translate_errors
-    from streamlab.frames import groups_to_dataframe
+    from streamlab.ids import bound, parse_id
+    from streamlab.records import pending_entries
 
     if (args.maxlen is None) == (args.minid is None):
         raise UsageError("give --maxlen N or --minid ID")
@@ -371,15 +367,14 @@ def cmd_trim(args: argparse.Namespace) -> int:
         else:
             first_kept = args.minid
         if not args.force and first_kept is not None:
-            groups = groups_to_dataframe(client, args.stream)
-            for row in records(groups):
-                held = r.xpending_range(args.stream, row["group"], "-", "+", 1)
-                if held and _id_key(held[0]["message_id"].decode()) < _id_key(first_kept):
-                    raise RunFailed(f"group {row['group']!r} still holds entries pending "
+            cut = bound(first_kept, "--minid", upper=False)
+            for group in client.get_stream_info(args.stream).groups:
+                held = pending_entries(r.xpending_range(args.stream, group.name, "-", "+", 1))
+                if held and parse_id(held[0].id) < cut:
+                    raise RunFailed(f"group {group.name!r} still holds entries pending "
                                     "before the cut; pass --force to trim anyway")  # fmt: skip
-                last = row["last_delivered_id"] or "0-0"
-                if _id_key(last) < _id_key(first_kept) and (row["lag"] or 0) > 0:
-                    raise RunFailed(f"group {row['group']!r} has not been given entries "
+                if parse_id(group.last_delivered_id) < cut and (group.lag or 0) > 0:
+                    raise RunFailed(f"group {group.name!r} has not been given entries "
                                     "before the cut; pass --force to trim anyway")  # fmt: skip
         if args.maxlen is not None:
             removed = r.xtrim(args.stream, maxlen=args.maxlen, approximate=False)

@@ -16,7 +16,9 @@ from typing import Any, Final
 
 import redis
 
+from streamlab.ids import parse_id
 from streamlab.keys import is_cluster
+from streamlab.records import last_generated_id, pending_entries
 from streamlab.scripts import Scripts
 
 __all__ = ["MAX_ID", "dead_letter_tx", "exhausted", "replay_tx"]
@@ -39,7 +41,7 @@ def _last_id(r: Any, key: str) -> str | None:
         if "no such key" in str(exc):
             return None
         raise
-    return _text(info.get("last-generated-id", info.get(b"last-generated-id")))
+    return last_generated_id(info)
 
 
 def exhausted(r: Any, key: str) -> bool:
@@ -52,8 +54,7 @@ def _next_id(r: Any, last: str | None, clock: Callable[[], Any] | None = None) -
     default ``r.time()``), or just past it."""
     secs, micros = (clock or r.time)()
     now = int(secs) * 1000 + int(micros) // 1000
-    ms, _, seq = (last or "0-0").partition("-")
-    last_ms, last_seq = int(ms), int(seq)
+    last_ms, last_seq = parse_id(last or "0-0")
     if now > last_ms:
         return f"{now}-0"
     if last_seq < 2**64 - 1:
@@ -103,8 +104,8 @@ def dead_letter_tx(r: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes | 
         for _ in range(_WATCH_TRIES):
             try:
                 pipe.watch(stream, dlq)
-                rows = pipe.xpending_range(stream, group, entry_id, entry_id, 1)
-                if not rows or (owner and _text(rows[0]["consumer"]) != owner):
+                rows = pending_entries(pipe.xpending_range(stream, group, entry_id, entry_id, 1))
+                if not rows or (owner and rows[0].consumer != owner):
                     return None
                 _check_stream(pipe, dlq)
                 pipe.multi()

@@ -85,12 +85,13 @@ def _client(args: argparse.Namespace) -> Any:
         # A cluster node (--cluster, a redis+cluster:// URL, or cluster_enabled in INFO) gets a
         # cluster client, which follows MOVED to the node serving each key.
         cluster = True if getattr(args, "cluster", False) else None
-        client = RedisStreamsClient(connect_any(url, cluster=cluster, **options))
+        dlq = getattr(args, "dlq", None)
+        return RedisStreamsClient(
+            connect_any(url, cluster=cluster, **options),
+            dlq_names={args.stream: dlq} if dlq else None,
+        )
     except ValueError as exc:  # redis-py's URL parser
         raise UsageError(f"bad --url {redact_url(url)}: {exc}") from exc
-    if getattr(args, "dlq", None):
-        client.dlq_names[args.stream] = args.dlq
-    return client
 
 
 def cmd_info(args: argparse.Namespace) -> int:

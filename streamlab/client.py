@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -31,9 +32,7 @@ from streamlab.errors import (
     WrongTypeError,
 )
 from streamlab.events import (
-    GroupInfo,
     StreamEvent,
-    StreamInfo,
     StreamMessage,
     decode_entries,
     decode_message,
@@ -41,6 +40,7 @@ from streamlab.events import (
 )
 from streamlab.keys import dlq_key, is_cluster
 from streamlab.metrics import Metrics
+from streamlab.records import StreamInfo, group_infos
 from streamlab.scripts import LUA_MAX_VALUES, SCRIPT_COMMANDS, Scripts, script_by_sha
 
 __all__ = [
@@ -353,9 +353,10 @@ class RedisStreamsClient:
     """`StreamsClient` on a redis-py client.
 
     ``metrics`` receives produced counts. ``dlq_names`` maps a stream to a DLQ name other than
-    the default ``<stream>_dlq`` (a `Consumer` adds its own DLQ here, so that `read_dlq`, the
-    exporters and replay find it). ``stream_maxlen`` maps a stream to the length producers
-    cap it at when a call gives no ``maxlen`` (the seed's ``max_length``).
+    the default ``<stream>_dlq``: the DLQ routing, fixed when the client is built (read-only
+    afterwards) and followed by every `Consumer`, reader and replay on this client.
+    ``stream_maxlen`` maps a stream to the length producers cap it at when a call gives no
+    ``maxlen`` (the seed's ``max_length``).
     """
 
     def __init__(
@@ -376,7 +377,7 @@ class RedisStreamsClient:
         # Any: redis-py's overloads (sync/async, RESP2/3) type replies as unions we narrow here.
         self.redis: Any = redis_client
         self.metrics: Metrics = metrics or Metrics()
-        self.dlq_names = dict(dlq_names or {})
+        self.dlq_names: Mapping[str, str] = MappingProxyType(dict(dlq_names or {}))
         self.stream_maxlen = dict(stream_maxlen or {})
         self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim
         self._adds: dict[str, int] = {}  # stream -> single adds since its last trim call
@@ -570,7 +571,7 @@ class RedisStreamsClient:
             groups = self.redis.xinfo_groups(stream)
         except redis.ResponseError:
             return False
-        return any(_group_info(g).name == group for g in groups)
+        return any(g.name == group for g in group_infos(groups))
 
     def read_from_stream(
         self,
@@ -662,7 +663,7 @@ class RedisStreamsClient:
             length=int(length),
             first_id=first[0][0].decode() if first else None,
             last_id=last[0][0].decode() if last else None,
-            groups=[_group_info(g) for g in groups],
+            groups=group_infos(groups),
         )
 
     def range(
@@ -692,20 +693,3 @@ class RedisStreamsClient:
             return None
         eid, raw = entries[0]
         return decode_message(stream, eid, raw, delivery_count)
-
-
-def _group_info(raw: Mapping[Any, Any]) -> GroupInfo:
-    def get(name: str) -> Any:
-        value = raw.get(name, raw.get(name.encode()))
-        return value.decode() if isinstance(value, bytes) else value
-
-    lag = get("lag")
-    read = get("entries-read")
-    return GroupInfo(
-        name=get("name"),
-        consumers=int(get("consumers") or 0),
-        pending=int(get("pending") or 0),
-        last_delivered_id=get("last-delivered-id") or "0-0",
-        lag=None if lag is None else int(lag),
-        entries_read=None if read is None else int(read),
-    )

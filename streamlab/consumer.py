@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NamedTuple, Self
+from typing import Any, Self
 
 import redis
 from pydantic import (
@@ -56,6 +56,7 @@ from streamlab.policy import (
     sort_claimed,
     sort_parked,
 )
+from streamlab.records import PendingEntry, pending_entries
 from streamlab.scripts import LUA_MAX_VALUES
 
 __all__ = ["Consumer", "ConsumerConfig", "Handler", "RunStats", "default_consumer_name"]
@@ -90,15 +91,6 @@ def _fits_lua(args: Sequence[object]) -> bool:
     return len(args) - _DL_HEAD <= LUA_MAX_VALUES
 
 
-class PendingRow(NamedTuple):
-    """One XPENDING row."""
-
-    id: str
-    consumer: str
-    idle_ms: int
-    deliveries: int
-
-
 def default_consumer_name() -> str:
     """``<hostname>-<pid>``: unique per worker process, stable for its lifetime."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -110,11 +102,13 @@ class ConsumerConfig(ConfigModel):
     ``claim_min_idle`` is how long a message may sit with a dead or hung consumer before
     another consumer takes it over; backoff delays (up to 30 days) do not depend on it: a
     waiting retry is looked at once per ``claim_min_idle``. ``dlq_retention`` trims DLQ entries
-    older than it (MINID) whenever a message is dead-lettered. ``dlq_stream`` defaults to
-    ``<stream>_dlq`` (or to the client's ``dlq_names`` entry for the stream, when it has one
-    and ``dlq_stream`` is not given). ``stream_maxlen`` is for producers writing to this
-    stream (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's
-    ``stream_maxlen``; `StreamlabSettings.client` fills that in from the settings).
+    older than it (MINID) whenever a message is dead-lettered. The DLQ is where the client
+    routes the stream's dead letters (`RedisStreamsClient.dlq_stream`: its ``dlq_names``, else
+    ``<stream>_dlq``); ``dlq_stream``, when given, must name the same stream (`ConfigError`
+    otherwise), so that readers and replay never look elsewhere than where dead letters go.
+    ``stream_maxlen`` is for producers writing to this stream
+    (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's ``stream_maxlen``;
+    `StreamlabSettings.client` fills that in from the settings).
 
     ``handler_timeout`` (default None: no limit) interrupts a handler that runs longer and
     counts a `TimeoutError` failure (retried, then dead-lettered, like any failure).
@@ -236,8 +230,6 @@ class Consumer:
         self.redis = self.client.redis
         self.metrics: Metrics = metrics or self.client.metrics
         self.dlq = self._dlq_name(config)
-        # The client then reads the DLQ where this consumer writes (read_dlq, exporters, replay).
-        self.client.dlq_names.setdefault(config.stream, self.dlq)
         # Due times of this group's waiting retries (see `streamlab.policy`).
         self._due_key = retry_due_key(config.stream, config.group)
         if is_cluster(self.redis):
@@ -265,24 +257,22 @@ class Consumer:
         self._watchdog: Watchdog | None = None
 
     def _dlq_name(self, config: ConsumerConfig) -> str:
-        name = self._configured_dlq(config)
-        if name == config.stream:
+        """The client's DLQ for the stream: the routing is the client's, set when it was
+        built, so that `read_dlq`, the exporters and replay read where this consumer writes.
+        A config naming another DLQ is a mistake, said at once."""
+        routed = self.client.dlq_stream(config.stream)
+        if routed == config.stream:
             raise ConfigError(
                 f"stream {config.stream!r}: the client's dlq_names name the stream itself as "
                 "its DLQ, so every dead letter would be read again; name another stream"
             )
-        return name
-
-    def _configured_dlq(self, config: ConsumerConfig) -> str:
-        mapped = self.client.dlq_names.get(config.stream)
-        if "dlq_stream" not in config.model_fields_set:
-            return mapped or config.dlq_stream
-        if mapped and mapped != config.dlq_stream:
+        if "dlq_stream" in config.model_fields_set and config.dlq_stream != routed:
             raise ConfigError(
                 f"stream {config.stream!r}: ConsumerConfig.dlq_stream is {config.dlq_stream!r} "
-                f"but the client's dlq_names say {mapped!r}; give one DLQ name"
+                f"but the client sends its dead letters to {routed!r}; build the client with "
+                f"RedisStreamsClient(r, dlq_names={{{config.stream!r}: {config.dlq_stream!r}}})"
             )
-        return config.dlq_stream
+        return routed
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -355,7 +345,7 @@ class Consumer:
             start = f"({rows[-1].id}"
         return []
 
-    def _claim_rows(self, rows: list[PendingRow]) -> tuple[list[StreamMessage], int]:
+    def _claim_rows(self, rows: list[PendingEntry]) -> tuple[list[StreamMessage], int]:
         """Claim ``rows`` (idle for ``claim_min_idle``), parking again the retries not due;
         return the claimed messages and how many were parked again."""
         cfg = self.config
@@ -498,21 +488,12 @@ class Consumer:
         count: int = 100,
         consumer: str | None = None,
         idle: int | None = None,
-    ) -> list[PendingRow]:
+    ) -> list[PendingEntry]:
         cfg = self.config
         with translate_errors(cfg.stream, cfg.group):
-            rows: list[dict[str, Any]] = self.redis.xpending_range(
-                cfg.stream, cfg.group, start, end, count, consumer, idle
+            return pending_entries(
+                self.redis.xpending_range(cfg.stream, cfg.group, start, end, count, consumer, idle)
             )
-        return [
-            PendingRow(
-                r["message_id"].decode(),
-                r["consumer"].decode(),
-                int(r["time_since_delivered"]),
-                int(r["times_delivered"]),
-            )
-            for r in rows
-        ]
 
     def _gone(self, ids: set[str]) -> list[str]:
         """Which of ``ids`` are no longer in the stream (deleted or trimmed while pending).

@@ -2,8 +2,10 @@
 
 Wire format: one stream-entry field per attribute, nested values as JSON strings, times in
 RFC 3339. Decoding is tolerant: it accepts the platform's field names (``event_id``,
-``repo_name``), fills what is missing with sensible defaults and keeps unknown fields verbatim
-in ``StreamEvent.extra`` so that nothing written by another service is dropped.
+``repo_name``: `streamlab.records.FIELD_ALIASES`), fills what is missing with sensible
+defaults and keeps unknown fields verbatim in ``StreamEvent.extra`` so that nothing written
+by another service is dropped. Failure records, replay markers and the replies of XINFO and
+XPENDING are in `streamlab.records`.
 
 Limits: JSON values (``payload``, ``auth_context``) nest at most `MAX_DEPTH` levels, which is
 what the decoder (pydantic-core's parser) reads, and hold no NaN or Infinity, which JSON has no
@@ -15,15 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import pydantic_core
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,53 +33,20 @@ from pydantic import (
 )
 
 from streamlab.errors import DecodeError, EncodeError
+from streamlab.ids import entry_time
+from streamlab.records import FIELD_ALIASES, Failure, format_time
 
 __all__ = [
-    "DLQ_FIELDS",
     "MAX_DEPTH",
-    "REPLAY_FIELDS",
-    "REPLAY_PREFIX",
     "AuthContext",
-    "Failure",
-    "GroupInfo",
-    "ReplayMarker",
     "StreamEvent",
-    "StreamInfo",
     "StreamMessage",
+    "decode_entries",
     "decode_event",
     "decode_message",
     "encode_event",
-    "entry_time",
-    "format_time",
 ]
 
-# Field names of the failure record added to a DLQ entry, next to the original fields.
-DLQ_FIELDS = (
-    "dlq_error",
-    "dlq_error_type",
-    "dlq_traceback",
-    "dlq_attempts",
-    "dlq_source_stream",
-    "dlq_source_id",
-    "dlq_group",
-    "dlq_consumer",
-    "dlq_failed_at",
-)
-# Field names of the replay marker stamped on an event re-injected from the DLQ (`ReplayMarker`).
-# Namespaced: a producer's own ``replay_group`` field is just data.
-REPLAY_PREFIX = "streamlab:"
-REPLAY_FIELDS = tuple(
-    REPLAY_PREFIX + name
-    for name in ("replay_id", "replay_of", "replay_count", "replayed_at", "replay_group")
-)
-
-# Platform services write these names; streamlab reads them as its own.
-_ALIASES = {
-    "event_id": "id",
-    "repo_name": "repository",
-    "repo": "repository",
-    "tenant": "tenant_id",
-}
 _KNOWN = frozenset(
     {"id", "event_type", "repository", "tenant_id", "payload", "auth_context", "timestamp"}
     | {"retry_count"}
@@ -177,17 +144,6 @@ class StreamEvent(BaseModel):
 # The compiled validators, called directly on the consumer's hot path.
 _auth_validator = AuthContext.__pydantic_validator__
 _event_validator = StreamEvent.__pydantic_validator__
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 with microseconds always present (``isoformat`` drops them when zero)."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def entry_time(entry_id: str | bytes) -> datetime:
-    """The time encoded in a stream id (its milliseconds part), as a UTC datetime."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return datetime.fromtimestamp(int(text.split("-", 1)[0]) / 1000, UTC)
 
 
 def encode_event(event: StreamEvent) -> dict[str, str | bytes]:
@@ -311,7 +267,7 @@ def decode_event(
     data = {}
     for raw_key, value in fields.items():
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
-        name = _ALIASES.get(key, key)
+        name = FIELD_ALIASES.get(key, key)
         if name not in _KNOWN:
             extra[key] = _keep(value)
             continue
@@ -406,124 +362,6 @@ def _keep(value: bytes | str) -> str | bytes:
     return value
 
 
-class Failure(BaseModel):
-    """The failure record of a dead-lettered entry (its ``dlq_*`` fields)."""
-
-    error: str
-    error_type: str
-    traceback: str = ""
-    attempts: int = 0
-    source_stream: str = ""
-    source_id: str = ""
-    group: str = ""
-    consumer: str = ""
-    failed_at: AwareDatetime = Field(default_factory=_now)
-
-    def to_fields(self) -> dict[str, str]:
-        """The ``dlq_*`` fields to add to the original entry's fields."""
-        return {
-            "dlq_error": self.error,
-            "dlq_error_type": self.error_type,
-            "dlq_traceback": self.traceback,
-            "dlq_attempts": str(self.attempts),
-            "dlq_source_stream": self.source_stream,
-            "dlq_source_id": self.source_id,
-            "dlq_group": self.group,
-            "dlq_consumer": self.consumer,
-            "dlq_failed_at": format_time(self.failed_at),
-        }
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, bytes | str]) -> Failure | None:
-        """Parse the ``dlq_*`` fields of an entry; None when it has no failure record."""
-        if "dlq_error_type" not in fields and "dlq_error" not in fields:
-            return None
-        values: dict[str, Any] = {}
-        for name in DLQ_FIELDS:
-            if name in fields:
-                raw = fields[name]
-                values[name[4:]] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        values.setdefault("error", "")
-        values.setdefault("error_type", "")
-        return cls.model_validate(values)
-
-
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_COUNT = re.compile(r"[1-9][0-9]{0,17}")
-_R_ID, _R_OF, _R_COUNT, _R_AT, _R_GROUP = REPLAY_FIELDS
-_R_GROUP_B = _R_GROUP.encode()
-
-
-def valid_replay_id(value: str) -> bool:
-    """A replay run id a marker can carry: 1-128 of ``A-Z a-z 0-9 . _ : -`` (a uuid4 fits)."""
-    return _RUN_ID.fullmatch(value) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayMarker:
-    """The marker streamlab stamps on an event it re-injects from a DLQ.
-
-    On the wire it is the five ``streamlab:replay_*`` fields (`REPLAY_FIELDS`). A marker is
-    recognised only as a whole: `from_fields` returns None unless every field is present and
-    well formed, so an entry with some of these fields (or a producer's own ``replay_group``)
-    is an ordinary event. ``group`` is the only group meant to handle the event ('' = every
-    group); ``source_id`` is the DLQ entry id it came from; ``count`` how often the event has
-    been replayed (1 the first time).
-    """
-
-    replay_id: str
-    source_id: str
-    count: int
-    replayed_at: datetime
-    group: str = ""
-
-    def to_fields(self) -> dict[str, str]:
-        """The marker's entry fields (the inverse of `from_fields`)."""
-        return {
-            _R_ID: self.replay_id,
-            _R_OF: self.source_id,
-            _R_COUNT: str(self.count),
-            _R_AT: format_time(self.replayed_at),
-            _R_GROUP: self.group,
-        }
-
-    @classmethod
-    def from_fields(
-        cls, fields: Mapping[str, bytes | str] | Mapping[bytes, bytes]
-    ) -> ReplayMarker | None:
-        """The complete marker in an entry's fields (names as text or bytes), else None."""
-        get: Any = fields.get
-        values: list[str] = []
-        for name in REPLAY_FIELDS:
-            raw = get(name)
-            if raw is None:
-                raw = get(name.encode())
-            if raw is None:
-                return None
-            try:
-                values.append(raw.decode() if isinstance(raw, bytes) else raw)
-            except UnicodeDecodeError:
-                return None
-        run, source, count, at, group = values
-        if not (
-            _RUN_ID.fullmatch(run) and _STREAM_ID.fullmatch(source) and _COUNT.fullmatch(count)
-        ):
-            return None
-        try:
-            when = datetime.fromisoformat(at)
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            return None
-        return cls(run, source, int(count), when.astimezone(UTC), group)
-
-    @staticmethod
-    def present(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> bool:
-        """Cheap first test: does the entry carry a marker's group field at all?"""
-        return _R_GROUP in fields or _R_GROUP_B in fields
-
-
 @dataclass(slots=True)
 class StreamMessage:
     """One stream entry as read from Redis.
@@ -589,36 +427,3 @@ def decode_entries(
 ) -> list[StreamMessage]:
     """Decode a list of raw ``(id, fields)`` entries from XRANGE/XREADGROUP."""
     return [decode_message(stream, eid, raw) for eid, raw in entries]
-
-
-@dataclass(slots=True)
-class GroupInfo:
-    """One consumer group of a stream, from XINFO GROUPS. ``lag`` may be None (Redis)."""
-
-    name: str
-    consumers: int
-    pending: int
-    last_delivered_id: str
-    lag: int | None
-    entries_read: int | None
-
-
-@dataclass(slots=True)
-class StreamInfo:
-    """A stream's length, first and last entries, and its consumer groups."""
-
-    stream: str
-    length: int
-    first_id: str | None
-    last_id: str | None
-    groups: list[GroupInfo] = field(default_factory=list)
-
-    @property
-    def first_time(self) -> datetime | None:
-        """Time of the first entry, from its id."""
-        return entry_time(self.first_id) if self.first_id else None
-
-    @property
-    def last_time(self) -> datetime | None:
-        """Time of the last entry, from its id."""
-        return entry_time(self.last_id) if self.last_id else None

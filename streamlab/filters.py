@@ -201,7 +201,8 @@ def _where_mask(flt: DLQFilter, df: pd.DataFrame) -> pd.Series:
     import pandas as pd
 
     from streamlab.errors import DecodeError
-    from streamlab.events import decode_event, format_time
+    from streamlab.events import decode_event
+    from streamlab.records import format_time
 
     names = [c for c in df.columns if c not in _NOT_FIELDS and not c.startswith("payload.")]
     out: dict[Any, bool] = {}

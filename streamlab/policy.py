@@ -25,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.errors import Reject, Retry
-from streamlab.events import Failure, ReplayMarker, StreamMessage
+from streamlab.events import StreamMessage
+from streamlab.records import Failure, ReplayMarker
 
 __all__ = [
     "MAX_CLAIM_MIN_IDLE",

@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from streamlab.events import AuthContext, StreamEvent, format_time
+from streamlab.events import AuthContext, StreamEvent
+from streamlab.records import format_time
 
 __all__ = ["EVENT_TYPES", "REPOSITORIES", "TENANTS", "platform_entries", "sample_events"]
 

@@ -24,7 +24,7 @@ from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.embedded import EmbeddedServer
 from streamlab.errors import PermissionDeniedError, Reject
-from streamlab.events import Failure, StreamEvent, StreamMessage, encode_event
+from streamlab.events import StreamEvent, StreamMessage, encode_event
 from streamlab.frames import (
     consumers_to_dataframe,
     dlq_to_dataframe,
@@ -35,6 +35,7 @@ from streamlab.frames import (
 from streamlab.keys import retry_due_key
 from streamlab.metrics import PrometheusMetrics
 from streamlab.policy import RETRY_CONSUMER
+from streamlab.records import Failure
 from streamlab.replay import replay_dlq, replay_outcome, select_dlq
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -15,7 +15,8 @@ import pytest
 from streamlab._redact import redact, redact_url
 from streamlab.client import RedisStreamsClient
 from streamlab.embedded import EmbeddedServer
-from streamlab.events import Failure, encode_event
+from streamlab.events import encode_event
+from streamlab.records import Failure
 from streamlab.samples import sample_events
 
 

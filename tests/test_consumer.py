@@ -20,8 +20,9 @@ from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
 from streamlab.errors import ConfigError, Reject, Retry
-from streamlab.events import DLQ_FIELDS, ReplayMarker, StreamEvent, StreamMessage, encode_event
+from streamlab.events import StreamEvent, StreamMessage, encode_event
 from streamlab.policy import RETRY_CONSUMER, Action
+from streamlab.records import DLQ_FIELDS, ReplayMarker
 
 # A retry must never come early; it may come late by the time one claim poll and the
 # handler's bookkeeping take. Early slack covers Redis' millisecond idle-time rounding.
@@ -326,29 +327,37 @@ def test_undecodable_entries_go_to_the_dlq_at_once_and_never_block_the_group(
     assert pending_count(r, stream_name, "g") == 0
 
 
-def test_a_dlq_named_in_the_config_is_where_the_client_reads_it(
+def test_the_dlq_is_the_clients_routing_and_a_consumer_never_changes_it(
     redis_client: redis.Redis, stream_name: str
 ) -> None:
-    client = RedisStreamsClient(redis_client)
+    failed = f"{stream_name}:failed"
+    client = RedisStreamsClient(redis_client, dlq_names={stream_name: failed})
     add(client, stream_name, 2)
-    cfg = config(stream_name, dlq_stream=f"{stream_name}:failed")
 
     def reject(msg: StreamMessage) -> None:
         raise Reject("bad")
 
-    Consumer(client, cfg).run(reject, burst=True, handle_signals=False)
-    assert redis_client.xlen(f"{stream_name}:failed") == 2
+    # Without a dlq_stream of its own the consumer writes where the client routes.
+    consumer = Consumer(client, config(stream_name))
+    assert consumer.dlq == failed
+    consumer.run(reject, burst=True, handle_signals=False)
+    assert redis_client.xlen(failed) == 2
     assert not redis_client.exists(f"{stream_name}_dlq")
-    # The consumer told its client where its DLQ is: read_dlq and the exporters find it.
     assert [m.failure.error for m in client.read_dlq(stream_name) if m.failure] == ["bad"] * 2
-    assert ConsumerConfig(stream="s", group="g").dlq_stream == "s_dlq"
+    # The same name in the config agrees with the routing.
+    assert Consumer(client, config(stream_name, dlq_stream=failed)).dlq == failed
 
-    # A client already mapping the stream elsewhere: two DLQ names is a mistake, said at once.
-    other = RedisStreamsClient(redis_client, dlq_names={stream_name: "elsewhere"})
+    # A config naming another DLQ than the client's routing is a mistake, said at once, and
+    # building a consumer leaves the client's routing as it was.
+    plain = RedisStreamsClient(redis_client)
+    with pytest.raises(ConfigError, match=r"dlq_names=\{.*:failed"):
+        Consumer(plain, config(stream_name, dlq_stream=failed))
     with pytest.raises(ConfigError, match="elsewhere"):
-        Consumer(other, cfg)
-    # Without an explicit dlq_stream the consumer follows the client's mapping.
-    assert Consumer(other, config(stream_name)).dlq == "elsewhere"
+        Consumer(client, config(stream_name, dlq_stream="elsewhere"))
+    assert dict(plain.dlq_names) == {}
+    assert plain.dlq_stream(stream_name) == f"{stream_name}_dlq"
+    with pytest.raises(TypeError):
+        client.dlq_names[stream_name] = "x"  # type: ignore[index]
 
 
 # -- DLQ retention and length ------------------------------------------------------------------

@@ -9,14 +9,14 @@ from streamlab.errors import ConfigError, DecodeError, EncodeError
 from streamlab.events import (
     MAX_DEPTH,
     AuthContext,
-    Failure,
     StreamEvent,
     decode_event,
     decode_message,
     encode_event,
-    entry_time,
 )
+from streamlab.ids import entry_time
 from streamlab.keys import check_same_slot, dlq_key
+from streamlab.records import Failure
 from streamlab.samples import platform_entries, sample_events
 
 

@@ -23,8 +23,9 @@ from prometheus_client import CollectorRegistry
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
-from streamlab.events import ReplayMarker, StreamMessage
+from streamlab.events import StreamMessage
 from streamlab.metrics import PrometheusMetrics
+from streamlab.records import ReplayMarker
 
 
 def lines(path: Path) -> list[str]:

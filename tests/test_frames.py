@@ -22,7 +22,7 @@ from streamlab.errors import (
     MissingDependencyError,
     WrongTypeError,
 )
-from streamlab.events import Failure, encode_event
+from streamlab.events import encode_event
 from streamlab.frames import (
     PENDING_STATES,
     consumers_to_dataframe,
@@ -36,6 +36,7 @@ from streamlab.frames import (
     stream_to_dataframe,
 )
 from streamlab.frames.pending import _pending_columns
+from streamlab.records import Failure
 from streamlab.samples import platform_entries, sample_events
 
 BASE = [

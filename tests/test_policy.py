@@ -8,13 +8,7 @@ import pytest
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.consumer import ConsumerConfig
 from streamlab.errors import ConfigError, DecodeError, Reject, Retry
-from streamlab.events import (
-    REPLAY_FIELDS,
-    ReplayMarker,
-    StreamEvent,
-    StreamMessage,
-    encode_event,
-)
+from streamlab.events import StreamEvent, StreamMessage, encode_event
 from streamlab.policy import (
     DUE_SLACK_MS,
     MAX_RETRY_DELAY,
@@ -33,6 +27,7 @@ from streamlab.policy import (
     sort_claimed,
     sort_parked,
 )
+from streamlab.records import REPLAY_FIELDS, ReplayMarker
 
 
 def message(delivery_count: int = 1, **fields: bytes) -> StreamMessage:

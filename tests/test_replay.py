@@ -18,7 +18,8 @@ from test_replay_helpers import dlq_fields, fill_dlq
 
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.errors import ArgumentError, ConfigError, MissingDependencyError
-from streamlab.events import DLQ_FIELDS, Failure, StreamMessage, decode_message
+from streamlab.events import StreamMessage, decode_message
+from streamlab.records import DLQ_FIELDS, Failure
 from streamlab.replay import (
     ReplayReport,
     ledger_key,

@@ -6,7 +6,8 @@ from typing import Any
 
 import redis
 
-from streamlab.events import Failure, StreamEvent, encode_event
+from streamlab.events import StreamEvent, encode_event
+from streamlab.records import Failure
 
 
 def dlq_fields(

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS
 from streamlab.frames.columns import TIME, dtype_of
+from streamlab.records import DLQ_FIELDS, FIELD_ALIASES, REPLAY_FIELDS, tenant_of_auth_context
 
 __all__ = [
     "DLQ_RENAMES",
@@ -37,13 +37,10 @@ __all__ = [
 TS_MS = pa.timestamp("ms", tz="UTC")
 TS_US = pa.timestamp("us", tz="UTC")
 
-# The event id is `event_id` whatever the writer called it: `id` is the stream id column.
+# The decoder's aliases, except that the event id is `event_id` whatever the writer called it:
+# `id` is the stream id column.
 STREAM_ALIASES = {
-    "id": "event_id",
-    "event_id": "event_id",
-    "repo_name": "repository",
-    "repo": "repository",
-    "tenant": "tenant_id",
+    name: "event_id" if own == "id" else own for name, own in {"id": "id", **FIELD_ALIASES}.items()
 }
 DLQ_RENAMES = {name: name.removeprefix("dlq_") for name in DLQ_FIELDS}
 STREAM_COLUMNS = (
@@ -251,13 +248,8 @@ class FrameBuilder:
             return
         filled = list(tenants) if tenants is not None else [None] * n
         for row, (tenant, context) in enumerate(zip(filled, auth, strict=True)):
-            if not tenant and context:
-                try:
-                    value = json.loads(context).get("tenant_id")
-                except (ValueError, AttributeError, RecursionError):
-                    continue
-                if isinstance(value, str):
-                    filled[row] = value.encode()
+            if not tenant and (value := tenant_of_auth_context(context)):
+                filled[row] = value.encode()
         raw["tenant_id"] = filled
 
     def _extract_paths(self, raw: dict[str, list[Any]], n: int) -> None:

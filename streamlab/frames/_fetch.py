@@ -16,7 +16,9 @@ import redis
 
 from streamlab.client import RedisStreamsClient, translate_errors
 from streamlab.errors import ConfigError
+from streamlab.ids import parse_id
 from streamlab.keys import dlq_key
+from streamlab.records import PendingEntry, pending_entries
 
 __all__ = ["Fetcher", "RawEntry", "fetcher"]
 
@@ -144,8 +146,8 @@ class Fetcher:
         *,
         consumer: str | None,
         min_idle_ms: int | None,
-    ) -> list[list[Any]]:
-        """One extended XPENDING page: ``[[id, consumer, idle_ms, deliveries], ...]``."""
+    ) -> list[PendingEntry]:
+        """One extended XPENDING page."""
         args: list[Any] = [stream, group]
         if min_idle_ms is not None:
             args += ["IDLE", min_idle_ms]
@@ -154,14 +156,12 @@ class Fetcher:
             args.append(consumer)
         with translate_errors(stream, group):
             if self._raw is not None:
-                return list(self._raw.execute_command("XPENDING", *args))
-            rows = self.redis.xpending_range(
-                stream, group, start, "+", count, consumername=consumer, idle=min_idle_ms
+                return pending_entries(self._raw.execute_command("XPENDING", *args))
+            return pending_entries(
+                self.redis.xpending_range(
+                    stream, group, start, "+", count, consumername=consumer, idle=min_idle_ms
+                )
             )
-        return [
-            [r["message_id"], r["consumer"], r["time_since_delivered"], r["times_delivered"]]
-            for r in rows
-        ]
 
     def entries_by_id(self, stream: str, ids: Sequence[bytes]) -> dict[bytes, list[Any]]:
         """Fields of the entries with these (sorted) ids; ids absent from the result are gone.
@@ -173,8 +173,8 @@ class Fetcher:
         if not ids:
             return {}
         found = {eid: flat for eid, flat in self.xrange(stream, ids[0], ids[-1], len(ids))}
-        last = max(map(id_key, found)) if found else None
-        rest = [i for i in ids if i not in found and (last is None or id_key(i) > last)]
+        last = max(map(parse_id, found)) if found else None
+        rest = [i for i in ids if i not in found and (last is None or parse_id(i) > last)]
         if rest:
             client = self._raw if self._raw is not None else self.redis
             pipe = client.pipeline(transaction=False)
@@ -189,12 +189,6 @@ class Fetcher:
                         flat = [x for pair in flat.items() for x in pair]
                     found[eid] = flat
         return found
-
-
-def id_key(entry_id: bytes) -> tuple[int, int]:
-    """Sort key giving stream-id order (``ms-seq``), which byte order does not give."""
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 def fetcher(client: Any) -> Fetcher:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import pandas as pd
 
-from streamlab.events import REPLAY_PREFIX
+from streamlab.records import REPLAY_PREFIX
 
 __all__ = ["COLUMN_DTYPES", "DURATION", "TIME", "dtype_of", "typed"]
 

@@ -16,6 +16,7 @@ from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
 from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
 from streamlab.keys import retry_due_key
 from streamlab.policy import RETRY_CONSUMER  # where a retry waits out its backoff
+from streamlab.records import ConsumerInfo, PendingEntry, consumer_infos, group_infos
 
 __all__ = [
     "PENDING_STATES",
@@ -26,30 +27,15 @@ __all__ = [
 ]
 
 PENDING_STATES = ("in_flight", "retry_wait", "dead_consumer", "poison", "trimmed")
+# GroupInfo's attributes, in the frame's order (``name`` becomes ``group``).
 _GROUP_COLUMNS = (
-    "group", "consumers", "pending", "last_delivered_id", "last_delivered",
-    "entries_read", "lag",
+    "name", "consumers", "pending", "last_delivered_id", "last_delivered", "entries_read", "lag",
 )  # fmt: skip
 _CONSUMER_COLUMNS = ("group", "consumer", "pending", "idle", "inactive")
 
 
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-
-
-def _get(raw: Mapping[Any, Any], name: str) -> Any:
-    return _text(raw.get(name, raw.get(name.encode())))
-
-
-def _ms(value: Any) -> Any:
-    # XINFO reports -1 for "never" (a consumer that never read successfully, Redis 7.2+).
-    return pd.NaT if value is None or int(value) < 0 else pd.Timedelta(milliseconds=int(value))
-
-
-def _id_time(entry_id: str | None) -> Any:
-    if not entry_id or entry_id == "0-0":
-        return pd.NaT
-    return pd.Timestamp(int(entry_id.split("-", 1)[0]), unit="ms", tz="UTC")
+def _td(ms: int | None) -> Any:
+    return pd.NaT if ms is None else pd.Timedelta(milliseconds=ms)
 
 
 def groups_to_dataframe(client: Any, stream: str) -> pd.DataFrame:
@@ -63,32 +49,25 @@ def groups_to_dataframe(client: Any, stream: str) -> pd.DataFrame:
     source = fetcher(client)
     try:
         with translate_errors(stream):
-            raw = source.redis.xinfo_groups(stream)
+            groups = group_infos(source.redis.xinfo_groups(stream))
     except redis.ResponseError as exc:
         if "no such key" not in str(exc):
             raise
-        raw = []
-    rows = [{
-        "group": _get(g, "name"),
-        "consumers": int(_get(g, "consumers") or 0),
-        "pending": int(_get(g, "pending") or 0),
-        "last_delivered_id": _get(g, "last-delivered-id") or "0-0",
-        "entries_read": _get(g, "entries-read"),
-        "lag": _get(g, "lag"),
-    } for g in raw]  # fmt: skip
-    df = pd.DataFrame(rows, columns=[c for c in _GROUP_COLUMNS if c != "last_delivered"])
-    df.insert(4, "last_delivered", pd.Series(
-        [_id_time(i) for i in df["last_delivered_id"]], dtype="datetime64[ms, UTC]"
-    ))  # fmt: skip
+        groups = []
+    df = pd.DataFrame(
+        [[getattr(g, c) for c in _GROUP_COLUMNS] for g in groups], columns=_GROUP_COLUMNS
+    )
+    df = df.rename(columns={"name": "group"})
+    df["last_delivered"] = df["last_delivered"].astype("datetime64[ms, UTC]")
     return df.astype({
         "group": "category", "consumers": "Int64", "pending": "Int64",
         "last_delivered_id": "str", "entries_read": "Int64", "lag": "Int64",
     })  # fmt: skip
 
 
-def _consumer_rows(source: Fetcher, stream: str, group: str) -> list[Mapping[Any, Any]]:
+def _consumers(source: Fetcher, stream: str, group: str) -> list[ConsumerInfo]:
     with translate_errors(stream, group):
-        return list(source.redis.xinfo_consumers(stream, group))
+        return consumer_infos(source.redis.xinfo_consumers(stream, group))
 
 
 def consumers_to_dataframe(client: Any, stream: str, group: str) -> pd.DataFrame:
@@ -99,13 +78,13 @@ def consumers_to_dataframe(client: Any, stream: str, group: str) -> pd.DataFrame
     on Redis < 7.2 and for a consumer that never read), both ``timedelta64[ms]``.
     A missing group (or stream) raises `streamlab.errors.GroupNotFoundError`.
     """
-    rows = _consumer_rows(fetcher(client), stream, group)
+    rows = _consumers(fetcher(client), stream, group)
     df = pd.DataFrame({
         "group": pd.Series([group] * len(rows), dtype="category"),
-        "consumer": pd.Series([_get(c, "name") for c in rows], dtype="category"),
-        "pending": pd.Series([int(_get(c, "pending") or 0) for c in rows], dtype="Int64"),
-        "idle": pd.Series([_ms(_get(c, "idle")) for c in rows], dtype="timedelta64[ms]"),
-        "inactive": pd.Series([_ms(_get(c, "inactive")) for c in rows], dtype="timedelta64[ms]"),
+        "consumer": pd.Series([c.name for c in rows], dtype="category"),
+        "pending": pd.Series([c.pending for c in rows], dtype="Int64"),
+        "idle": pd.Series([_td(c.idle_ms) for c in rows], dtype="timedelta64[ms]"),
+        "inactive": pd.Series([_td(c.inactive_ms) for c in rows], dtype="timedelta64[ms]"),
     })  # fmt: skip
     return df
 
@@ -163,7 +142,7 @@ def pending_to_dataframe(
     A missing group or stream raises `streamlab.errors.GroupNotFoundError`.
     """
     source = fetcher(client)
-    owners = {_get(c, "name"): _get(c, "idle") for c in _consumer_rows(source, stream, group)}
+    owners = {c.name: c.idle_ms for c in _consumers(source, stream, group)}
     builder = FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=payload_fields)
     meta: dict[str, list[Any]] = {
         "consumer": [], "idle": [], "deliveries": [], "deleted": [], "due": [],
@@ -179,12 +158,12 @@ def pending_to_dataframe(
             min_idle=_millis(min_idle),
             page_size=page_size,
         ):
-            ids = [row[0] for row in page]
+            ids = [row.id.encode() for row in page]
             found = source.entries_by_id(stream, ids) if with_entries else {}
             builder.add(ids, [found.get(i, ()) for i in ids])
-            meta["consumer"] += [_text(row[1]) for row in page]
-            meta["idle"] += [int(row[2]) for row in page]
-            meta["deliveries"] += [int(row[3]) for row in page]
+            meta["consumer"] += [row.consumer for row in page]
+            meta["idle"] += [row.idle_ms for row in page]
+            meta["deliveries"] += [row.deliveries for row in page]
             meta["deleted"] += [i not in found if with_entries else None for i in ids]
             meta["due"] += _due_times(source, stream, group, page, claim_ms)
             bar.update(len(page))
@@ -203,7 +182,7 @@ def _pending_pages(
     consumer: str | None,
     min_idle: int | None,
     page_size: int,
-) -> Iterable[list[list[Any]]]:
+) -> Iterable[list[PendingEntry]]:
     start: Any = "-"
     while True:
         page = source.xpending(
@@ -214,14 +193,14 @@ def _pending_pages(
         yield page
         if len(page) < page_size:
             return
-        start = b"(" + page[-1][0]
+        start = "(" + page[-1].id
 
 
 def _due_times(
-    source: Fetcher, stream: str, group: str, page: Sequence[Any], claim_ms: int
+    source: Fetcher, stream: str, group: str, page: Sequence[PendingEntry], claim_ms: int
 ) -> list[float | None]:
     """When each waiting retry of an XPENDING page is due (Unix ms; None for other rows)."""
-    waiting = [row[0] for row in page if _text(row[1]) == RETRY_CONSUMER]
+    waiting = [row.id for row in page if row.consumer == RETRY_CONSUMER]
     if not waiting:
         return [None] * len(page)
     with translate_errors(stream, group):
@@ -229,8 +208,8 @@ def _due_times(
     now_ms = time.time() * 1000
     due = dict(zip(waiting, scores, strict=True))
     return [
-        (due[row[0]] if due[row[0]] is not None else now_ms - int(row[2]) + claim_ms)
-        if row[0] in due
+        (due[row.id] if due[row.id] is not None else now_ms - row.idle_ms + claim_ms)
+        if row.id in due
         else None
         for row in page
     ]

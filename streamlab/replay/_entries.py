@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -10,7 +9,8 @@ from typing import Any, Final
 import redis
 
 from streamlab.client import RedisStreamsClient, translate_errors
-from streamlab.events import DLQ_FIELDS, REPLAY_FIELDS, StreamEvent, StreamMessage, decode_message
+from streamlab.events import StreamEvent, StreamMessage, decode_message
+from streamlab.records import DLQ_FIELDS, REPLAY_FIELDS, aliases_of, tenant_of_auth_context
 from streamlab.signatures import failure_signature
 
 PAGE: Final = 1000
@@ -20,8 +20,8 @@ _DLQ_B = frozenset(name.encode() for name in DLQ_FIELDS)
 # producer named ``replay_group`` and the like are its own data and are kept.
 _DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
 _COUNT_FIELD: Final = REPLAY_FIELDS[2].encode()  # how often the event was replayed before
-_REPO_KEYS = (b"repository", b"repo_name", b"repo")
-_TENANT_KEYS = (b"tenant_id", b"tenant")
+_REPO_KEYS = tuple(name.encode() for name in aliases_of("repository"))
+_TENANT_KEYS = tuple(name.encode() for name in aliases_of("tenant_id"))
 
 
 def _as_client(client: Any) -> RedisStreamsClient:
@@ -67,14 +67,10 @@ class _Entry:
 
     @property
     def tenant(self) -> str:
-        tenant = self.first(_TENANT_KEYS)
-        if tenant or b"auth_context" not in self.raw:
-            return tenant
-        try:
-            auth = json.loads(self.raw[b"auth_context"])
-        except ValueError:
-            return ""
-        return str(auth.get("tenant_id") or "") if isinstance(auth, dict) else ""
+        # As decode_event reads it: the tenant field, else the one inside auth_context.
+        return (
+            self.first(_TENANT_KEYS) or tenant_of_auth_context(self.raw.get(b"auth_context")) or ""
+        )
 
     def column(self, name: str) -> str:
         """The value the DLQ frame's column ``name`` has for this entry (`DLQFilter`)."""

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streamlab.client import RedisStreamsClient, acl_errors
-from streamlab.events import ReplayMarker
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
+from streamlab.records import PendingEntry, ReplayMarker, group_infos
 from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page
 
 if TYPE_CHECKING:
@@ -123,24 +123,21 @@ def _last_delivered(r: Any, target: str) -> dict[str, tuple[int, int]]:
         if "no such key" in str(exc):
             return {}
         raise
-    out: dict[str, tuple[int, int]] = {}
-    for g in groups:
-        name = g.get("name", g.get(b"name"))
-        last = g.get("last-delivered-id", g.get(b"last-delivered-id")) or b"0-0"
-        out[name.decode() if isinstance(name, bytes) else name] = _parse_id(last, "group")
-    return out
+    return {g.name: _parse_id(g.last_delivered_id, "group") for g in group_infos(groups)}
 
 
-def _pending(r: Any, target: str, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+def _pending(
+    r: Any, target: str, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], PendingEntry]:
     """XPENDING rows for (new id, group) pairs, pipelined."""
-    found: dict[tuple[str, str], Any] = {}
+    found: dict[tuple[str, str], PendingEntry] = {}
     for chunk in _chunks(pairs, PAGE):
         pipe = r.pipeline(transaction=False)
         for new_id, group in chunk:
             pipe.xpending_range(target, group, new_id, new_id, 1)
         for pair, hit in zip(chunk, pipe.execute(), strict=True):
             if hit:
-                found[pair] = hit[0]
+                found[pair] = PendingEntry.from_reply(hit[0])
     return found
 
 
@@ -188,7 +185,7 @@ def _state(
     group: str | None,
     *,
     delivered: Mapping[str, tuple[int, int]],
-    pending: Mapping[tuple[str, str], Any],
+    pending: Mapping[tuple[str, str], PendingEntry],
     dead: Mapping[str, list[_Entry]],
     gone: bool,
 ) -> dict[str, Any]:
@@ -207,9 +204,9 @@ def _state(
     if row is not None:
         return {
             "state": "pending",
-            "consumer": row["consumer"].decode(),
-            "deliveries": int(row["times_delivered"]),
-            "idle": timedelta(milliseconds=int(row["time_since_delivered"])),
+            "consumer": row.consumer,
+            "deliveries": row.deliveries,
+            "idle": timedelta(milliseconds=row.idle_ms),
         }
     if _parse_id(new_id, "id") <= delivered[group]:
         return {"state": "acked"}

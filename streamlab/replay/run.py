@@ -17,9 +17,9 @@ from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
 from streamlab.client import RedisStreamsClient, permission_error, seconds
 from streamlab.errors import ArgumentError
-from streamlab.events import ReplayMarker, valid_replay_id
 from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
+from streamlab.records import ReplayMarker, valid_replay_id
 from streamlab.replay._entries import _COUNT_FIELD, _as_client, _Entry
 from streamlab.replay.selection import ReplaySelection, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES

@@ -14,7 +14,7 @@ from streamlab.client import RedisStreamsClient
 from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage
 from streamlab.filters import DLQFilter
-from streamlab.ids import Bound, id_range, id_text, parse_id
+from streamlab.ids import Bound, entry_time, id_range, id_text, parse_id
 from streamlab.replay._entries import _COUNT_FIELD, PAGE, _as_client, _chunks, _Entry, _page
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class ReplaySelection:
         frame = pd.DataFrame(
             {
                 "id": ids,
-                "ts": [int(i.split("-", 1)[0]) for i in ids],
+                "ts": [parse_id(i)[0] for i in ids],
                 "event_id": [e.first((b"id", b"event_id")) for e in es],
                 "event_type": [e.event_type for e in es],
                 "tenant_id": [e.tenant for e in es],
@@ -168,8 +168,7 @@ def _shown(value: Any) -> str:
 
 
 def _when(entry_id: str) -> str:
-    ms = int(entry_id.split("-", 1)[0])
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return entry_time(entry_id).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _ints(pd: Any, values: list[str]) -> Any:

@@ -31,7 +31,6 @@ from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.errors import DecodeError, EncodeError
 from streamlab.events import (
     MAX_DEPTH,
-    REPLAY_FIELDS,
     AuthContext,
     StreamEvent,
     StreamMessage,
@@ -40,6 +39,7 @@ from streamlab.events import (
     encode_event,
 )
 from streamlab.frames import stream_to_dataframe
+from streamlab.records import REPLAY_FIELDS
 
 pytestmark = pytest.mark.fault
 

@@ -1,0 +1,372 @@
+"""Typed records: every Redis reply streamlab reads, and the records it writes beside events.
+
+The one place that knows the shape of XINFO GROUPS / CONSUMERS / STREAM and XPENDING replies
+(RESP2 or RESP3, names as bytes or text, raw or through redis-py's callbacks): consumer,
+frames, replay and CLI turn replies into `GroupInfo`, `ConsumerInfo`, `PendingEntry` and
+`StreamInfo` here and use nothing else. It also holds the wire form of a DLQ entry's failure
+record (`Failure`, the ``dlq_*`` fields), of the `ReplayMarker` stamped on a replayed event,
+and the field-name aliases other services write (``repo_name`` for ``repository``, the
+tenant inside ``auth_context``), which the decoder, the exporters and the replay selection
+all read through `FIELD_ALIASES` and `tenant_of_auth_context`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+from streamlab.ids import entry_time
+
+__all__ = [
+    "DLQ_FIELDS",
+    "FIELD_ALIASES",
+    "REPLAY_FIELDS",
+    "REPLAY_PREFIX",
+    "ConsumerInfo",
+    "Failure",
+    "GroupInfo",
+    "PendingEntry",
+    "ReplayMarker",
+    "StreamInfo",
+    "aliases_of",
+    "consumer_infos",
+    "format_time",
+    "group_infos",
+    "last_generated_id",
+    "pending_entries",
+    "tenant_of_auth_context",
+    "valid_replay_id",
+]
+
+# -- field names -------------------------------------------------------------------------------
+
+# Field names of the failure record added to a DLQ entry, next to the original fields.
+DLQ_FIELDS = (
+    "dlq_error",
+    "dlq_error_type",
+    "dlq_traceback",
+    "dlq_attempts",
+    "dlq_source_stream",
+    "dlq_source_id",
+    "dlq_group",
+    "dlq_consumer",
+    "dlq_failed_at",
+)
+# Field names of the replay marker stamped on an event re-injected from the DLQ (`ReplayMarker`).
+# Namespaced: a producer's own ``replay_group`` field is just data.
+REPLAY_PREFIX = "streamlab:"
+REPLAY_FIELDS = tuple(
+    REPLAY_PREFIX + name
+    for name in ("replay_id", "replay_of", "replay_count", "replayed_at", "replay_group")
+)
+
+
+# Platform services write these names; streamlab reads them as its own.
+FIELD_ALIASES = {
+    "event_id": "id",
+    "repo_name": "repository",
+    "repo": "repository",
+    "tenant": "tenant_id",
+}
+
+
+def aliases_of(name: str) -> tuple[str, ...]:
+    """``name`` and the other names its field is written under, streamlab's own first."""
+    return (name, *(alias for alias, own in FIELD_ALIASES.items() if own == name))
+
+
+def tenant_of_auth_context(raw: bytes | str | None) -> str | None:
+    """The ``tenant_id`` inside an ``auth_context`` JSON value, where an entry without a
+    tenant field carries it (platform events); None when there is none or it does not parse."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    tenant = value.get("tenant_id") if isinstance(value, dict) else None
+    return tenant if isinstance(tenant, str) and tenant else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 with microseconds always present (``isoformat`` drops them when zero)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# -- the failure record and the replay marker ---------------------------------------------------
+
+
+class Failure(BaseModel):
+    """The failure record of a dead-lettered entry (its ``dlq_*`` fields)."""
+
+    error: str
+    error_type: str
+    traceback: str = ""
+    attempts: int = 0
+    source_stream: str = ""
+    source_id: str = ""
+    group: str = ""
+    consumer: str = ""
+    failed_at: AwareDatetime = Field(default_factory=_now)
+
+    def to_fields(self) -> dict[str, str]:
+        """The ``dlq_*`` fields to add to the original entry's fields."""
+        return {
+            "dlq_error": self.error,
+            "dlq_error_type": self.error_type,
+            "dlq_traceback": self.traceback,
+            "dlq_attempts": str(self.attempts),
+            "dlq_source_stream": self.source_stream,
+            "dlq_source_id": self.source_id,
+            "dlq_group": self.group,
+            "dlq_consumer": self.consumer,
+            "dlq_failed_at": format_time(self.failed_at),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, bytes | str]) -> Failure | None:
+        """Parse the ``dlq_*`` fields of an entry; None when it has no failure record."""
+        if "dlq_error_type" not in fields and "dlq_error" not in fields:
+            return None
+        values: dict[str, Any] = {}
+        for name in DLQ_FIELDS:
+            if name in fields:
+                raw = fields[name]
+                values[name[4:]] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        values.setdefault("error", "")
+        values.setdefault("error_type", "")
+        return cls.model_validate(values)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_COUNT = re.compile(r"[1-9][0-9]{0,17}")
+_R_ID, _R_OF, _R_COUNT, _R_AT, _R_GROUP = REPLAY_FIELDS
+_R_GROUP_B = _R_GROUP.encode()
+
+
+def valid_replay_id(value: str) -> bool:
+    """A replay run id a marker can carry: 1-128 of ``A-Z a-z 0-9 . _ : -`` (a uuid4 fits)."""
+    return _RUN_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMarker:
+    """The marker streamlab stamps on an event it re-injects from a DLQ.
+
+    On the wire it is the five ``streamlab:replay_*`` fields (`REPLAY_FIELDS`). A marker is
+    recognised only as a whole: `from_fields` returns None unless every field is present and
+    well formed, so an entry with some of these fields (or a producer's own ``replay_group``)
+    is an ordinary event. ``group`` is the only group meant to handle the event ('' = every
+    group); ``source_id`` is the DLQ entry id it came from; ``count`` how often the event has
+    been replayed (1 the first time).
+    """
+
+    replay_id: str
+    source_id: str
+    count: int
+    replayed_at: datetime
+    group: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        """The marker's entry fields (the inverse of `from_fields`)."""
+        return {
+            _R_ID: self.replay_id,
+            _R_OF: self.source_id,
+            _R_COUNT: str(self.count),
+            _R_AT: format_time(self.replayed_at),
+            _R_GROUP: self.group,
+        }
+
+    @classmethod
+    def from_fields(
+        cls, fields: Mapping[str, bytes | str] | Mapping[bytes, bytes]
+    ) -> ReplayMarker | None:
+        """The complete marker in an entry's fields (names as text or bytes), else None."""
+        get: Any = fields.get
+        values: list[str] = []
+        for name in REPLAY_FIELDS:
+            raw = get(name)
+            if raw is None:
+                raw = get(name.encode())
+            if raw is None:
+                return None
+            try:
+                values.append(raw.decode() if isinstance(raw, bytes) else raw)
+            except UnicodeDecodeError:
+                return None
+        run, source, count, at, group = values
+        if not (
+            _RUN_ID.fullmatch(run) and _STREAM_ID.fullmatch(source) and _COUNT.fullmatch(count)
+        ):
+            return None
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            return None
+        return cls(run, source, int(count), when.astimezone(UTC), group)
+
+    @staticmethod
+    def present(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> bool:
+        """Cheap first test: does the entry carry a marker's group field at all?"""
+        return _R_GROUP in fields or _R_GROUP_B in fields
+
+
+# -- replies -----------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _pairs(raw: Mapping[Any, Any] | Sequence[Any]) -> Mapping[str, Any]:
+    """An XINFO reply as ``{name: value}``, names as text: redis-py gives a dict (names as
+    text or bytes), a raw RESP2 reply is a flat name, value list."""
+    if isinstance(raw, Mapping):
+        return {_text(k): v for k, v in raw.items()}
+    return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _ms(value: Any) -> int | None:
+    # XINFO reports -1 for "never" (a consumer that never read successfully, Redis 7.2+).
+    return None if value is None or int(value) < 0 else int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """One consumer group of a stream, from XINFO GROUPS.
+
+    ``lag`` is None when Redis cannot compute it (after deletions, or before Redis 7);
+    ``entries_read`` is None before Redis 7.
+    """
+
+    name: str
+    consumers: int
+    pending: int
+    last_delivered_id: str
+    lag: int | None
+    entries_read: int | None
+
+    @classmethod
+    def from_reply(cls, raw: Mapping[Any, Any] | Sequence[Any]) -> GroupInfo:
+        """One group of an XINFO GROUPS reply."""
+        g = _pairs(raw)
+        return cls(
+            name=_text(g["name"]),
+            consumers=int(g.get("consumers") or 0),
+            pending=int(g.get("pending") or 0),
+            last_delivered_id=_text(g.get("last-delivered-id")) or "0-0",
+            lag=_int(g.get("lag")),
+            entries_read=_int(g.get("entries-read")),
+        )
+
+    @property
+    def last_delivered(self) -> datetime | None:
+        """When the last entry delivered to the group was added; None when none was."""
+        return None if self.last_delivered_id == "0-0" else entry_time(self.last_delivered_id)
+
+
+def group_infos(reply: Iterable[Any]) -> list[GroupInfo]:
+    """Every group of an XINFO GROUPS reply."""
+    return [GroupInfo.from_reply(g) for g in reply]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    """One consumer of a group, from XINFO CONSUMERS.
+
+    ``idle_ms``: since its last attempted read or claim; ``inactive_ms``: since its last
+    successful one (None before Redis 7.2, and for a consumer that never read).
+    """
+
+    name: str
+    pending: int
+    idle_ms: int | None
+    inactive_ms: int | None
+
+    @classmethod
+    def from_reply(cls, raw: Mapping[Any, Any] | Sequence[Any]) -> ConsumerInfo:
+        """One consumer of an XINFO CONSUMERS reply."""
+        c = _pairs(raw)
+        return cls(
+            name=_text(c["name"]),
+            pending=int(c.get("pending") or 0),
+            idle_ms=_ms(c.get("idle")),
+            inactive_ms=_ms(c.get("inactive")),
+        )
+
+
+def consumer_infos(reply: Iterable[Any]) -> list[ConsumerInfo]:
+    """Every consumer of an XINFO CONSUMERS reply."""
+    return [ConsumerInfo.from_reply(c) for c in reply]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """One row of an extended XPENDING reply: an entry delivered to ``consumer`` and not acked,
+    idle (since its last delivery) ``idle_ms``, delivered ``deliveries`` times."""
+
+    id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+    @classmethod
+    def from_reply(cls, row: Mapping[str, Any] | Sequence[Any]) -> PendingEntry:
+        """A raw row ``[id, consumer, idle, deliveries]`` or redis-py's ``xpending_range``
+        dict."""
+        if isinstance(row, Mapping):
+            return cls(
+                _text(row["message_id"]),
+                _text(row["consumer"]),
+                int(row["time_since_delivered"]),
+                int(row["times_delivered"]),
+            )
+        return cls(_text(row[0]), _text(row[1]), int(row[2]), int(row[3]))
+
+
+def pending_entries(reply: Iterable[Any]) -> list[PendingEntry]:
+    """Every row of an extended XPENDING reply (raw or from ``xpending_range``)."""
+    return [PendingEntry.from_reply(row) for row in reply]
+
+
+def last_generated_id(reply: Mapping[Any, Any] | Sequence[Any]) -> str:
+    """The ``last-generated-id`` of an XINFO STREAM reply: the id ``XADD *`` moves past."""
+    return str(_text(_pairs(reply)["last-generated-id"]))
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    """A stream's length, first and last entries, and its consumer groups."""
+
+    stream: str
+    length: int
+    first_id: str | None
+    last_id: str | None
+    groups: list[GroupInfo] = field(default_factory=list)
+
+    @property
+    def first_time(self) -> datetime | None:
+        """Time of the first entry, from its id."""
+        return entry_time(self.first_id) if self.first_id else None
+
+    @property
+    def last_time(self) -> datetime | None:
+        """Time of the last entry, from its id."""
+        return entry_time(self.last_id) if self.last_id else None
