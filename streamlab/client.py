@@ -19,8 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import redis
+import redis.client
 import redis.connection
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from streamlab.errors import (
@@ -44,10 +45,12 @@ from streamlab.records import StreamInfo, group_infos
 from streamlab.scripts import LUA_MAX_VALUES, SCRIPT_COMMANDS, Scripts, script_by_sha
 
 __all__ = [
+    "ClientLike",
     "RawEntry",
     "RedisStreamsClient",
     "StreamsClient",
     "acl_errors",
+    "as_client",
     "connect",
     "connect_any",
     "connect_cluster",
@@ -693,3 +696,25 @@ class RedisStreamsClient:
             return None
         eid, raw = entries[0]
         return decode_message(stream, eid, raw, delivery_count)
+
+
+# What every public function taking a client accepts (see `as_client`).
+ClientLike = RedisStreamsClient | redis.Redis | RedisCluster
+
+
+def as_client(client: ClientLike) -> RedisStreamsClient:
+    """``client`` as a `RedisStreamsClient`: itself, or a redis-py client (``redis.Redis`` or
+    ``RedisCluster``) wrapped with default routing; anything else raises `TypeError` naming it.
+
+    Every public function that takes a client goes through here, so all accept the same three.
+    """
+    if isinstance(client, RedisStreamsClient):
+        return client
+    # A pipeline is a redis.Redis (or RedisCluster) subclass, but it queues instead of answering.
+    pipeline = isinstance(client, redis.client.Pipeline | ClusterPipeline)
+    if isinstance(client, redis.Redis | RedisCluster) and not pipeline:
+        return RedisStreamsClient(client)
+    raise TypeError(
+        "client must be a RedisStreamsClient, a redis.Redis or a redis.cluster.RedisCluster, "
+        f"not {type(client).__module__}.{type(client).__qualname__}"
+    )

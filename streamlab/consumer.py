@@ -34,7 +34,7 @@ from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
 from streamlab.backoff import Backoff
-from streamlab.client import RawEntry, RedisStreamsClient, translate_errors
+from streamlab.client import ClientLike, RawEntry, as_client, translate_errors
 from streamlab.durations import Duration, PositiveDuration, format_duration
 from streamlab.errors import ConfigError, GroupNotFoundError
 from streamlab.events import StreamMessage, decode_message
@@ -187,11 +187,6 @@ class ConsumerConfig(ConfigModel):
             raise ValueError(error)
         return self
 
-    @property
-    def dlq(self) -> str:
-        """The DLQ stream name (``dlq_stream``)."""
-        return self.dlq_stream
-
 
 @dataclass
 class RunStats:
@@ -218,22 +213,20 @@ class Consumer:
 
     def __init__(
         self,
-        client: RedisStreamsClient | redis.Redis,
+        client: ClientLike,
         config: ConsumerConfig,
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        self.client = (
-            client if isinstance(client, RedisStreamsClient) else RedisStreamsClient(client)
-        )
+        self.client = as_client(client)
         self.config = config
         self.redis = self.client.redis
         self.metrics: Metrics = metrics or self.client.metrics
-        self.dlq = self._dlq_name(config)
+        self.dlq_stream = self._routed_dlq(config)
         # Due times of this group's waiting retries (see `streamlab.policy`).
         self._due_key = retry_due_key(config.stream, config.group)
         if is_cluster(self.redis):
-            check_same_slot(config.stream, self.dlq, self._due_key)
+            check_same_slot(config.stream, self.dlq_stream, self._due_key)
         self.stats = RunStats()
         self._in_hand: dict[str, StreamMessage] = {}
         # When each message in hand reached us: a retry is handed over only if nobody has
@@ -251,12 +244,12 @@ class Consumer:
         self._retry_due = float("inf")
         self._min_idle_ms = int(config.claim_min_idle.total_seconds() * 1000)
         self._labels = (config.stream, config.group)
-        self._dl_keys = [config.stream, self.dlq]
+        self._dl_keys = [config.stream, self.dlq_stream]
         self._cluster = is_cluster(self.redis)
         # Set while `run` runs: renews the batch in hand, enforces the time limits.
         self._watchdog: Watchdog | None = None
 
-    def _dlq_name(self, config: ConsumerConfig) -> str:
+    def _routed_dlq(self, config: ConsumerConfig) -> str:
         """The client's DLQ for the stream: the routing is the client's, set when it was
         built, so that `read_dlq`, the exporters and replay read where this consumer writes.
         A config naming another DLQ is a mistake, said at once."""

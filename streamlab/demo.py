@@ -112,4 +112,6 @@ def run_demo(
     finally:
         redis_client.close()
     seconds = time.monotonic() - started
-    return DemoResult(url, name, consumer.dlq, produced, stats, len(dlq), pending, seconds, errors)
+    return DemoResult(
+        url, name, consumer.dlq_stream, produced, stats, len(dlq), pending, seconds, errors
+    )

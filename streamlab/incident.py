@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from streamlab.backoff import Backoff
-from streamlab.client import RedisStreamsClient
+from streamlab.client import ClientLike, as_client
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
 from streamlab.events import StreamMessage
 from streamlab.samples import sample_events
@@ -102,7 +102,7 @@ def fixed_handler(msg: StreamMessage) -> None:
 
 
 def seed_incident(
-    client: RedisStreamsClient,
+    client: ClientLike,
     stream: str = "webhook_events",
     *,
     group: str = "webhook_workers",
@@ -115,6 +115,7 @@ def seed_incident(
     Event times span twenty minutes ending about now (or from ``start``). Returns what was
     done; the DLQ is the client's DLQ of ``stream``.
     """
+    client = as_client(client)
     begin = start or datetime.now(UTC).replace(microsecond=0) - SPAN - timedelta(minutes=5)
     produced = client.add_many(
         stream, sample_events(events, seed=seed, start=begin, spacing=SPAN / events)
@@ -133,11 +134,12 @@ def seed_incident(
         backoff=Backoff(initial=timedelta(milliseconds=20), max=timedelta(milliseconds=50)),
         claim_min_idle=timedelta(minutes=10),  # the dead worker's messages stay pending
     )
-    stats = Consumer(client, config).run(incident_handler(begin), burst=True, handle_signals=False)
+    consumer = Consumer(client, config)
+    stats = consumer.run(incident_handler(begin), burst=True, handle_signals=False)
     return Incident(
         stream=stream,
         group=group,
-        dlq=config.dlq,
+        dlq=consumer.dlq_stream,
         produced=len(produced),
         start=begin,
         outage=(begin + OUTAGE[0], begin + OUTAGE[1]),

@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
+from streamlab.client import ClientLike, as_client
 from streamlab.errors import MissingDependencyError, NotFoundError
 from streamlab.filters import COLUMNS, DLQFilter
 from streamlab.frames import dlq_to_dataframe
 from streamlab.ids import Bound, id_range, parse_id
 from streamlab.replay import ReplayReport, replay_dlq, select_dlq
-from streamlab.replay._entries import _as_client
 
 try:
     import ipywidgets as w
@@ -53,11 +53,11 @@ class DLQBrowser:
     """
 
     def __init__(
-        self, client: Any, stream: str, *, dlq: str | None = None, page_size: int = 25
+        self, client: ClientLike, stream: str, *, dlq: str | None = None, page_size: int = 25
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size: must be >= 1, got {page_size}")
-        self.client = _as_client(client)
+        self.client = as_client(client)
         self.stream = stream
         self.dlq = dlq or self.client.dlq_stream(stream)
         self.page_size = page_size

@@ -7,9 +7,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
+from clientlike import CALLS
 
 from streamlab.client import RedisStreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
@@ -266,3 +268,38 @@ def test_stream_info_of_a_missing_stream_raises(
     assert (info.length, info.first_id, info.last_id) == (3, ids[0], ids[-1])
     [group] = info.groups
     assert (group.name, group.pending, group.lag) == ("g", 0, 3)
+
+
+def _one_dead_letter(client: RedisStreamsClient, stream: str) -> None:
+    """``stream`` with group ``g`` and one event in its DLQ."""
+    client.add_to_stream(stream, StreamEvent(event_type="push", payload={"n": 1}))
+
+    def fail(msg: StreamMessage) -> None:
+        raise ValueError("boom")
+
+    config = ConsumerConfig(stream=stream, group="g", max_retries=0)
+    Consumer(client, config).run(fail, burst=True, handle_signals=False)
+    assert client.redis.xlen(client.dlq_stream(stream)) == 1
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+@pytest.mark.parametrize("kind", ["RedisStreamsClient", "redis.Redis"])
+def test_every_function_taking_a_client_takes_both_kinds(
+    redis_client: redis.Redis, stream_name: str, tmp_path: Path, call: str, kind: str
+) -> None:
+    _one_dead_letter(RedisStreamsClient(redis_client), stream_name)
+    client = RedisStreamsClient(redis_client) if kind == "RedisStreamsClient" else redis_client
+    CALLS[call](client, stream_name, tmp_path)
+    if call == "replay_outcome":  # the replay before it ran for real, on this kind
+        assert redis_client.xlen(f"{stream_name}_dlq") == 0
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_any_other_client_is_a_type_error_naming_it(
+    redis_url: str, stream_name: str, tmp_path: Path, call: str
+) -> None:
+    with pytest.raises(TypeError, match=r"not builtins\.str"):
+        CALLS[call](redis_url, stream_name, tmp_path)
+    pipe = redis.Redis.from_url(redis_url).pipeline()
+    with pytest.raises(TypeError, match=r"not redis\.client\.Pipeline"):
+        CALLS[call](pipe, stream_name, tmp_path)

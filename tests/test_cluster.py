@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from clientlike import CALLS
 from faults.ledger import ledger_check
 from prometheus_client import CollectorRegistry
 from redis.cluster import RedisCluster
@@ -390,3 +391,13 @@ def test_connect_any_takes_a_server_refusing_info_as_single(
             single.close()
     finally:
         redis_client.acl_deluser(user)
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_every_function_taking_a_client_takes_a_plain_cluster_client(
+    client: RedisStreamsClient, cluster_client: RedisCluster, orders: str, tmp_path: Any, call: str
+) -> None:
+    produce(client, orders, 4)  # one "bad" event, dead-lettered by consume
+    consume(client, orders)
+    assert cluster_client.xlen(dlq_key(orders)) == 1
+    CALLS[call](cluster_client, orders, tmp_path)

@@ -292,7 +292,7 @@ def test_the_seed_readme_layout_with_dlq_under_streams_is_read() -> None:
     assert settings.dlq.max_length == 1000
     assert settings.dlq.retention == timedelta(hours=168)
     config = settings.consumer_config("webhook_events", consumer="w1")
-    assert (config.dlq, config.dlq_maxlen) == ("webhook_events_dlq", 1000)
+    assert (config.dlq_stream, config.dlq_maxlen) == ("webhook_events_dlq", 1000)
 
 
 def test_the_dlq_section_fills_in_each_stream_unless_it_sets_its_own() -> None:
@@ -748,7 +748,7 @@ def test_a_shared_dlq_name_equal_to_a_stream_is_rejected_after_defaults() -> Non
         streams={"s": {"consumer_group": "g", "dlq_stream": "x"}, "t": {"consumer_group": "h"}},
         dlq={"stream_name": "s"},
     )
-    assert (settings.dlq_name("s"), settings.dlq_name("t")) == ("x", "s")
+    assert (settings.dlq_stream("s"), settings.dlq_stream("t")) == ("x", "s")
 
 
 def test_dlqs_that_lead_back_to_their_stream_are_rejected() -> None:
@@ -760,7 +760,7 @@ def test_dlqs_that_lead_back_to_their_stream_are_rejected() -> None:
         load_settings(streams=streams)
     # Consuming a DLQ with its own group is fine: its DLQ is another stream.
     streams["b"] = {"consumer_group": "alerts"}
-    assert load_settings(streams=streams).dlq_name("b") == "b_dlq"
+    assert load_settings(streams=streams).dlq_stream("b") == "b_dlq"
 
 
 def test_a_client_dlq_name_equal_to_the_stream_is_rejected(redis_client: redis.Redis) -> None:

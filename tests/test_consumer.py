@@ -261,7 +261,7 @@ def test_poison_message_lands_in_the_dlq_once_with_its_failure_record(
     assert (failure.group, failure.consumer) == ("g", "c1")
     assert before <= failure.failed_at <= datetime.now(UTC)
     # The original fields, byte for byte, next to the dlq_* fields.
-    [(_, raw)] = r.xrange(cfg.dlq, dead.id, dead.id)
+    [(_, raw)] = r.xrange(cfg.dlq_stream, dead.id, dead.id)
     assert {k: v for k, v in raw.items() if k.decode() not in DLQ_FIELDS} == original
     assert {k.decode() for k in raw} - {k.decode() for k in original} == set(DLQ_FIELDS)
     assert pending_count(r, stream_name, "g") == 0
@@ -339,13 +339,13 @@ def test_the_dlq_is_the_clients_routing_and_a_consumer_never_changes_it(
 
     # Without a dlq_stream of its own the consumer writes where the client routes.
     consumer = Consumer(client, config(stream_name))
-    assert consumer.dlq == failed
+    assert consumer.dlq_stream == failed
     consumer.run(reject, burst=True, handle_signals=False)
     assert redis_client.xlen(failed) == 2
     assert not redis_client.exists(f"{stream_name}_dlq")
     assert [m.failure.error for m in client.read_dlq(stream_name) if m.failure] == ["bad"] * 2
     # The same name in the config agrees with the routing.
-    assert Consumer(client, config(stream_name, dlq_stream=failed)).dlq == failed
+    assert Consumer(client, config(stream_name, dlq_stream=failed)).dlq_stream == failed
 
     # A config naming another DLQ than the client's routing is a mistake, said at once, and
     # building a consumer leaves the client's routing as it was.
@@ -369,9 +369,11 @@ def test_dlq_retention_trims_entries_older_than_it(
     r = streams_client.redis
     cfg = config(stream_name, dlq_retention=timedelta(hours=1))
     week_ago = int((datetime.now(UTC) - timedelta(days=7)).timestamp() * 1000)
-    r.xadd(cfg.dlq, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id=f"{week_ago}-0")
+    r.xadd(cfg.dlq_stream, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id=f"{week_ago}-0")
     recent = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
-    recent_id = r.xadd(cfg.dlq, {"dlq_error": b"recent", "dlq_error_type": b"Old"}, id=recent)
+    recent_id = r.xadd(
+        cfg.dlq_stream, {"dlq_error": b"recent", "dlq_error_type": b"Old"}, id=recent
+    )
     add(streams_client, stream_name, 1)
 
     def reject(msg: StreamMessage) -> None:
@@ -398,10 +400,10 @@ def test_dlq_maxlen_bounds_the_dlq(streams_client: RedisStreamsClient, stream_na
     cfg = config(stream_name, dlq_maxlen=maxlen, batch_size=50)
     stats = Consumer(streams_client, cfg).run(reject, burst=True, handle_signals=False)
     assert stats.dead_lettered == total
-    length = streams_client.redis.xlen(cfg.dlq)
+    length = streams_client.redis.xlen(cfg.dlq_stream)
     assert maxlen <= length <= maxlen + node
     # What is kept is the newest.
-    [last] = streams_client.redis.xrevrange(cfg.dlq, count=1)
+    [last] = streams_client.redis.xrevrange(cfg.dlq_stream, count=1)
     assert last[1][b"dlq_source_id"] == streams_client.redis.xrevrange(stream_name, count=1)[0][0]
 
 
@@ -559,7 +561,7 @@ def test_a_retention_longer_than_the_epoch_dead_letters_and_trims_nothing(
     # an OverflowError. Both mean "keep everything".
     r = streams_client.redis
     cfg = config(stream_name, dlq_retention=retention)
-    r.xadd(cfg.dlq, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id="1-0")
+    r.xadd(cfg.dlq_stream, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id="1-0")
     add(streams_client, stream_name, 2)
 
     def reject(msg: StreamMessage) -> None:

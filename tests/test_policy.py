@@ -247,5 +247,5 @@ def test_config_rejects_unknown_keys_and_the_reserved_consumer_name() -> None:
         ConsumerConfig(stream="s", group="g", batchsize=5)  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="reserved"):
         ConsumerConfig(stream="s", group="g", consumer=RETRY_CONSUMER)
-    assert ConsumerConfig(stream="s", group="g").dlq == "s_dlq"
-    assert ConsumerConfig(stream="s", group="g", dlq_stream="dead").dlq == "dead"
+    assert ConsumerConfig(stream="s", group="g").dlq_stream == "s_dlq"
+    assert ConsumerConfig(stream="s", group="g", dlq_stream="dead").dlq_stream == "dead"

@@ -101,7 +101,7 @@ class StreamlabSettings(ConfigErrors, BaseSettings):
                 )
                 continue
             chain = [name]
-            while (dlq := self.dlq_name(chain[-1])) in self.streams and dlq not in chain:
+            while (dlq := self.dlq_stream(chain[-1])) in self.streams and dlq not in chain:
                 chain.append(dlq)
             if dlq != name:
                 continue
@@ -187,13 +187,13 @@ class StreamlabSettings(ConfigErrors, BaseSettings):
         cluster = self.redis.cluster or urlsplit(url).scheme in CLUSTER_SCHEMES
         return RedisStreamsClient(
             connect_any(url, cluster=cluster, **connect_kwargs),
-            dlq_names={name: self.dlq_name(name) for name in self.streams},
+            dlq_names={name: self.dlq_stream(name) for name in self.streams},
             stream_maxlen={
                 name: s.stream_maxlen for name, s in self.streams.items() if s.stream_maxlen
             },
         )
 
-    def dlq_name(self, stream: str) -> str:
+    def dlq_stream(self, stream: str) -> str:
         """The DLQ of ``stream``: its ``dlq_stream``, else ``dlq.stream_name``, else
         ``<stream>_dlq``."""
         config = self.streams.get(stream)

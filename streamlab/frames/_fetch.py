@@ -14,10 +14,8 @@ from typing import Any
 
 import redis
 
-from streamlab.client import RedisStreamsClient, translate_errors
-from streamlab.errors import ConfigError
+from streamlab.client import ClientLike, as_client, translate_errors
 from streamlab.ids import parse_id
-from streamlab.keys import dlq_key
 from streamlab.records import PendingEntry, pending_entries
 
 __all__ = ["Fetcher", "RawEntry", "fetcher"]
@@ -35,26 +33,15 @@ def _identity(response: Any, **_options: Any) -> Any:
 class Fetcher:
     """Paged raw reads on one redis-py client (see the module docstring)."""
 
-    def __init__(self, client: Any) -> None:
-        inner = getattr(client, "redis", client)
-        pool = getattr(inner, "connection_pool", None)
-        kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
-        if kwargs.get("decode_responses"):
-            raise ConfigError(
-                "the redis client was created with decode_responses=True, which breaks binary "
-                "values; create it with decode_responses=False (streamlab.connect does)"
-            )
-        self.redis: Any = inner
-        self._dlq_names = client.dlq_names if isinstance(client, RedisStreamsClient) else {}
+    def __init__(self, client: ClientLike) -> None:
+        self.client = as_client(client)
+        self.redis: Any = self.client.redis
+        self.dlq_stream = self.client.dlq_stream
         self._raw: Any = None
-        if isinstance(inner, redis.Redis) and pool is not None:
-            self._raw = redis.Redis(connection_pool=pool)
+        if isinstance(self.redis, redis.Redis):
+            self._raw = redis.Redis(connection_pool=self.redis.connection_pool)
             for command in _RAW_COMMANDS:
                 self._raw.set_response_callback(command, _identity)
-
-    def dlq_stream(self, stream: str) -> str:
-        """The DLQ of ``stream`` as the client names it."""
-        return dlq_key(stream, self._dlq_names.get(stream))
 
     def xrange(self, stream: str, start: Any, end: Any, count: int) -> list[RawEntry]:
         """One XRANGE page as raw entries."""
@@ -191,6 +178,6 @@ class Fetcher:
         return found
 
 
-def fetcher(client: Any) -> Fetcher:
+def fetcher(client: ClientLike | Fetcher) -> Fetcher:
     """A `Fetcher` for a `RedisStreamsClient` or a redis-py client."""
     return client if isinstance(client, Fetcher) else Fetcher(client)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from streamlab.client import ClientLike
 from streamlab.errors import ArgumentError
 from streamlab.frames._build import (
     CATEGORY_FIELDS,
@@ -87,7 +88,7 @@ def _conform(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def export_parquet(
-    client: Any,
+    client: ClientLike,
     stream: str,
     path: str | os.PathLike[str],
     *,

@@ -11,7 +11,7 @@ import pandas as pd
 import redis
 
 from streamlab._progress import progress_bar
-from streamlab.client import translate_errors
+from streamlab.client import ClientLike, translate_errors
 from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
 from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
 from streamlab.keys import retry_due_key
@@ -38,7 +38,7 @@ def _td(ms: int | None) -> Any:
     return pd.NaT if ms is None else pd.Timedelta(milliseconds=ms)
 
 
-def groups_to_dataframe(client: Any, stream: str) -> pd.DataFrame:
+def groups_to_dataframe(client: ClientLike, stream: str) -> pd.DataFrame:
     """One row per consumer group of ``stream`` (XINFO GROUPS).
 
     Columns: ``group`` (category), ``consumers``, ``pending`` (``Int64``), ``last_delivered_id``
@@ -70,7 +70,7 @@ def _consumers(source: Fetcher, stream: str, group: str) -> list[ConsumerInfo]:
         return consumer_infos(source.redis.xinfo_consumers(stream, group))
 
 
-def consumers_to_dataframe(client: Any, stream: str, group: str) -> pd.DataFrame:
+def consumers_to_dataframe(client: ClientLike, stream: str, group: str) -> pd.DataFrame:
     """One row per consumer of ``group`` (XINFO CONSUMERS).
 
     Columns: ``group``, ``consumer`` (category), ``pending`` (``Int64``), ``idle`` (time since
@@ -96,7 +96,7 @@ def _millis(value: float | timedelta | None) -> int | None:
 
 
 def pending_to_dataframe(
-    client: Any,
+    client: ClientLike,
     stream: str,
     group: str,
     *,

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from streamlab._progress import NoProgress, progress_bar
-from streamlab.client import translate_errors
+from streamlab.client import ClientLike, translate_errors
 from streamlab.errors import ArgumentError
 from streamlab.frames._build import (
     DLQ_RENAMES,
@@ -93,7 +93,7 @@ def stream_builder(
 
 
 def stream_to_dataframe(
-    client: Any,
+    client: ClientLike,
     stream: str,
     *,
     since: Bound | None = None,
@@ -149,7 +149,7 @@ def stream_to_dataframe(
 
 
 def dlq_to_dataframe(
-    client: Any,
+    client: ClientLike,
     stream: str,
     *,
     dlq: str | None = None,

@@ -6,9 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis
-
-from streamlab.client import RedisStreamsClient, translate_errors
+from streamlab.client import translate_errors
 from streamlab.events import StreamEvent, StreamMessage, decode_message
 from streamlab.records import DLQ_FIELDS, REPLAY_FIELDS, aliases_of, tenant_of_auth_context
 from streamlab.signatures import failure_signature
@@ -22,16 +20,6 @@ _DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
 _COUNT_FIELD: Final = REPLAY_FIELDS[2].encode()  # how often the event was replayed before
 _REPO_KEYS = tuple(name.encode() for name in aliases_of("repository"))
 _TENANT_KEYS = tuple(name.encode() for name in aliases_of("tenant_id"))
-
-
-def _as_client(client: Any) -> RedisStreamsClient:
-    if isinstance(client, RedisStreamsClient):
-        return client
-    if isinstance(client, redis.Redis) or hasattr(client, "xadd"):
-        return RedisStreamsClient(client)
-    raise TypeError(
-        f"client must be a RedisStreamsClient or a redis-py client, not {type(client).__name__}"
-    )
 
 
 # -- DLQ entries -------------------------------------------------------------------------------

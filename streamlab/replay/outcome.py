@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from streamlab.client import RedisStreamsClient, acl_errors
+from streamlab.client import ClientLike, RedisStreamsClient, acl_errors, as_client
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
 from streamlab.records import PendingEntry, ReplayMarker, group_infos
-from streamlab.replay._entries import PAGE, _as_client, _chunks, _Entry, _page
+from streamlab.replay._entries import PAGE, _chunks, _Entry, _page
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,7 +36,7 @@ _STATES = ("acked", "pending", "dead_lettered", "waiting", "gone", "no_group")
 
 
 def replay_outcome(
-    client: RedisStreamsClient | redis.Redis,
+    client: ClientLike,
     stream: str,
     replay_id: str,
     *,
@@ -64,7 +64,7 @@ def replay_outcome(
     names ``replay_id``:
     ``stream`` itself, or the ``targets`` given.
     """
-    c = _as_client(client)
+    c = as_client(client)
     dlq = c.dlq_stream(stream)
     with acl_errors():
         injected = _ledger(c.redis, ledger_key(dlq, replay_id))

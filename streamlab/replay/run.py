@@ -15,12 +15,12 @@ import redis
 
 from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
-from streamlab.client import RedisStreamsClient, permission_error, seconds
+from streamlab.client import ClientLike, RedisStreamsClient, as_client, permission_error, seconds
 from streamlab.errors import ArgumentError
 from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 from streamlab.records import ReplayMarker, valid_replay_id
-from streamlab.replay._entries import _COUNT_FIELD, _as_client, _Entry
+from streamlab.replay._entries import _COUNT_FIELD, _Entry
 from streamlab.replay.selection import ReplaySelection, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES
 
@@ -405,7 +405,7 @@ def _batches(
 
 
 def replay_dlq(
-    client: RedisStreamsClient | redis.Redis,
+    client: ClientLike,
     stream: str,
     selection: ReplaySelection | None = None,
     *,
@@ -449,7 +449,7 @@ def replay_dlq(
     slot. A connection lost mid-run raises; every event is then either replayed or still in
     the DLQ, and running the replay again finishes the job.
     """
-    c = _as_client(client)
+    c = as_client(client)
     dlq = dlq or c.dlq_stream(stream)
     selection = _selection(c, stream, dlq, selection, filters)
     if batch_size < 1:

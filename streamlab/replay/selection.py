@@ -8,18 +8,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import redis
-
-from streamlab.client import RedisStreamsClient
+from streamlab.client import ClientLike, as_client
 from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage
 from streamlab.filters import DLQFilter
 from streamlab.ids import Bound, entry_time, id_range, id_text, parse_id
-from streamlab.replay._entries import _COUNT_FIELD, PAGE, _as_client, _chunks, _Entry, _page
+from streamlab.replay._entries import _COUNT_FIELD, PAGE, _chunks, _Entry, _page
 
 if TYPE_CHECKING:
     import pandas as pd
-    from redis.cluster import RedisCluster
 
     from streamlab.events import StreamEvent
 
@@ -176,7 +173,7 @@ def _ints(pd: Any, values: list[str]) -> Any:
 
 
 def select_dlq(
-    client: RedisStreamsClient | redis.Redis | RedisCluster,
+    client: ClientLike,
     stream: str,
     filters: DLQFilter | None = None,
     *,
@@ -209,7 +206,7 @@ def select_dlq(
     ``limit`` caps the count, oldest first. ``dlq`` names the DLQ when it is not the client's
     DLQ of ``stream``. The DLQ is read in pages of 1000 (XRANGE).
     """
-    c = _as_client(client)
+    c = as_client(client)
     name = dlq or c.dlq_stream(stream)
     flt = DLQFilter.of(
         filters,
