@@ -190,7 +190,12 @@ class ConsumerConfig(ConfigModel):
 
 @dataclass
 class RunStats:
-    """What one `Consumer.run` did."""
+    """What one `Consumer.run` did.
+
+    ``handled`` counts handler calls; ``failed`` those that raised. ``skipped`` counts entries
+    acked without a handler (replayed for another group); ``dead_lettered`` includes entries
+    that never reached a handler (undecodable, or past their attempts).
+    """
 
     handled: int = 0
     acked: int = 0
@@ -509,18 +514,18 @@ class Consumer:
         self._in_hand.pop(message_id, None)
         return self._settle([(message_id, ACK)]).acked
 
-    def nack_message(self, message_id: str, error: BaseException | None = None) -> Action:
+    def nack_message(self, message_id: str, error: BaseException | None = None) -> Action | None:
         """Report a failed message: it is retried after its backoff, or dead-lettered when its
         retries are spent.
 
-        Returns the action taken: RETRY, DEAD_LETTER, or SKIP when nothing was done because the
-        entry is no longer this consumer's (another consumer took it over meanwhile).
+        Returns the action taken, RETRY or DEAD_LETTER; None when nothing was done because
+        the entry is no longer this consumer's (another consumer took it over meanwhile).
         """
         msg = self._in_hand.pop(message_id, None) or self._fetch(message_id)
         decision = self._after_failure(error, msg)
         done = self._settle([(msg, decision)])
         if not (done.dead_lettered or done.retried):
-            return Action.SKIP
+            return None
         return decision.action
 
     def _fetch(self, message_id: str) -> StreamMessage:
@@ -719,7 +724,7 @@ class Consumer:
         """
         cfg = self.config
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
-        failed = 0
+        failed = ran = 0
         dog = self._watchdog
         if dog is not None:
             dog.hold(batch)
@@ -733,6 +738,7 @@ class Consumer:
                     handled = self._handle(msg, handler)
                     if handled is None:
                         break  # interrupted at shutdown: left pending
+                    ran += 1
                     decision = handled
                     if decision is ACK:
                         outcomes.append((msg.id, ACK))
@@ -743,7 +749,7 @@ class Consumer:
             if dog is not None:
                 # Renewed messages were last given to us then (see _settle's retry hand-over).
                 self._received.update(dog.release())
-            self.stats.handled += len(outcomes)
+            self.stats.handled += ran
             if failed:
                 self.stats.failed += failed
                 self.metrics.failed(*self._labels, failed)

@@ -78,7 +78,7 @@ class Decision:
     delay: float = 0.0
     error: BaseException | None = None
     error_type: str = ""
-    message: str = ""
+    error_text: str = ""
 
 
 HANDLE = Decision(Action.HANDLE)
@@ -97,7 +97,7 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
     if msg.event is None:
         err = msg.decode_error
         return Decision(
-            Action.DEAD_LETTER, error=err, error_type="DecodeError", message=str(err or "")
+            Action.DEAD_LETTER, error=err, error_type="DecodeError", error_text=str(err or "")
         )
     if ReplayMarker.present(msg.fields):
         marker = ReplayMarker.from_fields(msg.fields)
@@ -107,7 +107,7 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
         return Decision(
             Action.DEAD_LETTER,
             error_type="ConsumerDied",
-            message=f"delivery {msg.delivery_count} is past the {max_retries + 1} attempts "
+            error_text=f"delivery {msg.delivery_count} is past the {max_retries + 1} attempts "
             "allowed: the consumers last holding it died or hung before settling it",
         )
     return HANDLE
@@ -125,11 +125,11 @@ def after_failure(
     error_type = type(error).__name__ if error is not None else "Nack"
     text = str(error) if error is not None else "negatively acknowledged"
     if isinstance(error, Reject) or delivery_count > max_retries:
-        return Decision(Action.DEAD_LETTER, error=error, error_type=error_type, message=text)
+        return Decision(Action.DEAD_LETTER, error=error, error_type=error_type, error_text=text)
     delay = compute_backoff(delivery_count, backoff)
     if isinstance(error, Retry) and error.delay is not None:
         delay = max(error.delay, 0.0)
-    return Decision(Action.RETRY, delay=delay, error=error, error_type=error_type, message=text)
+    return Decision(Action.RETRY, delay=delay, error=error, error_type=error_type, error_text=text)
 
 
 def max_delay(max_retries: int, backoff: Backoff) -> float:
@@ -245,7 +245,7 @@ def failure_record(
     ):
         trace = "".join(traceback.format_exception(error))[-traceback_limit:]
     return Failure(
-        error=decision.message,
+        error=decision.error_text,
         error_type=decision.error_type,
         traceback=trace,
         attempts=msg.delivery_count,

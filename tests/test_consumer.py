@@ -513,7 +513,7 @@ def test_a_late_nack_does_not_take_back_a_message_another_consumer_took_over(
     time.sleep(0.05)
     r.xclaim(stream_name, "g", "rescuer", 0, [entry])  # the takeover, just now
 
-    assert slow.nack_message(msg.id, ValueError("late")) is Action.SKIP
+    assert slow.nack_message(msg.id, ValueError("late")) is None
     [row] = r.xpending_range(stream_name, "g", "-", "+", 10)
     assert (row["consumer"], row["times_delivered"]) == (b"rescuer", 2)
     assert slow.stats.retried == 0
@@ -624,3 +624,34 @@ def test_a_wrong_password_stops_the_worker_instead_of_waiting_for_ever(redis_url
     with pytest.raises(redis.AuthenticationError):
         Consumer(client, cfg).run(lambda m: None, burst=True, handle_signals=False)
     assert time.monotonic() - started < 30  # at once; 30 s is a wide margin for a slow CI
+
+
+def test_run_stats_count_handler_calls_apart_from_entries_no_handler_saw(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    r = streams_client.redis
+    streams_client.add_many(stream_name, [StreamEvent(event_type="push", payload={})] * 3)
+    r.xadd(stream_name, {"event_type": b"push", "payload": b"{not json"})  # undecodable
+    marker = ReplayMarker(
+        replay_id="00000000-0000-4000-8000-000000000000",
+        source_id="1-0",
+        count=1,
+        replayed_at=datetime.now(UTC),
+        group="another-group",
+    )
+    event = encode_event(StreamEvent(event_type="push", payload={}))
+    r.xadd(stream_name, {**event, **marker.to_fields()})  # replayed for another group
+    calls: list[str] = []
+
+    def fail_first(msg: StreamMessage) -> None:
+        calls.append(msg.id)
+        if len(calls) == 1:
+            raise Reject("no")
+
+    stats = Consumer(streams_client, config(stream_name)).run(
+        fail_first, burst=True, handle_signals=False
+    )
+    assert stats.handled == len(calls) == 3
+    assert (stats.failed, stats.skipped, stats.dead_lettered) == (1, 1, 2)
+    assert stats.acked == 2  # the skipped one is acked too, but counted as skipped
+    assert r.xpending(stream_name, "g")["pending"] == 0

@@ -65,7 +65,7 @@ def test_failures_retry_until_max_retries_then_dead_letter() -> None:
     assert [a.action for a in actions] == [Action.RETRY] * 3 + [Action.DEAD_LETTER]
     assert [a.delay for a in actions[:3]] == [0.0, 1.0, 2.0]
     assert actions[3].error_type == "ValueError"
-    assert actions[3].message == "x"
+    assert actions[3].error_text == "x"
 
 
 def test_reject_dead_letters_at_once_and_retry_carries_its_delay() -> None:
@@ -82,8 +82,8 @@ def test_before_handler_dead_letters_undecodable_entries() -> None:
     decision = before_handler(msg, "g", 3)
     assert decision.action is Action.DEAD_LETTER
     assert decision.error_type == "DecodeError"
-    assert "payload" in decision.message
-    assert "1-0" in decision.message
+    assert "payload" in decision.error_text
+    assert "1-0" in decision.error_text
 
 
 def marker_fields(group: str = "other", **changes: str) -> dict[str, bytes]:

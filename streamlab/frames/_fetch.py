@@ -18,10 +18,10 @@ from streamlab.client import ClientLike, as_client, translate_errors
 from streamlab.ids import parse_id
 from streamlab.records import PendingEntry, pending_entries
 
-__all__ = ["Fetcher", "RawEntry", "fetcher"]
+__all__ = ["Fetcher", "FlatEntry", "fetcher"]
 
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
-RawEntry = Sequence[Any]
+FlatEntry = Sequence[Any]
 PAGE_SIZE = 2_000
 _RAW_COMMANDS = ("XRANGE", "XPENDING")
 
@@ -43,7 +43,7 @@ class Fetcher:
             for command in _RAW_COMMANDS:
                 self._raw.set_response_callback(command, _identity)
 
-    def xrange(self, stream: str, start: Any, end: Any, count: int) -> list[RawEntry]:
+    def xrange(self, stream: str, start: Any, end: Any, count: int) -> list[FlatEntry]:
         """One XRANGE page as raw entries."""
         with translate_errors(stream):
             if self._raw is not None:
@@ -61,7 +61,7 @@ class Fetcher:
         end: str = "+",
         limit: int | None = None,
         page_size: int = PAGE_SIZE,
-    ) -> Iterator[list[RawEntry]]:
+    ) -> Iterator[list[FlatEntry]]:
         """XRANGE pages from ``start`` to ``end`` (ids), at most ``limit`` entries in all.
 
         Each next page starts after the last id seen (``(id``), so entries added or trimmed
@@ -108,7 +108,7 @@ class Fetcher:
 
     def _pages_sequential(
         self, stream: str, start: str, end: str, limit: int | None, page_size: int
-    ) -> Iterator[list[RawEntry]]:
+    ) -> Iterator[list[FlatEntry]]:
         lo: str | bytes = start
         remaining = limit
         while remaining is None or remaining > 0:
