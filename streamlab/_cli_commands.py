@@ -466,6 +466,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_replays(args: argparse.Namespace) -> int:
+    from streamlab.ids import entry_time
     from streamlab.keys import ledger_key
     from streamlab.replay import replay_outcome
 
@@ -477,11 +478,11 @@ def cmd_replays(args: argparse.Namespace) -> int:
         name = key.decode() if isinstance(key, bytes) else key
         replay_id = name[len(prefix) :]
         first = next(iter(client.redis.hscan_iter(name, count=1)), None)
-        when = None
-        if first is not None:
-            new_id = first[1].split(b"\n", 1)[0].decode()
-            when = pd.Timestamp(int(new_id.split("-")[0]), unit="ms", tz="UTC")
-        states = replay_outcome(client, args.stream, replay_id)["state"].value_counts()
+        if first is None:
+            continue  # expired between SCAN and HSCAN
+        when = entry_time(first[1].split(b"\n", 1)[0])
+        outcome = replay_outcome(client, args.stream, replay_id, dlq=dlq)
+        states = outcome["state"].value_counts()
         runs.append({"replay_id": replay_id, "when": when,
                      "events": int(client.redis.hlen(name)),
                      **{str(k): int(v) for k, v in states.items() if v}})  # fmt: skip

@@ -221,13 +221,7 @@ def _report(report: Any, as_json: bool) -> None:
 def cmd_outcome(args: argparse.Namespace) -> int:
     from streamlab.replay import replay_outcome
 
-    frame = replay_outcome(_client(args), args.stream, args.replay_id)
-    if frame.empty:
-        raise RunFailed(
-            f"no replay run {args.replay_id!r} found for stream {args.stream!r}: the id is "
-            "wrong, the run replayed nothing, or its ledger expired (ledger_ttl) and its "
-            "events are no longer in the stream"
-        )
+    frame = replay_outcome(_client(args), args.stream, args.replay_id, dlq=args.dlq)
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:

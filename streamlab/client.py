@@ -39,6 +39,7 @@ from streamlab.events import (
     decode_message,
     encode_event,
 )
+from streamlab.ids import Bound, id_range
 from streamlab.keys import dlq_key, is_cluster
 from streamlab.metrics import Metrics
 from streamlab.records import StreamInfo, group_infos
@@ -316,7 +317,12 @@ class StreamsClient(Protocol):
         ...
 
     def add_many(
-        self, stream: str, events: Iterable[StreamEvent | Fields], *, maxlen: int | None = None
+        self,
+        stream: str,
+        events: Iterable[StreamEvent | Fields],
+        *,
+        maxlen: int | None = None,
+        batch_size: int = 1000,
     ) -> list[str]:
         """Add events in pipelined batches; return their stream ids in order."""
         ...
@@ -333,6 +339,17 @@ class StreamsClient(Protocol):
         """Read new messages for ``consumer`` in ``group``."""
         ...
 
+    def read_entries(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int,
+        block: float | timedelta | None = None,
+    ) -> list[RawEntry]:
+        """`read_from_stream` without decoding (the consumer's hot path)."""
+        ...
+
     def ack_message(self, stream: str, group: str, message_id: str) -> int:
         """Acknowledge one message; return how many were acked (0 or 1)."""
         ...
@@ -345,10 +362,39 @@ class StreamsClient(Protocol):
         """Create ``group`` (and the stream) if missing; return True when created."""
         ...
 
-    def read_dlq(
-        self, stream: str, *, start: str = "-", count: int | None = None
+    def ack_many(self, stream: str, group: str, message_ids: Sequence[str]) -> int:
+        """Acknowledge messages in one call; return how many were pending."""
+        ...
+
+    def dlq_stream(self, stream: str) -> str:
+        """The DLQ stream name of ``stream`` (this client's routing)."""
+        ...
+
+    def message(self, stream: str, entry_id: str, delivery_count: int = 1) -> StreamMessage | None:
+        """One entry by id, or None when it is not in the stream."""
+        ...
+
+    def range(
+        self,
+        stream: str,
+        since: Bound | None = None,
+        until: Bound | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[StreamMessage]:
-        """Read the DLQ of ``stream`` from ``start`` (oldest first)."""
+        """Entries of ``stream`` from ``since`` to ``until``, oldest first."""
+        ...
+
+    def read_dlq(
+        self,
+        stream: str,
+        *,
+        dlq: str | None = None,
+        since: Bound | None = None,
+        until: Bound | None = None,
+        limit: int | None = None,
+    ) -> list[StreamMessage]:
+        """The DLQ entries of ``stream``, oldest first."""
         ...
 
 
@@ -670,24 +716,40 @@ class RedisStreamsClient:
         )
 
     def range(
-        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+        self,
+        stream: str,
+        since: Bound | None = None,
+        until: Bound | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[StreamMessage]:
-        """Entries of ``stream`` between ``start`` and ``end`` (XRANGE), decoded."""
+        """Entries of ``stream`` from ``since`` to ``until`` (inclusive), oldest first, decoded.
+
+        Each bound is an aware datetime, a timedelta (that long ago), a stream id or int
+        milliseconds since the epoch, as everywhere in streamlab; ``limit`` caps the count.
+        """
+        span = id_range(since, until)
+        if span is None or limit == 0:
+            return []
         with translate_errors(stream):
-            entries = self.redis.xrange(stream, start, end, count=count)
+            entries = self.redis.xrange(stream, *span, count=limit)
         return decode_entries(stream, entries)
 
     def read_dlq(
-        self, stream: str, *, start: str = "-", count: int | None = None
+        self,
+        stream: str,
+        *,
+        dlq: str | None = None,
+        since: Bound | None = None,
+        until: Bound | None = None,
+        limit: int | None = None,
     ) -> list[StreamMessage]:
-        """Read the DLQ of ``stream``, oldest first, from ``start`` (inclusive).
+        """The DLQ entries of ``stream`` (`range` of its DLQ: this client's routing, or ``dlq``).
 
-        ``start`` is a stream id or ``"-"``. The seed passed ``"$"``, which means "only newer
-        entries" and so reads nothing from XRANGE; it is taken as ``"-"`` here.
+        The seed took ``start="$"``, which XRANGE reads as nothing; here no ``since`` means
+        the oldest entry.
         """
-        if start in ("$", "0", ""):
-            start = "-"
-        return self.range(self.dlq_stream(stream), start, "+", count)
+        return self.range(dlq or self.dlq_stream(stream), since, until, limit=limit)
 
     def message(self, stream: str, entry_id: str, delivery_count: int = 1) -> StreamMessage | None:
         """One entry by id, or None when it is not in the stream."""

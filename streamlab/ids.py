@@ -23,7 +23,8 @@ from streamlab.errors import ArgumentError
 
 __all__ = ["MAX_ID", "Bound", "bound", "entry_time", "id_range", "id_text", "parse_id"]
 
-Bound: TypeAlias = datetime | timedelta | str | int
+# A stream id may come as redis-py returns it (bytes).
+Bound: TypeAlias = datetime | timedelta | str | bytes | int
 StreamId: TypeAlias = tuple[int, int]
 
 _MAX = 2**64 - 1
@@ -79,8 +80,9 @@ def bound(value: Bound, name: str, *, upper: bool) -> StreamId:
         if not 0 <= value <= _MAX:
             raise ArgumentError(f"{name}: {value} is out of range: milliseconds are 0 to 2**64-1")
         ms = value
-    elif isinstance(value, str):
-        text = value.strip()
+    elif isinstance(value, str | bytes):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        text = text.strip()
         if text in ("-", "+"):
             return MAX_ID if text == "+" else (0, 0)
         if _ID.fullmatch(text):

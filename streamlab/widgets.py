@@ -295,7 +295,7 @@ class DLQBrowser:
 
     def _describe(self) -> str:
         text = self._filter.describe()
-        bounds = [f"{k}={v}" for k, v in (("since", self._since), ("until", self._until)) if v]
+        bounds = [f"{k}={v!s}" for k, v in (("since", self._since), ("until", self._until)) if v]
         return ", ".join([text, *bounds]) if bounds else text
 
     def _show_table(self) -> None:

@@ -463,7 +463,7 @@ def test_unknown_replay_id_and_a_replay_where_every_event_fails_exit_1(
     for event in sample_events(3):
         r.xadd(dlq, {**encode_event(event), **failure.to_fields()})
     run = streamlab("outcome", stream_name, "no-such-run", "--url", redis_url)
-    assert_one_line_error(run, 1, "no replay run 'no-such-run' found")
+    assert_one_line_error(run, 1, "no replay run 'no-such-run' of DLQ")
 
     target = f"{stream_name}:not-a-stream"
     r.set(target, "x")

@@ -3,6 +3,7 @@ producing and decoding."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import pytest
 import redis
 from clientlike import CALLS
 
-from streamlab.client import RedisStreamsClient
+from streamlab.client import RedisStreamsClient, StreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.errors import EncodeError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import AuthContext, StreamEvent, StreamMessage, decode_event, encode_event
@@ -303,3 +304,33 @@ def test_any_other_client_is_a_type_error_naming_it(
     pipe = redis.Redis.from_url(redis_url).pipeline()
     with pytest.raises(TypeError, match=r"not redis\.client\.Pipeline"):
         CALLS[call](pipe, stream_name, tmp_path)
+
+
+def test_the_streams_client_protocol_is_what_redis_streams_client_offers() -> None:
+    members = [n for n in vars(StreamsClient) if not n.startswith("_")]
+    assert {"read_entries", "ack_many", "dlq_stream", "range", "read_dlq"} <= set(members)
+    for name in members:
+        want = inspect.signature(getattr(StreamsClient, name))
+        assert inspect.signature(getattr(RedisStreamsClient, name)) == want, name
+    assert isinstance(RedisStreamsClient(redis.Redis()), StreamsClient)
+
+
+def test_range_and_read_dlq_take_since_until_and_limit(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    ids = streams_client.add_many(stream_name, [StreamEvent(event_type="push")] * 5)
+    assert [m.id for m in streams_client.range(stream_name, ids[1], ids[3])] == ids[1:4]
+    assert [m.id for m in streams_client.range(stream_name, since=ids[2], limit=2)] == ids[2:4]
+    assert [m.id for m in streams_client.range(stream_name, since=timedelta(hours=1))] == ids
+    assert streams_client.range(stream_name, until=0) == []
+    assert streams_client.range(stream_name, ids[3], ids[1]) == []
+    # The DLQ: the client's routing, or the one given.
+    r = streams_client.redis
+    for name in (f"{stream_name}_dlq", f"{stream_name}:other"):
+        r.xadd(name, {"event_type": b"push", "payload": b"{}", "dlq_error": name.encode()})
+    [routed] = streams_client.read_dlq(stream_name, since=timedelta(minutes=5), limit=5)
+    [other] = streams_client.read_dlq(stream_name, dlq=f"{stream_name}:other")
+    assert routed.stream == f"{stream_name}_dlq"
+    assert other.stream == f"{stream_name}:other"
+    with pytest.raises(ValueError, match="since: 'soon' is neither"):
+        streams_client.read_dlq(stream_name, since="soon")

@@ -17,7 +17,7 @@ import redis
 from test_replay_helpers import dlq_fields, fill_dlq
 
 from streamlab.client import RedisStreamsClient, connect
-from streamlab.errors import ArgumentError, ConfigError, MissingDependencyError
+from streamlab.errors import ArgumentError, ConfigError, MissingDependencyError, NotFoundError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.records import DLQ_FIELDS, Failure
 from streamlab.replay import (
@@ -553,7 +553,9 @@ def test_replay_outcome_states(streams_client: Client, stream_name: str) -> None
     r.delete(ledger_key(streams_client.dlq_stream(stream_name), report.replay_id))
     scanned = replay_outcome(streams_client, stream_name, report.replay_id)
     assert scanned["state"].tolist()[:4] == ["acked", "dead_lettered", "pending", "waiting"]
-    assert replay_outcome(streams_client, stream_name, "no-such-run").empty
+    with pytest.raises(NotFoundError, match="no replay run 'no-such-run' of DLQ") as caught:
+        replay_outcome(streams_client, stream_name, "no-such-run")
+    assert isinstance(caught.value, KeyError)
 
 
 def test_try_handler_writes_nothing(streams_client: Client, stream_name: str) -> None:

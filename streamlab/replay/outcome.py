@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streamlab.client import ClientLike, RedisStreamsClient, acl_errors, as_client
+from streamlab.errors import NotFoundError
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
 from streamlab.records import PendingEntry, ReplayMarker, group_infos
@@ -40,6 +41,7 @@ def replay_outcome(
     stream: str,
     replay_id: str,
     *,
+    dlq: str | None = None,
     targets: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """What became of the events replay run ``replay_id`` injected from the DLQ of ``stream``.
@@ -62,14 +64,24 @@ def replay_outcome(
     The events come from the run's ledger (``<dlq>:replay:<replay_id>``). Once it has expired
     (``ledger_ttl``), the target streams are scanned for entries whose complete `ReplayMarker`
     names ``replay_id``:
-    ``stream`` itself, or the ``targets`` given.
+    ``stream`` itself, or the ``targets`` given. ``dlq`` is the DLQ the run read (default:
+    the client's routing of ``stream``).
+
+    A run of which neither trace is left (a wrong id, a run that replayed nothing, or an
+    expired ledger whose events are gone) raises `streamlab.errors.NotFoundError`.
     """
     c = as_client(client)
-    dlq = c.dlq_stream(stream)
+    dlq = dlq or c.dlq_stream(stream)
     with acl_errors():
         injected = _ledger(c.redis, ledger_key(dlq, replay_id))
         if not injected:
             injected = _scan_for_run(c.redis, targets or [stream], replay_id)
+        if not injected:
+            raise NotFoundError(
+                f"no replay run {replay_id!r} of DLQ {dlq!r}: the id is wrong, the run "
+                "replayed nothing, or its ledger expired (ledger_ttl) and its events are no "
+                f"longer in {', '.join(map(repr, targets or [stream]))}"
+            )
         by_target: dict[str, list[_Injected]] = {}
         for dlq_id, (new_id, dest, group) in injected.items():
             by_target.setdefault(dest, []).append((dlq_id, new_id, group))
