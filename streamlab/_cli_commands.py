@@ -153,7 +153,7 @@ def cmd_consumers(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from streamlab.config import parse_duration
+    from streamlab.durations import parse_duration
     from streamlab.frames import pending_to_dataframe
 
     min_idle = parse_duration(args.min_idle) if args.min_idle else None
@@ -314,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_claim(args: argparse.Namespace) -> int:
     from streamlab.cli import UsageError
     from streamlab.client import translate_errors
-    from streamlab.config import parse_duration
+    from streamlab.durations import parse_duration
 
     if bool(args.ids) == args.all:
         raise UsageError("give entry ids or --all (not both)")

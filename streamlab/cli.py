@@ -114,7 +114,7 @@ def _when(value: str | None) -> Any:
     """
     if value is None or value.strip().isdigit():
         return value
-    from streamlab.config import parse_duration
+    from streamlab.durations import parse_duration
 
     try:
         return parse_duration(value)
