@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -46,15 +45,6 @@ class UsageError(StreamlabError):
 
 class RunFailed(StreamlabError):
     """The command ran and its work failed; the message says why (exit code 1)."""
-
-
-def _print(data: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, default=str))
-        return
-    rows = data if isinstance(data, list) else [data]
-    for row in rows:
-        print("  ".join(f"{k}={v}" for k, v in row.items()))
 
 
 def _url(args: argparse.Namespace) -> str | None:
@@ -95,14 +85,21 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from streamlab._cli_commands import dump, print_frame, say
+
     info = _client(args).get_stream_info(args.stream)
-    data = dataclasses.asdict(info)
     if args.json:
-        _print(data, True)
+        dump(dataclasses.asdict(info))
         return 0
-    print(f"{info.stream}: {info.length} entries, first {info.first_id}, last {info.last_id}")
-    for group in info.groups:
-        _print(dataclasses.asdict(group), False)
+    say(f"{info.stream}: {info.length:,} entries, first {info.first_id}, last {info.last_id}")
+    if not info.groups:
+        say("no consumer groups")
+        return 0
+    groups = pd.DataFrame([dataclasses.asdict(g) for g in info.groups])
+    cols = ["name", "consumers", "pending", "lag", "entries_read", "last_delivered_id"]
+    print_frame(groups.rename(columns={"name": "group"}), ["group", *cols[1:]])
     return 0
 
 
@@ -134,23 +131,11 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Select, dry-run, confirm, replay; Ctrl-C stops between batches (exit code 130)."""
+    from streamlab._cli_commands import filter_kwargs
     from streamlab.replay import replay_dlq, select_dlq
 
     client = _client(args)
-    selection = select_dlq(
-        client,
-        args.stream,
-        event_type=args.event_type,
-        tenant_id=args.tenant_id,
-        repository=args.repository,
-        error_type=args.error_type,
-        error_signature=args.error_signature,
-        error_contains=args.error_contains,
-        since=_when(args.since),
-        until=_when(args.until),
-        ids=args.id,
-        limit=args.limit,
-    )
+    selection = select_dlq(client, args.stream, **filter_kwargs(args), limit=args.limit)
     options: dict[str, Any] = {
         "target": args.target,
         "keep_in_dlq": args.keep_in_dlq,
@@ -203,29 +188,40 @@ def _report(report: Any, as_json: bool) -> None:
     if not as_json:
         print(report)
         return
+    # Each outcome under its name (ids, or id -> reason), its size under the same name in
+    # "counts": the shape every --json document gives a list and its count.
+    outcomes = ("selected", "replayed", "skipped", "failed", "remaining")
     data = {
+        "stream": report.stream,
+        "dlq": report.dlq,
         "replay_id": report.replay_id,
         "dry_run": report.dry_run,
-        "selected": len(report.selected),
-        "replayed": report.replayed,
-        "skipped": report.skipped,
-        "failed": report.failed,
+        "counts": {name: len(getattr(report, name)) for name in outcomes},
+        **{name: getattr(report, name) for name in outcomes},
         "mapping": report.mapping,
         "cancelled": report.cancelled,
-        "remaining": report.remaining,
         "duration": report.duration.total_seconds(),
     }
-    _print(data, True)
+    from streamlab._cli_commands import dump
+
+    dump(data)
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
+    from streamlab._cli_commands import dump, print_frame, records
     from streamlab.replay import replay_outcome
 
     frame = replay_outcome(_client(args), args.stream, args.replay_id, dlq=args.dlq)
+    states = frame["state"].value_counts()
+    states = states[states > 0]
     if args.json:
-        print(frame.to_json(orient="records", date_format="iso", indent=2))
+        dump({"stream": args.stream, "replay_id": args.replay_id, "count": len(frame),
+              "states": {str(k): int(v) for k, v in states.items()},
+              "events": records(frame)})  # fmt: skip
     else:
-        print(frame["state"].value_counts().to_string())
+        title = f"replay {args.replay_id} of {args.stream}: {len(frame):,} events (per group)"
+        table = states.rename_axis("state").reset_index(name="events")
+        print_frame(table, ["state", "events"], title=title)
     return 0
 
 

@@ -90,6 +90,11 @@ def test_info_pending_and_dlq_commands(
     assert info["length"] == 5
     assert info["groups"][0]["pending"] == 2
     assert info["groups"][0]["lag"] == 3
+    text = streamlab("info", stream_name, "--url", redis_url).stdout.splitlines()
+    assert text[0].startswith(f"{stream_name}: 5 entries, first ")
+    assert text[1].split() == ["group", "consumers", "pending", "lag", "entries_read",
+                               "last_delivered_id"]  # fmt: skip
+    assert text[2].split()[:5] == ["g", "1", "2", "3", "2"]
 
     pending = json.loads(
         streamlab("pending", stream_name, "g", "--url", redis_url, "--json").stdout
@@ -158,7 +163,14 @@ def test_replay_command_dry_runs_asks_then_replays(
 
     outcome = streamlab("outcome", stream_name, done["replay_id"], "--url", redis_url, "--json")
     assert outcome.returncode == 0, outcome.stderr
-    assert len(json.loads(outcome.stdout)) == 3
+    doc = json.loads(outcome.stdout)
+    assert doc["count"] == len(doc["events"]) == 3
+    assert sum(doc["states"].values()) == 3
+    assert {e["id"] for e in doc["events"]} == set(done["replayed"])
+    assert done["counts"]["replayed"] == len(done["replayed"]) == 3
+    text = streamlab("outcome", stream_name, done["replay_id"], "--url", redis_url).stdout
+    assert text.splitlines()[0].endswith(": 3 events (per group)")
+    assert text.splitlines()[1].split() == ["state", "events"]
 
 
 def test_replay_command_time_bounds(
