@@ -2,7 +2,9 @@
 summaries, export, claim, trim, server, completion. `streamlab.cli` registers them.
 
 Tables go through rich: colour on a terminal, plain text when piped. ``--json`` prints one
-JSON document. Errors raise; `streamlab.cli.describe_error` turns them into one line.
+JSON document, named the same way everywhere: a list under its own name, ``count`` its
+length, ``total`` how many there are before ``--limit`` (``matching`` when a filter applies).
+Errors raise; `streamlab.cli.describe_error` turns them into one line.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     df = df.head(args.limit)
     cols = ["id", "consumer", "state", "idle", "deliveries", "event_type", "tenant_id"]
     if args.json:
-        dump({"stream": args.stream, "group": args.group, "count": total,
+        dump({"stream": args.stream, "group": args.group, "count": len(df), "total": total,
               "pending": records(df, cols)})  # fmt: skip
     elif df.empty:
         say(f"{args.stream} {args.group}: nothing pending")
@@ -258,8 +260,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         return 0
     shown = selected.head(args.limit)
     if args.json:
-        dump({"stream": args.stream, "count": len(selected), "total": total,
-              "entries": records(shown, [*DLQ_COLUMNS, "error"])})  # fmt: skip
+        dump({"stream": args.stream, "count": len(shown), "matching": len(selected),
+              "total": total, "entries": records(shown, [*DLQ_COLUMNS, "error"])})  # fmt: skip
     elif shown.empty:
         say(f"{args.stream}: no dead letters" + (" match" if total else ""))
     else:

@@ -64,6 +64,12 @@ def test_a_killed_master_is_replaced_by_its_replica_and_comes_back_as_one() -> N
     with EmbeddedCluster(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
         client = cluster.client()
         client.set("{k}", "v")
+        # Replication is asynchronous: a kill right after the SET may beat it to the replica
+        # (seen on a busy machine); WAIT until the replica has it, so the test asks only
+        # whether the failover keeps what was replicated.
+        master = cluster.master_of("{k}").client()
+        assert master.wait(1, 10_000) == 1, "the replica did not get the write in 10 s"
+        master.close()
         old = cluster.kill_master_of("{k}")
         assert old.pid is None
         new = cluster.wait_failover("{k}", timeout=30)
