@@ -196,7 +196,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from streamlab.errors import StreamlabError
+    from streamlab.errors import NotFoundError
     from streamlab.frames import dlq_to_dataframe, stream_to_dataframe
 
     client = _client(args)
@@ -207,24 +207,25 @@ def cmd_show(args: argparse.Namespace) -> int:
                               limit=1)  # fmt: skip
         where = args.dlq or client.dlq_stream(args.stream)
     if df.empty:
-        raise StreamlabError(f"no entry {args.id} in {args.stream!r} or its DLQ")
+        raise NotFoundError(f"no entry {args.id} in {args.stream!r} or its DLQ")
     row = records(df)[0]
     row = {k: v for k, v in row.items() if v is not None and not k.startswith("_")}
     if args.json:
         dump({"stream": where, **row})
         return 0
-    payload = row.pop("payload", None)
+    # The JSON documents get a section each, pretty-printed, after the one-line fields.
+    documents = {name: row.pop(name) for name in ("auth_context", "payload") if name in row}
     traceback = row.pop("traceback", None)
     say(f"{where} {row.pop('id')}")
     width = max(len(k) for k in row) if row else 0
     for key, value in row.items():
         say(f"  {key:<{width}}  {value}")
-    if payload:
-        say("payload:")
+    for name, text in documents.items():
+        say(f"{name}:")
         try:
-            say(json.dumps(json.loads(payload), indent=2))
+            say(json.dumps(json.loads(text), indent=2))
         except ValueError:
-            say(str(payload))
+            say(str(text))
     if traceback:
         say("traceback:")
         say(str(traceback))
@@ -309,7 +310,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         dump({"stream": args.stream, "dlq": args.from_dlq, "count": count, "path": target})
     else:
-        say(f"exported {count} entries to {target}")
+        say(f"exported {count:,} entries to {target}")
     return 0
 
 
@@ -495,7 +496,8 @@ def cmd_replays(args: argparse.Namespace) -> int:
     elif df.empty:
         say(f"{args.stream}: no replay runs (or their ledgers expired)")
     else:
-        print_frame(df, list(df.columns), title=f"{args.stream}: {len(df)} replay runs")
+        runs = "1 replay run" if len(df) == 1 else f"{len(df)} replay runs"
+        print_frame(df, list(df.columns), title=f"{args.stream}: {runs}")
     return 0
 
 
