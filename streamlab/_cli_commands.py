@@ -496,8 +496,8 @@ def cmd_replays(args: argparse.Namespace) -> int:
     elif df.empty:
         say(f"{args.stream}: no replay runs (or their ledgers expired)")
     else:
-        runs = "1 replay run" if len(df) == 1 else f"{len(df)} replay runs"
-        print_frame(df, list(df.columns), title=f"{args.stream}: {runs}")
+        heading = "1 replay run" if len(df) == 1 else f"{len(df)} replay runs"
+        print_frame(df, list(df.columns), title=f"{args.stream}: {heading}")
     return 0
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "ConsumerInfo",
     "Failure",
     "GroupInfo",
+    "MarkerStamp",
     "PendingEntry",
     "ReplayMarker",
     "StreamInfo",
@@ -179,7 +180,8 @@ class ReplayMarker:
     group: str = ""
 
     def to_fields(self) -> dict[str, str]:
-        """The marker's entry fields (the inverse of `from_fields`)."""
+        """The marker's entry fields (the inverse of `from_fields`); `MarkerStamp` gives the
+        same fields flattened to bytes."""
         return {
             _R_ID: self.replay_id,
             _R_OF: self.source_id,
@@ -222,6 +224,31 @@ class ReplayMarker:
     def present(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> bool:
         """Cheap first test: does the entry carry a marker's group field at all?"""
         return _R_GROUP in fields or _R_GROUP_B in fields
+
+
+class MarkerStamp:
+    """`ReplayMarker.to_fields` of one replay batch, flattened to bytes for its script calls.
+
+    Replay stamps every event it injects; building and validating a `ReplayMarker` model per
+    event cost more than the rest of the client's work. The run's id and the batch's time are
+    validated once, in the `ReplayMarker` built here; each event's fields then only vary in
+    ``source_id``, ``count`` and ``group``.
+    """
+
+    __slots__ = ("_at", "_names", "_run")
+
+    def __init__(self, replay_id: str, replayed_at: datetime) -> None:
+        template = ReplayMarker(
+            replay_id=replay_id, source_id="0-0", count=0, replayed_at=replayed_at
+        ).to_fields()
+        self._names = [name.encode() for name in template]
+        self._run = template[_R_ID].encode()
+        self._at = template[_R_AT].encode()
+
+    def fields(self, source_id: str, count: int, group: bytes) -> list[bytes]:
+        """The flat marker fields of one event (name, value, ...), in `to_fields` order."""
+        run, of, n, at, grp = self._names
+        return [run, self._run, of, source_id.encode(), n, b"%d" % count, at, self._at, grp, group]
 
 
 # -- replies -----------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from streamlab.events import StreamEvent, encode_event
-from streamlab.records import Failure
+from streamlab.records import Failure, MarkerStamp, ReplayMarker
 
 
 def dlq_fields(
@@ -52,3 +53,15 @@ def fill_dlq(r: redis.Redis, dlq: str, entries: list[dict[str, Any]]) -> list[st
     for fields in entries:
         pipe.xadd(dlq, fields)
     return [i.decode() for i in pipe.execute()]
+
+
+def test_a_marker_stamp_is_the_replay_markers_fields_flattened() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    run = "5f0c3a52-8a8e-4c59-9d62-0bd3f1d2b0a7"
+    stamp = MarkerStamp(run, at)
+    for group in ("", "billing", "grüppe"):
+        marker = ReplayMarker(run, "1700000000000-3", 2, at, group)
+        flat = [x.encode() for kv in marker.to_fields().items() for x in kv]
+        assert stamp.fields("1700000000000-3", 2, group.encode()) == flat
+        back = ReplayMarker.from_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert back == marker

@@ -22,7 +22,7 @@ What is written
 ---------------
 The original entry fields, byte for byte and in their order, minus the ``dlq_*`` failure
 fields and any earlier replay marker; ``retry_count`` set to ``0`` (added when missing); and
-the replay marker `streamlab.events.ReplayMarker`, fields `streamlab.events.REPLAY_FIELDS`:
+the replay marker `streamlab.records.ReplayMarker`, fields `streamlab.records.REPLAY_FIELDS`:
 ``streamlab:replay_id`` (the run), ``streamlab:replay_of`` (the DLQ entry id),
 ``streamlab:replay_count`` (the previous count + 1, so events cycling between the DLQ and the
 stream show up), ``streamlab:replayed_at`` (RFC 3339) and ``streamlab:replay_group`` (by

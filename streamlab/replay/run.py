@@ -19,7 +19,7 @@ from streamlab.client import ClientLike, RedisStreamsClient, as_client, permissi
 from streamlab.errors import ArgumentError
 from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
-from streamlab.records import ReplayMarker, valid_replay_id
+from streamlab.records import MarkerStamp, valid_replay_id
 from streamlab.replay._entries import _COUNT_FIELD, _Entry
 from streamlab.replay.selection import ReplaySelection, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES
@@ -220,20 +220,6 @@ class _Replayer:
             report.replay_id.encode(),
         ]
 
-    def stamp(self, plan: _Plan, now: datetime) -> list[bytes]:
-        """The flat fields of the plan's `ReplayMarker` (always complete: group '' = all)."""
-        marker = ReplayMarker(
-            replay_id=self.report.replay_id,
-            source_id=plan.entry.id,
-            count=plan.replay_count,
-            replayed_at=now,
-            group=(plan.group or b"").decode("utf-8", "surrogateescape"),
-        )
-        flat: list[bytes] = []
-        for name, value in marker.to_fields().items():
-            flat += (name.encode(), value.encode("utf-8", "surrogateescape"))
-        return flat
-
     def run_batch(self, batch: Sequence[_Plan]) -> None:
         pipe = self.c.redis.pipeline(transaction=False)
         scripts = getattr(pipe, "scripts", None)
@@ -243,11 +229,12 @@ class _Replayer:
             self.c.redis.script_load(self.script.script)  # cluster pipeline: load it once
             self.loaded = True
         sha, dlq, tail, head = self.script.sha, self.report.dlq, self.keys_tail, self.head
-        now = datetime.now(UTC)
+        stamp = MarkerStamp(self.report.replay_id, datetime.now(UTC))
         keys = [dlq, "", *tail]
         apart: dict[int, tuple[_Plan, list[bytes]]] = {}
         for i, plan in enumerate(batch):
-            fields = [*plan.entry.original(), *self.stamp(plan, now)]
+            marker = stamp.fields(plan.entry.id, plan.replay_count, plan.group or b"")
+            fields = [*plan.entry.original(), *marker]
             if len(fields) > LUA_MAX_VALUES:
                 apart[i] = plan, fields  # too many for Lua: a transaction of its own, below
                 continue
