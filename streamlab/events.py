@@ -406,6 +406,22 @@ def _field_name(key: bytes | str) -> str:
     return name
 
 
+_LAYOUTS: dict[tuple[bytes | str, ...], tuple[str, ...]] = {}
+_LAYOUTS_MAX = 1024
+
+
+def _named(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """``raw`` with its names as text. Entries of one producer share a layout (the same
+    names in the same order): its names are decoded once and reused (a bounded cache)."""
+    layout = tuple(raw)
+    names = _LAYOUTS.get(layout)
+    if names is None:
+        names = tuple(_field_name(k) for k in layout)
+        if len(_LAYOUTS) < _LAYOUTS_MAX:
+            _LAYOUTS[layout] = names
+    return dict(zip(names, raw.values(), strict=True))
+
+
 def decode_message(
     stream: str,
     entry_id: bytes | str,
@@ -414,7 +430,7 @@ def decode_message(
 ) -> StreamMessage:
     """Build a `StreamMessage` from a raw redis-py entry, never raising on bad content."""
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    fields = {_field_name(k): v for k, v in (raw_fields or {}).items()}
+    fields = _named(raw_fields) if raw_fields else {}
     try:
         event = decode_event(fields, entry_id=eid, extra_retries=max(delivery_count - 1, 0))
     except DecodeError as exc:
