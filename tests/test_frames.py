@@ -610,6 +610,26 @@ def test_parquet_later_fields_and_empty(
     assert list(read_parquet(empty).columns) == BASE
 
 
+def test_parquet_export_of_chosen_ids(
+    redis_client: redis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    ids = [redis_client.xadd(stream_name, {"event_type": "a", "n": str(i)}).decode()
+           for i in range(12)]  # fmt: skip
+    chosen = [ids[2], ids[5], ids[9]]
+    path = tmp_path / "chosen.parquet"
+    # Within the ids' span the others are skipped; the caller's bounds still apply.
+    assert export_parquet(redis_client, stream_name, path, ids=[*chosen, "1-0"]) == 3
+    back = read_parquet(path)
+    assert back["id"].tolist() == chosen
+    whole = stream_to_dataframe(redis_client, stream_name)
+    pd.testing.assert_frame_equal(back, whole[whole["id"].isin(chosen)].reset_index(drop=True))
+    assert export_parquet(redis_client, stream_name, path, ids=chosen, since=ids[3]) == 2
+    assert export_parquet(redis_client, stream_name, path, ids=[]) == 0
+    assert len(pd.read_parquet(path)) == 0
+    with pytest.raises(ArgumentError):
+        export_parquet(redis_client, stream_name, path, ids=ids[0])
+
+
 def test_progress_bar(
     redis_client: redis.Redis,
     stream_name: str,

@@ -24,7 +24,7 @@ from streamlab.frames._build import (
 )
 from streamlab.frames._fetch import PAGE_SIZE, fetcher
 from streamlab.frames.stream import dlq_builder, read_pages, stream_builder, with_signatures
-from streamlab.ids import Bound
+from streamlab.ids import Bound, StreamId, bound, id_text, parse_id
 
 __all__ = ["RAW_TYPE", "export_parquet", "read_parquet"]
 
@@ -96,6 +96,7 @@ def export_parquet(
     since: Bound | None = None,
     until: Bound | None = None,
     limit: int | None = None,
+    ids: Iterable[str] | None = None,
     payload_fields: Iterable[str] | None = None,
     chunk_rows: int = 100_000,
     compression: str = "zstd",
@@ -116,9 +117,25 @@ def export_parquet(
     names it), rows as `dlq_to_dataframe` makes them: failure fields without their ``dlq_``
     prefix and ``error_signature``, so that ``dlq_summary(read_parquet(path))`` works on the
     copy. ``since`` / ``until`` then bound when the entries were dead-lettered.
+
+    ``ids`` writes only the entries with those ids (a filtered selection, such as
+    `select_dlq`'s ``ids``): the range read is narrowed to their span, other entries in it are
+    skipped (``limit`` then caps the entries read), and ids no longer in the stream are not
+    written: the file's ``id`` column says which were.
     """
     if not isinstance(dlq, (bool, str)):
         raise ArgumentError(f"dlq: must be True, False or a DLQ stream name, got {dlq!r}")
+    wanted: frozenset[str] | None = None
+    if ids is not None:
+        if isinstance(ids, (str, bytes)):
+            raise ArgumentError(f"ids: expected a list of entry ids, got {ids!r}")
+        parsed = sorted({parse_id(i, "ids") for i in ids})
+        wanted = frozenset(id_text(p) for p in parsed)
+        if parsed:
+            # Only the span of the ids is read; the caller's bounds still apply within it.
+            since, until = _narrowed(since, until, parsed[0], parsed[-1])
+        else:
+            limit = 0
     source = fetcher(client)
     if dlq is False:
         builder, finish = stream_builder(payload_fields, paths_as_json=True), _same
@@ -145,7 +162,8 @@ def export_parquet(
     )  # fmt: skip
     try:
         for page in pages:
-            builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
+            kept = page if wanted is None else [e for e in page if _text_id(e[0]) in wanted]
+            builder.add([entry[0] for entry in kept], [entry[1] or () for entry in kept])
             if builder.rows >= chunk_rows:
                 flush()
         if builder.rows or writer is None:
@@ -158,6 +176,19 @@ def export_parquet(
 
 def _same(df: pd.DataFrame) -> pd.DataFrame:
     return df
+
+
+def _text_id(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _narrowed(
+    since: Bound | None, until: Bound | None, first: StreamId, last: StreamId
+) -> tuple[str, str]:
+    """The caller's bounds narrowed to ``first`` .. ``last`` (the span of the ids asked for)."""
+    lo = first if since is None else max(first, bound(since, "since", upper=False))
+    hi = last if until is None else min(last, bound(until, "until", upper=True))
+    return id_text(lo), id_text(hi)
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
