@@ -10,6 +10,7 @@ Errors raise; `streamlab.cli.describe_error` turns them into one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -501,33 +502,97 @@ def cmd_replays(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_archive(df: pd.DataFrame, path: str) -> None:
-    """Write ``df`` to ``path`` completely (a temporary file renamed into place)."""
+ARCHIVE_KINDS = (".parquet", ".jsonl")
+
+
+def _fsync_folder(path: str) -> None:
     import os
 
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens folders; the file itself is already synced
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_archive(client: Any, stream: str, dlq: str, ids: list[str], path: str) -> list[str]:
+    """Write the dead letters ``ids`` to ``path`` as the DLQ frame (`dlq_to_dataframe`'s
+    columns), and return the ids the file holds, read back from it.
+
+    Parquet goes through `export_parquet` (``pd.read_parquet`` and `read_parquet` read it
+    back), JSON lines one row per entry. The file is written under a temporary name, fsynced,
+    then renamed into place and its folder fsynced: when this returns the archive is complete
+    on disk, and when it raises there is no archive file, only the error.
+    """
+    import os
+
+    from streamlab.frames import dlq_to_dataframe, export_parquet
+
     tmp = f"{path}.partial"
-    df = df.drop(columns=[c for c in ("_raw",) if c in df.columns])
-    if path.endswith(".parquet"):
-        df.to_parquet(tmp)
-    else:
-        df.to_json(tmp, orient="records", lines=True, date_format="iso")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        if path.endswith(".parquet"):
+            export_parquet(client, stream, tmp, dlq=dlq, ids=ids)
+            import pyarrow.parquet as pq
+
+            written = [str(i) for i in pq.read_table(tmp, columns=["id"]).column("id").to_pylist()]
+        else:
+            first, last = ids[0], ids[-1]  # oldest first, as select_dlq gives them
+            df = dlq_to_dataframe(client, stream, dlq=dlq, since=first, until=last)
+            df = df[df["id"].isin(ids)].drop(columns=["_raw"], errors="ignore")
+            df.to_json(tmp, orient="records", lines=True, date_format="iso")
+            with open(tmp, encoding="utf-8") as fh:
+                written = [str(json.loads(line)["id"]) for line in fh if line.strip()]
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            from streamlab.cli import RunFailed
+
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise RunFailed(f"cannot write the archive {path}: {reason}; "
+                            "nothing was discarded") from exc  # fmt: skip
+        raise
+    _fsync_folder(path)
+    return written
+
+
+def _check_archive(path: str) -> None:
+    """Refuse an archive that cannot be written before anything is selected or asked."""
+    import os
+
+    from streamlab.cli import RunFailed, UsageError
+
+    if not path.endswith(ARCHIVE_KINDS):
+        raise UsageError(f"--archive {path}: the file must end with .parquet or .jsonl")
+    if os.path.lexists(path):
+        raise UsageError(f"--archive {path}: the file exists; refusing to overwrite an archive")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RunFailed(f"cannot write the archive {path}: no folder {folder}; "
+                        "nothing was discarded")  # fmt: skip
 
 
 def cmd_discard(args: argparse.Namespace) -> int:
-    """Archive (when asked) then XDEL the selected dead letters: the archive is complete on
-    disk before anything is deleted, so a failure part-way leaves every entry in one place."""
-    from streamlab.cli import UsageError, _confirm
+    """Archive (when asked) then XDEL the selected dead letters. The archive is complete on
+    disk (written, fsynced, renamed into place) before anything is deleted, and only the ids
+    read back from it are deleted: a failure part-way leaves every entry in one place."""
+    from streamlab.cli import _confirm
+    from streamlab.client import translate_errors
     from streamlab.replay import select_dlq
 
-    if args.archive and not args.archive.endswith((".parquet", ".jsonl")):
-        raise UsageError(f"--archive {args.archive}: the file must end with .parquet or .jsonl")
+    if args.archive:
+        _check_archive(args.archive)
     client = _client(args)
     selection = select_dlq(client, args.stream, dlq=args.dlq, **filter_kwargs(args))
     ids = selection.ids
-    dlq = args.dlq or client.dlq_stream(args.stream)
+    dlq = selection.dlq
     if args.dry_run or not ids:
         if args.json:
             dump({"stream": args.stream, "dlq": dlq, "dry_run": True, "count": len(ids),
@@ -542,10 +607,14 @@ def cmd_discard(args: argparse.Namespace) -> int:
             say("nothing discarded")
             return 1
     if args.archive:
-        _write_archive(selection.to_dataframe(), args.archive)
+        archived = set(_write_archive(client, args.stream, dlq, ids, args.archive))
+        # An entry gone from the DLQ since it was selected is in neither place: never delete
+        # what the archive does not hold.
+        ids = [i for i in ids if i in archived]
     removed = 0
-    for start in range(0, len(ids), 500):
-        removed += int(client.redis.xdel(dlq, *ids[start : start + 500]))
+    with translate_errors(dlq):
+        for start in range(0, len(ids), 500):
+            removed += int(client.redis.xdel(dlq, *ids[start : start + 500]))
     if args.json:
         dump({"stream": args.stream, "dlq": dlq, "dry_run": False, "count": removed,
               "archive": args.archive, "ids": ids})  # fmt: skip

@@ -621,3 +621,102 @@ def test_replays_lists_runs_and_discard_archives_before_deleting(
     assert set(archived["tenant_id"]) == {BUG_TENANT}
     bad = streamlab("discard", stream_name, "--archive", "x.csv", "--yes", *url)
     assert bad.returncode == 2
+
+
+def test_discard_archives_a_filtered_selection_as_the_dlq_frame_then_removes_it(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path
+) -> None:
+    import pandas as pd
+
+    from streamlab.frames import dlq_to_dataframe, read_parquet
+    from streamlab.incident import BUG_TENANT, seed_incident
+
+    seed_incident(streams_client, stream_name, events=300)
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    url = ("--url", redis_url)
+    frame = dlq_to_dataframe(streams_client, stream_name)
+    chosen = frame[(frame["tenant_id"] == BUG_TENANT) & (frame["error_type"] == "LookupError")]
+    assert 0 < len(chosen) < len(frame)
+    bug = ("--tenant-id", BUG_TENANT, "--error-type", "LookupError")
+
+    # An archive that cannot be written: one line, exit 1, and nothing removed.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for where in (blocker / "x.parquet", tmp_path / "no-such-folder" / "x.parquet",
+                  blocker / "x.jsonl"):  # fmt: skip
+        run = streamlab("discard", stream_name, *bug, "--archive", str(where), "--yes", *url)
+        assert_one_line_error(run, 1, "cannot write the archive", "nothing was discarded")
+        assert r.xlen(dlq) == len(frame)
+        assert not where.exists()
+        assert not list(tmp_path.glob("**/*.partial"))
+
+    archive = tmp_path / "gone.parquet"
+    run = streamlab("discard", stream_name, *bug, "--archive", str(archive), "--yes", *url,
+                    "--json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    done = json.loads(run.stdout)
+    removed = done["ids"]
+    assert removed == chosen["id"].tolist()
+    assert done["count"] == len(removed)
+    # The archive is the DLQ frame: pandas reads the same columns (plus export_parquet's
+    # _extra), streamlab's read_parquet gives back exactly what dlq_to_dataframe gave.
+    plain = pd.read_parquet(archive)
+    assert [c for c in plain.columns if c != "_extra"] == list(frame.columns)
+    assert plain["id"].tolist() == removed
+    back = read_parquet(archive)
+    pd.testing.assert_frame_equal(back, chosen.reset_index(drop=True), check_categorical=False)
+    left = {i.decode() for i, _ in r.xrange(dlq)}
+    assert left.isdisjoint(removed)
+    assert len(left) == len(frame) - len(removed)
+    assert not list(tmp_path.glob("*.partial"))
+
+    # An existing archive is never overwritten: exit 2, nothing removed.
+    again = streamlab("discard", stream_name, "--archive", str(archive), "--yes", *url)
+    assert_one_line_error(again, 2, "refusing to overwrite")
+    assert r.xlen(dlq) == len(left)
+    assert pd.read_parquet(archive)["id"].tolist() == removed
+
+    # JSON lines still work, with the DLQ frame's columns too.
+    lines = tmp_path / "timeouts.jsonl"
+    run = streamlab("discard", stream_name, "--error-type", "UpstreamTimeout", "--archive",
+                    str(lines), "--yes", *url)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert rows
+    assert {row["error_type"] for row in rows} == {"UpstreamTimeout"}
+    assert set(rows[0]) == set(frame.columns) - {"_raw"}
+    assert f"discarded {len(rows)} dead letters" in run.stdout
+    assert left - {i.decode() for i, _ in r.xrange(dlq)} == {row["id"] for row in rows}
+
+
+def test_discard_removes_nothing_when_the_archive_fails_part_way(
+    stream_name: str, redis_url: str, tmp_path, monkeypatch, capsys
+) -> None:
+    import errno
+
+    import streamlab.frames
+    from streamlab.cli import main
+    from streamlab.client import connect
+
+    streams_client = RedisStreamsClient(connect(redis_url))
+    dlq = streams_client.dlq_stream(stream_name)
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream_name)
+    for event in sample_events(5):
+        streams_client.redis.xadd(dlq, {**encode_event(event), **failure.to_fields()})
+    real = streamlab.frames.export_parquet
+
+    def disk_full(*args, **kwargs) -> int:
+        real(*args, **kwargs)  # the partial file is written, then the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(streamlab.frames, "export_parquet", disk_full)
+    archive = tmp_path / "x.parquet"
+    code = main(["discard", stream_name, "--archive", str(archive), "--yes", "--url", redis_url])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [f"streamlab: error: cannot write the archive {archive}: "
+                                "No space left on device; nothing was discarded"]  # fmt: skip
+    assert streams_client.redis.xlen(dlq) == 5
+    assert list(tmp_path.iterdir()) == []
+    streams_client.redis.close()
