@@ -20,13 +20,14 @@ from streamlab.records import Failure
 from streamlab.samples import sample_events
 
 
-def streamlab(*args: str) -> subprocess.CompletedProcess[str]:
+def streamlab(*args: str, cwd: os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamlab.cli", *args],
         capture_output=True,
         text=True,
         timeout=90,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -376,11 +377,12 @@ def password_server(private_server: EmbeddedServer) -> EmbeddedServer:
 
 
 def test_passwords_are_redacted_and_a_wrong_one_is_one_line(
-    password_server: EmbeddedServer,
+    password_server: EmbeddedServer, tmp_path
 ) -> None:
     port = password_server.port
     good = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
-    run = streamlab("demo", "--events", "60", "--url", good)
+    # In tmp_path: the demo writes its chart into the working folder (not the checkout's).
+    run = streamlab("demo", "--events", "60", "--url", good, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "s3cret-pw" not in run.stdout + run.stderr
     assert f"redis://:***@127.0.0.1:{port}/0" in run.stdout

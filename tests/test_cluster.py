@@ -214,7 +214,9 @@ def test_replay_dry_run_real_run_and_outcome(
     assert cluster_client.xlen(dlq_key(orders)) == len(bad)
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    url: str, *args: str, cwd: os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     return subprocess.run(
         [sys.executable, "-m", "streamlab.cli", *args, "--url", url],
@@ -223,6 +225,7 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env=env,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -327,8 +330,9 @@ def test_group_and_consumer_frames_and_lag_metric(client: RedisStreamsClient, or
     assert lag == len(ids) - 2
 
 
-def test_cli_demo_on_a_cluster(cluster: EmbeddedCluster) -> None:
-    done = cli(cluster.url, "demo", "--json")  # 3,000 events, some of them dead-lettered
+def test_cli_demo_on_a_cluster(cluster: EmbeddedCluster, tmp_path) -> None:
+    # 3,000 events, some of them dead-lettered; the chart goes to tmp_path, not the checkout.
+    done = cli(cluster.url, "demo", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["stream"] == "{webhook_events}"  # hash-tagged on a cluster
