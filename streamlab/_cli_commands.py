@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -391,54 +392,119 @@ def cmd_trim(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_server(args: argparse.Namespace) -> int:
+def wait_for_stop() -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM: a foreground command then stops cleanly, its
+    ``with`` blocks closing (an embedded server is stopped, never left orphaned)."""
+    import signal
     import threading
 
-    from streamlab.embedded import EmbeddedServer
+    from streamlab._signals import signals_set
 
     stop = threading.Event()
+    with signals_set(stop, signal.SIGINT, signal.SIGTERM):
+        while not stop.wait(3600):
+            pass
+
+
+def note(text: str) -> None:
+    """A status line on stderr, so that stdout keeps only what is meant to be pasted."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from streamlab.cli import RunFailed
+    from streamlab.embedded import EmbeddedServer
+
+    if args.port and not _port_free(args.port):
+        raise RunFailed(f"port {args.port} is in use: pick another --port (or none for a free one)")
     options = {"port": args.port} if args.port else {}
     with EmbeddedServer(**options) as server:
         print(f"export REDIS_URL={server.url}", flush=True)
-        print("embedded server running; Ctrl-C stops it", file=sys.stderr, flush=True)
-        try:
-            while not stop.wait(3600):
-                pass
-        except KeyboardInterrupt:
-            pass
+        note(f"embedded {os.path.basename(server.binary)} (pid {server.pid}) running; "
+             "Ctrl-C stops it")  # fmt: skip
+        wait_for_stop()
+    note("embedded server stopped")
     return 0
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    import redis
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY, GaugeMetricFamily
 
+    from streamlab._redact import redact, redact_url
+    from streamlab.cli import RunFailed, _url, describe_error
     from streamlab.frames import groups_to_dataframe
 
     client = _client(args)
+    client.redis.ping()  # a bad URL, password or host fails here, not at the first scrape
+    streams = list(dict.fromkeys(args.stream))
+    url = _url(args) or ""
+
+    def families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily("streamlab_up", "1 when every stream was read at this scrape"),
+            GaugeMetricFamily("streamlab_group_lag", "entries not yet delivered to the group",
+                              labels=["stream", "group"]),
+            GaugeMetricFamily("streamlab_group_pending", "entries delivered, not acked",
+                              labels=["stream", "group"]),
+            GaugeMetricFamily("streamlab_dlq_length", "dead letters", labels=["stream"]),
+        ]  # fmt: skip
 
     class Collector:
+        def describe(self) -> Any:
+            # Without describe() the registry would call collect(), and so Redis, at
+            # registration.
+            return families()
+
         def collect(self) -> Any:
-            lag = GaugeMetricFamily("streamlab_group_lag", "entries not yet delivered",
-                                    labels=["stream", "group"])  # fmt: skip
-            pend = GaugeMetricFamily("streamlab_group_pending", "entries delivered, not acked",
-                                     labels=["stream", "group"])  # fmt: skip
-            dlq = GaugeMetricFamily("streamlab_dlq_length", "dead letters", labels=["stream"])
-            for stream in args.stream:
-                for row in records(groups_to_dataframe(client, stream)):
-                    lag.add_metric([stream, row["group"]], row["lag"] or 0)
-                    pend.add_metric([stream, row["group"]], row["pending"])
-                dlq.add_metric([stream], client.redis.xlen(client.dlq_stream(stream)))
-            return [lag, pend, dlq]
+            up, lag, pend, dlq = families()
+            ok = True
+            for stream in streams:
+                try:
+                    groups = records(groups_to_dataframe(client, stream))
+                    length = int(client.redis.xlen(client.dlq_stream(stream)))
+                except Exception as exc:  # one line, and the scrape still answers
+                    ok = False
+                    message, _ = describe_error(exc)
+                    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                        note(f"streamlab metrics: {redact(message, url)}")
+                        break  # the other streams would say the same
+                    note(f"streamlab metrics: {stream}: {redact(message, url)}")
+                    continue
+                for row in groups:
+                    if row["lag"] is not None:  # Redis cannot always tell: no sample then
+                        lag.add_metric([stream, row["group"]], row["lag"])
+                    pend.add_metric([stream, row["group"]], row["pending"] or 0)
+                dlq.add_metric([stream], length)
+            up.add_metric([], 1 if ok else 0)
+            return [up, lag, pend, dlq]
 
     REGISTRY.register(Collector())
-    start_http_server(args.port)
-    print(f"serving /metrics on :{args.port}; Ctrl-C stops", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+        start_http_server(args.port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RunFailed(f"cannot serve on port {args.port}: {reason}") from exc
+    say(f"serving Prometheus metrics of {', '.join(streams)} (from {redact_url(url)})")
+    say(f"  http://127.0.0.1:{args.port}/metrics (port {args.port} on every interface)")
+    say("  streamlab_group_lag, streamlab_group_pending, streamlab_dlq_length, streamlab_up")
+    sys.stdout.flush()
+    note("Ctrl-C stops it")
+    wait_for_stop()
+    note("stopped")
+    return 0
 
 
 # One completion function; zsh runs it through its bash compatibility layer.
@@ -506,8 +572,6 @@ ARCHIVE_KINDS = (".parquet", ".jsonl")
 
 
 def _fsync_folder(path: str) -> None:
-    import os
-
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     except OSError:
@@ -528,8 +592,6 @@ def _write_archive(client: Any, stream: str, dlq: str, ids: list[str], path: str
     then renamed into place and its folder fsynced: when this returns the archive is complete
     on disk, and when it raises there is no archive file, only the error.
     """
-    import os
-
     from streamlab.frames import dlq_to_dataframe, export_parquet
 
     tmp = f"{path}.partial"
@@ -565,8 +627,6 @@ def _write_archive(client: Any, stream: str, dlq: str, ids: list[str], path: str
 
 def _check_archive(path: str) -> None:
     """Refuse an archive that cannot be written before anything is selected or asked."""
-    import os
-
     from streamlab.cli import RunFailed, UsageError
 
     if not path.endswith(ARCHIVE_KINDS):

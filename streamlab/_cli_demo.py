@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -154,28 +155,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"on an embedded server at {server.url}")  # fmt: skip
         result = _story(server.url, stream, args.events, args.seed, args.json)
         result["url"] = server.url
-        code = _finish(result, stream, f"export REDIS_URL={server.url}", args.json)
+        where = f"export REDIS_URL={server.url}"
+        header = "next, try (in another terminal: this one keeps the server)" if args.keep else ""
+        code = _finish(result, stream, where, args.json, header=header)
         if args.keep:
-            import threading
+            from streamlab._cli_commands import note, wait_for_stop
 
-            say(f"\nthe embedded server keeps running: in another terminal\n"
-                f"  export REDIS_URL={server.url}\nCtrl-C stops it")  # fmt: skip
-            try:
-                while not threading.Event().wait(3600):
-                    pass
-            except KeyboardInterrupt:
-                say("stopped")
+            if args.json:
+                note(f"the embedded server keeps running at {server.url}; Ctrl-C stops it")
+            else:
+                say("\nthe embedded server keeps running; Ctrl-C stops it")
+            sys.stdout.flush()
+            wait_for_stop()  # Ctrl-C or SIGTERM: the server is stopped on the way out
+            note("embedded server stopped")
         elif not args.json:
             say("(the embedded server stops now: run `streamlab demo --keep` to try them)")
     return code
 
 
-def _finish(result: dict[str, Any], stream: str, where: str, as_json: bool) -> int:
+def _finish(
+    result: dict[str, Any], stream: str, where: str, as_json: bool, *, header: str = ""
+) -> int:
     result["next"] = next_commands(stream)
     if as_json:
         dump(result)
         return 0
-    say("\nnext, try:")
+    say(f"\n{header or 'next, try'}:")
     say(f"  {where}")
     for line in result["next"]:
         say(f"  {line}")
