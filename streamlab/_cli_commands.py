@@ -291,10 +291,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if filters and not args.from_dlq:
         raise UsageError("filters apply to the DLQ: add --dlq")
     tty = sys.stderr.isatty()
-    if target.endswith(".parquet") and not filters:
-        # Streamed in chunks, and read_parquet gives back the stream's (or the DLQ's) frame.
+    if target.endswith(".parquet"):
+        # Streamed in chunks, and read_parquet gives back the stream's (or the DLQ's) frame;
+        # filtered, only the selected dead letters are written, through the same writer.
+        ids = None
+        if filters:
+            from streamlab.replay import select_dlq
+
+            ids = select_dlq(client, args.stream, since=since, until=until, **filters).ids
         count = export_parquet(client, args.stream, target, dlq=args.from_dlq, since=since,
-                               until=until, progress=tty)  # fmt: skip
+                               until=until, ids=ids, progress=tty)  # fmt: skip
     else:
         if args.from_dlq:
             df = dlq_to_dataframe(client, args.stream, since=since, until=until, progress=tty)
@@ -303,9 +309,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             df = stream_to_dataframe(client, args.stream, since=since, until=until, progress=tty)
         df = df.drop(columns=[c for c in ("_raw",) if c in df.columns])
         count = len(df)
-        if target.endswith(".parquet"):
-            df.to_parquet(target)
-        elif target.endswith(".csv"):
+        if target.endswith(".csv"):
             df.to_csv(target, index=False)
         else:
             df.to_json(target, orient="records", lines=True, date_format="iso")

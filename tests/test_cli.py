@@ -552,6 +552,13 @@ def test_operator_commands_text_json_and_exit_codes(
     assert js("export", stream_name, "--dlq", "--to", str(copy))["count"] == dead
     assert "error_signature" in read_parquet(copy).columns
     assert len(read_parquet(copy)) == dead
+    # Filtered, it is still the DLQ frame (the selected rows), through the same writer.
+    some = tmp_path / "bug.parquet"
+    exported = js("export", stream_name, "--dlq", "--tenant-id", BUG_TENANT, "--to", str(some))
+    back = read_parquet(some)
+    assert exported["count"] == len(back) >= bug["count"]
+    assert set(back["tenant_id"]) == {BUG_TENANT}
+    assert list(back.columns) == list(read_parquet(copy).columns)
     lines = tmp_path / "bug.jsonl"
     exported = js("export", stream_name, "--dlq", "--tenant-id", BUG_TENANT, "--to", str(lines))
     assert exported["count"] == len(lines.read_text().splitlines()) >= bug["count"]
