@@ -507,7 +507,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     note("Ctrl-C stops it")
     wait_for_stop()
-    note("stopped")
+    note("metrics endpoint stopped")
     return 0
 
 
