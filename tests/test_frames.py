@@ -776,3 +776,24 @@ def test_overlapped_pages_match_sequential_xrange_and_early_stop_leaves_pool_cle
     assert redis_client.set("k-" + stream_name, "v") is True
     assert redis_client.get("k-" + stream_name) == b"v"
     assert [e[0] for p in fetch.pages(stream_name, page_size=100) for e in p] == expected
+
+
+def test_the_collector_is_paused_only_while_pages_are_read(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    import gc
+
+    redis_client.xadd(stream_name, {"event_type": "t"})
+    assert gc.isenabled()
+    assert len(stream_to_dataframe(redis_client, stream_name)) == 1
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a caller's own choice is kept
+        assert len(stream_to_dataframe(redis_client, stream_name)) == 1
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    redis_client.set("k-" + stream_name, "v")
+    with pytest.raises(WrongTypeError):  # and an error on the way enables it again
+        stream_to_dataframe(redis_client, "k-" + stream_name)
+    assert gc.isenabled()

@@ -9,6 +9,9 @@ is never modified.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,7 +21,7 @@ from streamlab.client import ClientLike, as_client, translate_errors
 from streamlab.ids import parse_id
 from streamlab.records import PendingEntry, pending_entries
 
-__all__ = ["Fetcher", "FlatEntry", "fetcher"]
+__all__ = ["Fetcher", "FlatEntry", "fetcher", "gc_paused"]
 
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
 FlatEntry = Sequence[Any]
@@ -176,6 +179,43 @@ class Fetcher:
                         flat = [x for pair in flat.items() for x in pair]
                     found[eid] = flat
         return found
+
+
+class _GcPause:
+    """Nested, thread-safe pauses of the cyclic garbage collector (see `gc_paused`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self.lock:
+            if self.depth == 0:
+                self.was_enabled = gc.isenabled()
+                gc.disable()
+            self.depth += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.depth -= 1
+                if self.depth == 0 and self.was_enabled:
+                    gc.enable()
+
+
+gc_paused = _GcPause()
+"""Pause the cyclic garbage collector while raw pages are read and decoded.
+
+A page of 2,000 entries is ~4,000 new lists (hiredis builds one per entry and one per field
+list), which trigger collections of the young generations and, as they survive into the old
+one, full collections that walk every object of the process: that cost as much as parsing the
+replies did (0.36 s against 0.15 s per 100k entries, measured). The pages hold no reference
+cycles, so nothing is left for the collector; it is enabled again on the way out (unless it
+was off when the first of several nested or concurrent pauses began). Reference counting
+frees everything as usual meanwhile.
+"""
 
 
 def fetcher(client: ClientLike | Fetcher) -> Fetcher:

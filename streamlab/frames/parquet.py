@@ -22,7 +22,7 @@ from streamlab.frames._build import (
     path_array,
     to_pandas,
 )
-from streamlab.frames._fetch import PAGE_SIZE, fetcher
+from streamlab.frames._fetch import PAGE_SIZE, fetcher, gc_paused
 from streamlab.frames.stream import dlq_builder, read_pages, stream_builder, with_signatures
 from streamlab.ids import Bound, StreamId, bound, id_text, parse_id
 
@@ -161,9 +161,18 @@ def export_parquet(
         page_size=min(PAGE_SIZE, chunk_rows),
     )  # fmt: skip
     try:
-        for page in pages:
-            kept = page if wanted is None else [e for e in page if _text_id(e[0]) in wanted]
-            builder.add([entry[0] for entry in kept], [entry[1] or () for entry in kept])
+        entries = iter(pages)
+        while True:
+            # The collector is paused for reading and decoding (see `gc_paused`), not for
+            # writing a chunk: pandas and Parquet may leave cycles, and memory stays bounded.
+            with gc_paused():
+                page = next(entries, None)
+                if page is not None:
+                    if wanted is not None:
+                        page = [e for e in page if _text_id(e[0]) in wanted]
+                    builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
+            if page is None:
+                break
             if builder.rows >= chunk_rows:
                 flush()
         if builder.rows or writer is None:

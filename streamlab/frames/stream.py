@@ -16,7 +16,7 @@ from streamlab.frames._build import (
     STREAM_COLUMNS,
     FrameBuilder,
 )
-from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
+from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher, gc_paused
 from streamlab.ids import Bound, id_range
 from streamlab.signatures import failure_signature
 
@@ -75,8 +75,9 @@ def read_pages(
 
 
 def _fill(builder: FrameBuilder, pages: Iterable[list[Any]]) -> pd.DataFrame:
-    for page in pages:
-        builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
+    with gc_paused():
+        for page in pages:
+            builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
     return builder.frame()
 
 
