@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 import pandas as pd
@@ -225,22 +224,26 @@ class FrameBuilder:
         self._names[keys] = names
         return names
 
-    def _split(self, flats: Sequence[Sequence[Any]], n: int) -> dict[str, list[Any]]:
-        first = flats[0][0::2]
-        if all(f[0::2] == first for f in flats):
-            names = self._column_names(tuple(first))
-            flat = list(chain.from_iterable(flats))
-            step = 2 * len(names)
-            return {name: flat[2 * j + 1 :: step] for j, name in enumerate(names)}
-        columns: dict[str, list[Any]] = {}
+    def _split(self, flats: Sequence[Sequence[Any]], n: int) -> dict[str, Sequence[Any]]:
+        first = flats[0]
+        step = len(first)
+        # Every entry with as many fields as the first (C-level length checks), then each
+        # name position holding the first entry's name in every entry: the page has one
+        # layout, and transposing it gives each field's values as one tuple.
+        if step and set(map(len, flats)) == {step}:
+            columns = list(zip(*flats, strict=True))
+            if all(columns[j].count(first[j]) == n for j in range(0, step, 2)):
+                names = self._column_names(tuple(first[0::2]))
+                return {name: columns[2 * j + 1] for j, name in enumerate(names)}
+        by_name: dict[str, list[Any]] = {}
         for row, fields in enumerate(flats):
             for name, value in zip(
                 self._column_names(tuple(fields[0::2])), fields[1::2], strict=True
             ):
-                columns.setdefault(name, [None] * n)[row] = value
-        return columns
+                by_name.setdefault(name, [None] * n)[row] = value
+        return dict(by_name)
 
-    def _fill_tenant(self, raw: dict[str, list[Any]], n: int) -> None:
+    def _fill_tenant(self, raw: dict[str, Sequence[Any]], n: int) -> None:
         # Platform entries carry the tenant only inside auth_context, as decode_event reads it.
         auth = raw.get("auth_context")
         tenants = raw.get("tenant_id")
@@ -252,7 +255,7 @@ class FrameBuilder:
                 filled[row] = value.encode()
         raw["tenant_id"] = filled
 
-    def _extract_paths(self, raw: dict[str, list[Any]], n: int) -> None:
+    def _extract_paths(self, raw: dict[str, Sequence[Any]], n: int) -> None:
         by_source: dict[str | None, list[PathSpec]] = {}
         for spec in self.paths:
             by_source.setdefault(spec.source, []).append(spec)
@@ -276,7 +279,7 @@ class FrameBuilder:
                 self._path_values[column].extend(values)
 
     @staticmethod
-    def _default_json_field(raw: Mapping[str, list[Any]]) -> str | None:
+    def _default_json_field(raw: Mapping[str, Sequence[Any]]) -> str | None:
         # Entries holding one JSON document in one field: `data`, or whatever the only field is.
         for name in ("payload", "data"):
             if name in raw:
@@ -288,7 +291,7 @@ class FrameBuilder:
         raw = value if isinstance(value, bytes) else str(value).encode()
         self._errors.append((self.rows + row, field, reason, raw))
 
-    def _convert(self, name: str, values: list[Any]) -> pa.Array:
+    def _convert(self, name: str, values: Sequence[Any]) -> pa.Array:
         binary = pa.array(values, pa.binary())
         try:
             text = binary.cast(pa.string())
@@ -311,7 +314,7 @@ class FrameBuilder:
                 out = self._coerce(name, text, parse)
         return out.cast(TS_MS, safe=False) if target == TS_MS else out
 
-    def _repair_utf8(self, name: str, values: list[Any]) -> pa.Array:
+    def _repair_utf8(self, name: str, values: Sequence[Any]) -> pa.Array:
         decoded: list[str | None] = []
         for row, value in enumerate(values):
             if value is None:
