@@ -797,3 +797,21 @@ def test_the_collector_is_paused_only_while_pages_are_read(
     with pytest.raises(WrongTypeError):  # and an error on the way enables it again
         stream_to_dataframe(redis_client, "k-" + stream_name)
     assert gc.isenabled()
+
+
+def test_decode_errors_read_in_each_entrys_field_order_across_pages(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    # Columns are decoded once per column after the last page; a row's reasons still follow
+    # the order of its own fields, and each page's errors land on that page's rows.
+    redis_client.xadd(stream_name, {"event_type": "ok", "retry_count": "1"})
+    redis_client.xadd(stream_name, {"retry_count": "x", "event_type": b"\xff"})
+    redis_client.xadd(stream_name, {"event_type": b"\xfe", "retry_count": "y"})
+    df = stream_to_dataframe(redis_client, stream_name, page_size=1)
+    assert df["_decode_error"].isna().tolist() == [True, False, False]
+    assert df["_decode_error"][1].split("; ")[0] == "retry_count: not an integer"
+    assert df["_decode_error"][1].split("; ")[1].startswith("event_type: not UTF-8")
+    assert df["_decode_error"][2].split("; ")[0].startswith("event_type: not UTF-8")
+    assert df["_decode_error"][2].split("; ")[1] == "retry_count: not an integer"
+    assert df["retry_count"].isna().tolist() == [False, True, True]
+    assert df["_raw"][2] == {"event_type": b"\xfe", "retry_count": b"y"}

@@ -178,7 +178,14 @@ class FrameBuilder:
         self._ids: list[pa.Array] = []
         self._cols: dict[str, dict[int, pa.Array]] = {name: {} for name in self.base}
         self._path_values: dict[str, list[Any]] = {p.column: [] for p in self.paths}
-        self._errors: list[tuple[int, str, str, bytes]] = []
+        # (row, (phase, field's place in its page), field, reason, raw): phase 0 for JSON paths
+        # (found in `add`), 1 for conversions (found in `table`); `frame` sorts by the first two
+        # so that a row's reasons read in the order its page's fields had.
+        self._errors: list[tuple[int, tuple[int, int], str, str, bytes]] = []
+        self._fields: list[dict[str, int]] = []  # per page: field -> place in the page
+        self._converted: dict[str, pa.ChunkedArray] = {}
+        self._offset = 0  # first row of the page whose errors are being recorded
+        self._order = (0, 0)
 
     # -- per page ----------------------------------------------------------------------------
 
@@ -191,9 +198,14 @@ class FrameBuilder:
         raw = self._split(flats, n)
         if self.tenant_from_auth:
             self._fill_tenant(raw, n)
+        self._offset, self._order = self.rows, (0, 0)
         self._extract_paths(raw, n)
+        # Only the Python values become Arrow (binary) here; decoding them (UTF-8, times,
+        # counters) waits for `table`, which runs each kernel once per column, not per page.
         for name, values in raw.items():
-            self._cols.setdefault(name, {})[page] = self._convert(name, values)
+            self._cols.setdefault(name, {})[page] = pa.array(values, pa.binary())
+        self._fields.append({name: i for i, name in enumerate(raw)})
+        self._converted.clear()
         self._ids.append(pa.array(ids, pa.binary()).cast(pa.string()))
         self._sizes.append(n)
         self.rows += n
@@ -289,14 +301,29 @@ class FrameBuilder:
 
     def _error(self, row: int, field: str, reason: str, value: Any) -> None:
         raw = value if isinstance(value, bytes) else str(value).encode()
-        self._errors.append((self.rows + row, field, reason, raw))
+        self._errors.append((self._offset + row, self._order, field, reason, raw))
 
-    def _convert(self, name: str, values: Sequence[Any]) -> pa.Array:
-        binary = pa.array(values, pa.binary())
+    def _convert_all(self, name: str, binary: pa.ChunkedArray) -> pa.ChunkedArray:
+        """A field's pages decoded at once; when any value needs a report (or fails), page by
+        page as `_convert` does, each page's errors recorded at its own rows."""
+        try:
+            out = _decode_clean(name, binary)
+        except pa.ArrowInvalid:
+            out = None
+        if out is not None:
+            return out
+        chunks = []
+        for page, chunk in enumerate(binary.chunks):
+            self._offset = sum(self._sizes[:page])
+            self._order = (1, self._fields[page].get(name, 0))
+            chunks.append(self._convert(name, chunk))
+        return pa.chunked_array(chunks, arrow_type(name))
+
+    def _convert(self, name: str, binary: pa.Array) -> pa.Array:
         try:
             text = binary.cast(pa.string())
         except pa.ArrowInvalid:
-            text = self._repair_utf8(name, values)
+            text = self._repair_utf8(name, binary.to_pylist())
         target = arrow_type(name)
         if target == pa.string():
             # streamlab's own fields: an empty value is a missing one (NA); others stay as written.
@@ -352,12 +379,15 @@ class FrameBuilder:
     # -- result ------------------------------------------------------------------------------
 
     def _chunked(self, name: str) -> pa.ChunkedArray:
+        done = self._converted.get(name)
+        if done is not None:
+            return done
         pages = self._cols.get(name, {})
-        target = next(iter(pages.values())).type if pages else arrow_type(name)
-        chunks = [pages.get(i, pa.nulls(size, target)) for i, size in enumerate(self._sizes)]
-        column = pa.chunked_array(chunks, target)
+        chunks = [pages.get(i, pa.nulls(size, pa.binary())) for i, size in enumerate(self._sizes)]
+        column = self._convert_all(name, pa.chunked_array(chunks, pa.binary()))
         if name in CATEGORY_FIELDS:
             column = pc.dictionary_encode(column.combine_chunks())
+        self._converted[name] = column
         return column
 
     def table(self) -> pa.Table:
@@ -375,7 +405,7 @@ class FrameBuilder:
         df = to_pandas(self.table())
         errors: list[str | None] = [None] * self.rows
         raws: list[dict[str, bytes] | None] = [None] * self.rows
-        for row, field, reason, raw in self._errors:
+        for row, _order, field, reason, raw in sorted(self._errors, key=lambda e: e[:2]):
             message = f"{field}: {reason}"
             errors[row] = message if errors[row] is None else f"{errors[row]}; {message}"
             raws[row] = {**(raws[row] or {}), field: raw}
@@ -389,6 +419,23 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # RFC 3339 years: 0001 to 9999 (also all that Python's datetime holds).
 _FIRST_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TS_US)
 _LAST_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TS_US)
+
+
+def _decode_clean(name: str, binary: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """`FrameBuilder._convert` in one pass over a whole column, for columns with nothing to
+    report: None (or ArrowInvalid) when some value needs `_convert`'s checks."""
+    text = binary.cast(pa.string())
+    target = arrow_type(name)
+    if target == pa.string():
+        if name in _TEXT_FIELDS and pc.any(pc.equal(text, "")).as_py():
+            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        return text
+    if target != TS_MS:
+        return text.cast(target)
+    times = text.cast(TS_US)
+    if pc.any(_outside_years(times)).as_py():
+        return None
+    return times.cast(TS_MS, safe=False)
 
 
 def _outside_years(times: pa.Array) -> pa.Array:
