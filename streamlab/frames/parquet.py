@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -161,15 +161,13 @@ def export_parquet(
         page_size=min(PAGE_SIZE, chunk_rows),
     )  # fmt: skip
     try:
-        entries = iter(pages)
+        entries = iter(pages) if wanted is None else _only(pages, wanted)
         while True:
             # The collector is paused for reading and decoding (see `gc_paused`), not for
             # writing a chunk: pandas and Parquet may leave cycles, and memory stays bounded.
             with gc_paused():
                 page = next(entries, None)
                 if page is not None:
-                    if wanted is not None:
-                        page = [e for e in page if _text_id(e[0]) in wanted]
                     builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
             if page is None:
                 break
@@ -198,6 +196,12 @@ def _narrowed(
     lo = first if since is None else max(first, bound(since, "since", upper=False))
     hi = last if until is None else min(last, bound(until, "until", upper=True))
     return id_text(lo), id_text(hi)
+
+
+def _only(pages: Iterable[list[Any]], wanted: frozenset[str]) -> Iterator[list[Any]]:
+    """Each page with only the entries whose ids are ``wanted``."""
+    for page in pages:
+        yield [e for e in page if _text_id(e[0]) in wanted]
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
