@@ -1,10 +1,11 @@
 """Raw stream entries to a typed DataFrame, column by column.
 
-Each page of raw entries is split into one list of values per field (a C-level slice of the
-flattened reply when every entry of the page has the same fields, which is the usual case),
-then each list becomes one Arrow array and is decoded there: UTF-8, times, counters. Python
-touches each value once; nothing builds a dict per entry, and JSON is parsed only for the
-paths asked for (``payload_fields``).
+Each page of raw entries is split into one tuple of values per field (a C-level transpose of
+the reply when every entry of the page has the same fields, which is the usual case), and
+each tuple becomes one binary Arrow array. When the frame is asked for, each column is
+decoded once over all its pages: UTF-8, times, counters (page by page only when some value
+needs a report). Python touches each value once; nothing builds a dict per entry, and JSON
+is parsed only for the paths asked for (``payload_fields``).
 """
 
 from __future__ import annotations
