@@ -98,8 +98,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         say("no consumer groups")
         return 0
     groups = pd.DataFrame([dataclasses.asdict(g) for g in info.groups])
-    cols = ["name", "consumers", "pending", "lag", "entries_read", "last_delivered_id"]
-    print_frame(groups.rename(columns={"name": "group"}), ["group", *cols[1:]])
+    cols = ["group", "consumers", "pending", "lag", "entries_read", "last_delivered_id"]
+    print_frame(groups.rename(columns={"name": "group"}), cols)
     return 0
 
 
