@@ -174,11 +174,12 @@ class Watchdog:
 
     # -- one handler call --------------------------------------------------------------------
 
-    def arm(self) -> None:
+    def arm(self, started: float) -> None:
+        """Start a handler call begun at ``started`` (`time.monotonic`)."""
         # Start time before token: the thread reads the token first, then the start time.
         self.reason = None
         self._thread_id = threading.get_ident()
-        self._started = time.monotonic()
+        self._started = started
         self._token += 1
         self._armed = self._token
 

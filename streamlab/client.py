@@ -62,8 +62,8 @@ __all__ = [
 ]
 
 Fields = Mapping[str, Any]
-# One entry as redis-py returns it: ``(id, {name: value})``, all bytes.
-RawEntry = tuple[bytes, dict[bytes, bytes]]
+# One new entry as XREADGROUP sends it: ``(id, [name, value, name, value, ...])``, all bytes.
+RawEntry = tuple[bytes, list[bytes]]
 # How long a producer waits before trying again a trim that a lagging group held back.
 TRIM_RECHECK: float = 1.0
 _log = logging.getLogger("streamlab")
@@ -431,6 +431,7 @@ class RedisStreamsClient:
         self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim
         self._adds: dict[str, int] = {}  # stream -> single adds since its last trim call
         self.scripts = Scripts(redis_client)
+        self._reader = _as_sent(redis_client)
         # redis.Redis.from_url(url) leaves socket_timeout out of connection_kwargs, yet its
         # connections use redis-py's default (5 s): a long block must be split for them too.
         timeout = conn_kwargs.get("socket_timeout", _REDIS_PY_TIMEOUT if kwargs else None)
@@ -647,14 +648,17 @@ class RedisStreamsClient:
         count: int,
         block: float | timedelta | None = None,
     ) -> list[RawEntry]:
-        """`read_from_stream` without decoding: the raw ``(id, fields)`` entries, all bytes.
+        """`read_from_stream` without decoding: the entries as Redis sent them, each an id and
+        a flat ``[name, value, ...]`` list, all bytes (`decode_message` reads them).
 
         For callers that decode later or not at all: `Consumer` decodes each entry just
         before its handler, so that handled messages die at once instead of living until
-        their batch is settled.
+        their batch is settled. The reply skips redis-py's parsing (a dict per entry) except
+        on a cluster client, whose entries are flattened back to the same shape.
         """
         wait = seconds(block)
         deadline = time.monotonic() + wait if wait else 0.0
+        reader = self._reader or self.redis
         while True:
             chunk: int | None = None
             if wait:
@@ -663,21 +667,20 @@ class RedisStreamsClient:
                     remaining = min(remaining, max(self._socket_timeout - 1.0, 0.5))
                 chunk = max(int(remaining * 1000), 1)
             with translate_errors(stream, group):
-                reply = self.redis.xreadgroup(group, consumer, {stream: ">"}, count, chunk)
-            entries = self._entries(reply)
+                reply = reader.xreadgroup(group, consumer, {stream: ">"}, count, chunk)
+            entries = self._entries(reply) if self._reader else _flattened(reply)
             if entries or not wait or time.monotonic() >= deadline:
                 return entries
 
     @staticmethod
     def _entries(reply: Any) -> list[RawEntry]:
+        """The entries of a one-stream XREADGROUP reply as sent: RESP2 ``[[name, entries]]``,
+        RESP3 ``{name: entries}``."""
         if not reply:
             return []
-        # RESP2 gives [[name, entries]], RESP3 {name: [entries]}.
         entries: list[RawEntry] = (
             next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
         )
-        if entries and isinstance(entries[0], list) and len(entries) == 1:
-            entries = entries[0]
         return entries
 
     def ack_message(self, stream: str, group: str, message_id: str) -> int:
@@ -780,3 +783,22 @@ def as_client(client: ClientLike) -> RedisStreamsClient:
         "client must be a RedisStreamsClient, a redis.Redis or a redis.cluster.RedisCluster, "
         f"not {type(client).__module__}.{type(client).__qualname__}"
     )
+
+
+def _as_sent(redis_client: Any) -> Any:
+    """A client on ``redis_client``'s connections whose XREADGROUP replies are left as Redis
+    sent them; None for a cluster client (its nodes parse replies themselves)."""
+    if is_cluster(redis_client):
+        return None
+    reader = redis.Redis(connection_pool=redis_client.connection_pool)
+    reader.set_response_callback("XREADGROUP", lambda response, **_: response)
+    return reader
+
+
+def _flattened(reply: Any) -> list[RawEntry]:
+    """A one-stream XREADGROUP reply parsed by redis-py (RESP2 ``[[name, [(id, dict)]]]``,
+    RESP3 ``{name: [[(id, dict)]]}``) in `RawEntry`'s shape."""
+    if not reply:
+        return []
+    entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+    return [(eid, [x for pair in (fields or {}).items() for x in pair]) for eid, fields in entries]

@@ -555,12 +555,13 @@ class Consumer:
         for msg, decision in outcomes:
             entry_id = msg if isinstance(msg, str) else msg.id
             received = self._received.pop(entry_id, None)
-            if decision.action is not Action.RETRY and entry_id in self._redelivered:
+            action = decision.action
+            if action is not Action.RETRY and entry_id in self._redelivered:
                 settled.append(entry_id)
-            if decision.action in (Action.ACK, Action.SKIP):
+            if action is Action.ACK or action is Action.SKIP:
                 acks.append(entry_id)
-                done.skipped += decision.action is Action.SKIP
-            elif decision.action is Action.RETRY:
+                done.skipped += action is Action.SKIP
+            elif action is Action.RETRY:
                 due_at[entry_id] = retry_due_ms(decision.delay, now_ms)
                 # XCLAIM's min-idle makes the hand-over fail when another consumer took the
                 # message over meanwhile (its delivery is younger than ours): it is theirs now.
@@ -569,13 +570,7 @@ class Consumer:
                 retries[idle, held_ms].append(entry_id)
             elif isinstance(msg, StreamMessage):
                 dead.append(msg)
-                args = self._dead_letter_args(msg, decision)
-                if _fits_lua(args) and not self._cluster:
-                    self.client.scripts.dead_letter(keys=self._dl_keys, args=args, client=pipe)
-                else:
-                    # Too large for Lua, or a cluster pipeline (which refuses EVALSHA): after
-                    # the pipeline, one by one.
-                    apart.append(args)
+                self._queue_dead_letter(pipe, msg, decision, apart)
         if acks:
             pipe.xack(cfg.stream, cfg.group, *acks)
         self._queue_due_times(pipe, settled, due_at)
@@ -662,6 +657,22 @@ class Consumer:
                 time.sleep(wait)
                 wait = min(wait * 2, _MAX_OUTAGE_WAIT)
 
+    def _queue_dead_letter(
+        self,
+        pipe: Any,
+        msg: StreamMessage,
+        decision: Decision,
+        apart: list[list[bytes | str | int]],
+    ) -> None:
+        """Queue a dead letter's script call on ``pipe``, or add its arguments to ``apart``."""
+        args = self._dead_letter_args(msg, decision)
+        if _fits_lua(args) and not self._cluster:
+            self.client.scripts.dead_letter(keys=self._dl_keys, args=args, client=pipe)
+        else:
+            # Too large for Lua, or a cluster pipeline (which refuses EVALSHA): after the
+            # pipeline, one by one.
+            apart.append(args)
+
     def _dead_letter_args(self, msg: StreamMessage, decision: Decision) -> list[bytes | str | int]:
         """ARGV of ``lua/dead_letter.lua``: the checks, then the DLQ entry's fields."""
         cfg = self.config
@@ -716,15 +727,17 @@ class Consumer:
 
         Raw entries are decoded just before their handler runs, and only the ids of handled
         messages are kept: a batch's payloads do not pile up until it is settled, which
-        spares the garbage collector most of its work on the hot path.
+        spares the garbage collector most of its work on the hot path. The handler durations
+        reach the metrics once per batch.
 
         If the handler raises a BaseException that is not an Exception (KeyboardInterrupt,
         SystemExit), what was already decided is settled and the rest stays pending, to be
         reclaimed later: nothing done is left unacknowledged and nothing undone is lost.
         """
-        cfg = self.config
+        stream, group, max_retries = self.config.stream, self.config.group, self.config.max_retries
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
-        failed = ran = 0
+        durations: list[float] = []
+        failed = 0
         dog = self._watchdog
         if dog is not None:
             dog.hold(batch)
@@ -732,13 +745,12 @@ class Consumer:
             for item in batch:
                 if dog is not None and dog.grace_over():
                     break  # stopping: the rest stays pending, untouched
-                msg = self._message(item)
-                decision = before_handler(msg, cfg.group, cfg.max_retries)
+                msg = item if isinstance(item, StreamMessage) else decode_message(stream, *item)
+                decision = before_handler(msg, group, max_retries)
                 if decision.action is Action.HANDLE:
-                    handled = self._handle(msg, handler)
+                    handled = self._handle(msg, handler, durations)
                     if handled is None:
                         break  # interrupted at shutdown: left pending
-                    ran += 1
                     decision = handled
                     if decision is ACK:
                         outcomes.append((msg.id, ACK))
@@ -749,7 +761,8 @@ class Consumer:
             if dog is not None:
                 # Renewed messages were last given to us then (see _settle's retry hand-over).
                 self._received.update(dog.release())
-            self.stats.handled += ran
+            self.stats.handled += len(durations)
+            self.metrics.observe_many(*self._labels, durations)
             if failed:
                 self.stats.failed += failed
                 self.metrics.failed(*self._labels, failed)
@@ -763,15 +776,19 @@ class Consumer:
         cfg = self.config
         return after_failure(error, msg.delivery_count, cfg.max_retries, cfg.backoff)
 
-    def _handle(self, msg: StreamMessage, handler: Handler) -> Decision | None:
-        """The handler's outcome; None when it was interrupted by a shutdown."""
-        started = time.perf_counter()
+    def _handle(
+        self, msg: StreamMessage, handler: Handler, durations: list[float]
+    ) -> Decision | None:
+        """The handler's outcome, its duration appended to ``durations``; None when it was
+        interrupted by a shutdown (no duration then: the call did not end)."""
         dog = self._watchdog
+        # One clock for the watchdog and the duration.
+        started = time.monotonic()
         try:
             if dog is None:
                 handler(msg)
             else:
-                dog.arm()
+                dog.arm(started)
                 try:
                     handler(msg)
                 finally:
@@ -782,12 +799,10 @@ class Consumer:
                 return None
             decision = self._after_failure(self._timed_out(), msg)
         except Exception as exc:
-            decision = after_failure(
-                exc, msg.delivery_count, self.config.max_retries, self.config.backoff
-            )
+            decision = self._after_failure(exc, msg)
         else:
             decision = ACK
-        self.metrics.observe(*self._labels, time.perf_counter() - started)
+        durations.append(time.monotonic() - started)
         return decision
 
     def _timed_out(self) -> TimeoutError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
@@ -246,25 +246,11 @@ def decode_event(
     ``extra_retries`` is added to the wire ``retry_count`` (the consumer passes deliveries so
     far minus one).
     """
-    data: dict[str, Any]
+    if fields.keys() == _KNOWN:  # type: ignore[comparison-overlap]
+        return _decode_own(fields, entry_id, extra_retries)  # type: ignore[arg-type]
+    data: dict[str, Any] = {}
     extra: dict[str, str | bytes] = {}
     wire: dict[str, str] = {}
-    if fields.keys() == _KNOWN:  # type: ignore[comparison-overlap]
-        # streamlab's own layout (what `encode_event` writes): every name known, no alias, no
-        # unknown field, so each value goes straight to its decoder.
-        f: Mapping[str, Any] = fields  # type: ignore[assignment]
-        data = {
-            "id": f["id"],
-            "event_type": f["event_type"],
-            "repository": f["repository"],
-            "tenant_id": f["tenant_id"],
-            "payload": _payload(f["payload"], "payload", entry_id),
-            "auth_context": _auth_context(f["auth_context"], "auth_context", entry_id),
-            "timestamp": _parse_time(f["timestamp"]),
-            "retry_count": f["retry_count"],
-        }
-        return _validated(data, wire, entry_id, extra_retries)
-    data = {}
     for raw_key, value in fields.items():
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else raw_key
         name = FIELD_ALIASES.get(key, key)
@@ -298,6 +284,25 @@ def decode_event(
     if extra:
         data["extra"] = extra
     return _validated(data, wire, entry_id, extra_retries)
+
+
+def _decode_own(f: Mapping[str, Any], entry_id: str | None, extra_retries: int) -> StreamEvent:
+    """streamlab's own layout (what `encode_event` writes): every name known, no alias, no
+    unknown field, so each value goes straight to its decoder."""
+    data = {
+        "id": f["id"],
+        "event_type": f["event_type"],
+        "repository": f["repository"],
+        "tenant_id": f["tenant_id"],
+        "payload": _payload(f["payload"], "payload", entry_id),
+        "auth_context": _auth_context(f["auth_context"], "auth_context", entry_id),
+        "timestamp": _parse_time(f["timestamp"]),
+        "retry_count": f["retry_count"],
+    }
+    return _validated(data, _NO_ALIASES, entry_id, extra_retries)
+
+
+_NO_ALIASES: dict[str, str] = {}
 
 
 def _payload(value: bytes | str, key: str, entry_id: str | None) -> Any:
@@ -406,40 +411,60 @@ def _field_name(key: bytes | str) -> str:
     return name
 
 
-_LAYOUTS: dict[tuple[bytes | str, ...], tuple[str, ...]] = {}
+# A layout is an entry's field names in order, as sent; its names as text, and whether it is
+# streamlab's own (see `_decode_own`).
+_LAYOUTS: dict[tuple[bytes | str, ...], tuple[tuple[str, ...], bool]] = {}
 _LAYOUTS_MAX = 1024
 
+RawFields = Mapping[bytes, bytes] | Sequence[bytes]
+"""An entry's fields as read: redis-py's dict, or the flat ``[name, value, ...]`` list Redis
+sends (`streamlab.client.RawEntry`)."""
 
-def _named(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    """``raw`` with its names as text. Entries of one producer share a layout (the same
-    names in the same order): its names are decoded once and reused (a bounded cache)."""
-    layout = tuple(raw)
-    names = _LAYOUTS.get(layout)
-    if names is None:
+
+def _named(raw: RawFields) -> tuple[dict[str, Any], bool]:
+    """``raw`` with its names as text, and whether it has streamlab's own layout. Entries of
+    one producer share a layout (the same names in the same order): its names are decoded
+    once and reused (a bounded cache)."""
+    if isinstance(raw, list):  # first: the consumer's case, and cheaper than the ABC check
+        layout: tuple[bytes | str, ...] = tuple(raw[0::2])
+        values: Iterable[bytes] = raw[1::2]
+    elif isinstance(raw, Mapping):
+        layout, values = tuple(raw), raw.values()
+    else:
+        layout, values = tuple(raw[0::2]), raw[1::2]
+    known = _LAYOUTS.get(layout)
+    if known is None:
         names = tuple(_field_name(k) for k in layout)
+        known = names, len(names) == len(_KNOWN) and _KNOWN.issuperset(names)
         if len(_LAYOUTS) < _LAYOUTS_MAX:
-            _LAYOUTS[layout] = names
-    return dict(zip(names, raw.values(), strict=True))
+            _LAYOUTS[layout] = known
+    names, own = known
+    return dict(zip(names, values, strict=True)), own
 
 
 def decode_message(
     stream: str,
     entry_id: bytes | str,
-    raw_fields: Mapping[bytes, bytes] | None,
+    raw_fields: RawFields | None,
     delivery_count: int = 1,
 ) -> StreamMessage:
-    """Build a `StreamMessage` from a raw redis-py entry, never raising on bad content."""
+    """Build a `StreamMessage` from a raw entry (redis-py's or as sent), never raising on bad
+    content."""
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    fields = _named(raw_fields) if raw_fields else {}
+    fields, own = _named(raw_fields) if raw_fields else ({}, False)
+    extra_retries = delivery_count - 1 if delivery_count > 1 else 0
     try:
-        event = decode_event(fields, entry_id=eid, extra_retries=max(delivery_count - 1, 0))
+        if own:
+            event = _decode_own(fields, eid, extra_retries)
+        else:
+            event = decode_event(fields, entry_id=eid, extra_retries=extra_retries)
     except DecodeError as exc:
         return StreamMessage(stream, eid, None, fields, delivery_count, exc)
     return StreamMessage(stream, eid, event, fields, delivery_count)
 
 
 def decode_entries(
-    stream: str, entries: Iterable[tuple[bytes, Mapping[bytes, bytes] | None]]
+    stream: str, entries: Iterable[tuple[bytes, RawFields | None]]
 ) -> list[StreamMessage]:
     """Decode a list of raw ``(id, fields)`` entries from XRANGE/XREADGROUP."""
     return [decode_message(stream, eid, raw) for eid, raw in entries]

@@ -17,7 +17,14 @@ from clientlike import CALLS
 from streamlab.client import RedisStreamsClient, StreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.errors import EncodeError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
-from streamlab.events import AuthContext, StreamEvent, StreamMessage, decode_event, encode_event
+from streamlab.events import (
+    AuthContext,
+    StreamEvent,
+    StreamMessage,
+    decode_event,
+    decode_message,
+    encode_event,
+)
 from streamlab.samples import platform_entries, sample_events
 
 # -- groups: BUSYGROUP, NOGROUP, WRONGTYPE -----------------------------------------------------
@@ -232,11 +239,33 @@ def test_read_entries_gives_raw_entries_that_read_from_stream_decodes(
     streams_client.ensure_group(stream_name, "g")
     raw = streams_client.read_entries(stream_name, "g", "c", 3)
     assert [entry_id for entry_id, _ in raw] == [i.encode() for i in ids[:3]]
-    decoded = [decode_event(fields, entry_id=entry_id.decode()) for entry_id, fields in raw]
+    # As Redis sends them: a flat name, value, ... list of bytes, in the order written.
+    assert all(isinstance(v, bytes) for _, fields in raw for v in fields)
+    assert raw[0][1][0::2] == [name.encode() for name in encode_event(events[0])]
+    decoded = [decode_message(stream_name, entry_id, fields).event for entry_id, fields in raw]
     assert decoded == events[:3]
-    assert all(isinstance(v, bytes) for _, fields in raw for v in [*fields, *fields.values()])
     [msg] = streams_client.read_from_stream(stream_name, "g", "c", 3)  # the same cursor
     assert (msg.id, msg.event, msg.delivery_count) == (ids[3], events[3], 1)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_read_entries_has_one_shape_in_resp2_and_resp3(
+    streams_client: RedisStreamsClient, stream_name: str, protocol: int
+) -> None:
+    """The raw reply differs by protocol (RESP2 a list, RESP3 a map); the entries do not,
+    and a single entry is not mistaken for a list of them."""
+    kwargs = streams_client.redis.connection_pool.connection_kwargs
+    where = {k: kwargs[k] for k in ("host", "port", "db", "username", "password") if k in kwargs}
+    r = redis.Redis(**where, protocol=protocol)
+    client = RedisStreamsClient(r)
+    [event] = sample_events(1, seed=9)
+    [entry_id] = client.add_many(stream_name, [event])
+    client.ensure_group(stream_name, "g")
+    [(got_id, fields)] = client.read_entries(stream_name, "g", "c", 10)
+    assert got_id == entry_id.encode()
+    assert dict(zip(fields[0::2], fields[1::2], strict=True)) == r.xrange(stream_name)[0][1]
+    assert client.read_entries(stream_name, "g", "c", 10) == []
+    r.close()
 
 
 def test_platform_entries_decode_with_their_own_field_names(

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from streamlab.backoff import Backoff
@@ -112,3 +113,51 @@ def test_metrics_base_is_a_no_op_that_a_subclass_overrides_in_part(
     assert len(ids) == 3
     assert stats.acked == 3
     assert Metrics().watch(client, stream_name) is None
+
+
+def test_duration_histogram_exposes_what_a_prometheus_histogram_does() -> None:
+    """Batches of durations give the samples prometheus-client's own `Histogram` gives for
+    the same values one by one: every bucket (values on a bound included), count and sum."""
+    from prometheus_client import Histogram
+
+    from streamlab.metrics import PROCESSING_BUCKETS
+
+    batches = [[0.0, 0.001, 0.0010001, 0.3, 61.0], [], [0.005, 2.5, 0.02], [1e-9] * 3]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = PrometheusMetrics(ours)
+    reference = Histogram(
+        "queue_processing_duration_seconds",
+        "Handler duration",
+        ["stream", "group"],
+        buckets=PROCESSING_BUCKETS,
+        registry=theirs,
+    )
+    for batch in batches:
+        metrics.observe_many("s", "g", batch)
+        for value in batch:
+            reference.labels("s", "g").observe(value)
+    metrics.observe_many("other", "g", [0.2])
+
+    def samples(
+        registry: CollectorRegistry,
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect()
+            if family.name == "queue_processing_duration_seconds"
+            for s in family.samples
+            if s.labels.get("stream") == "s" and not s.name.endswith("_created")
+        }
+
+    expected = samples(theirs)
+    assert len(expected) == len(PROCESSING_BUCKETS) + 1 + 2  # buckets with +Inf, count, sum
+    got = samples(ours)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+    assert (
+        ours.get_sample_value(
+            "queue_processing_duration_seconds_count", {"stream": "other", "group": "g"}
+        )
+        == 1
+    )
