@@ -425,21 +425,35 @@ def _named(raw: RawFields) -> tuple[dict[str, Any], bool]:
     """``raw`` with its names as text, and whether it has streamlab's own layout. Entries of
     one producer share a layout (the same names in the same order): its names are decoded
     once and reused (a bounded cache)."""
+    global _last  # noqa: PLW0603  # one tuple, swapped whole: safe across threads
     if isinstance(raw, list):  # first: the consumer's case, and cheaper than the ABC check
-        layout: tuple[bytes | str, ...] = tuple(raw[0::2])
-        values: Iterable[bytes] = raw[1::2]
-    elif isinstance(raw, Mapping):
-        layout, values = tuple(raw), raw.values()
-    else:
-        layout, values = tuple(raw[0::2]), raw[1::2]
+        names_sent: list[bytes] = raw[0::2]
+        last_sent, known = _last
+        # Most entries have the layout of the one before: comparing the names costs a third
+        # of hashing them for the cache (every reply brings new bytes objects).
+        if names_sent != last_sent:
+            known = _layout(tuple(names_sent))
+            _last = names_sent, known
+        names, own = known
+        return dict(zip(names, raw[1::2], strict=True)), own
+    if isinstance(raw, Mapping):
+        names, own = _layout(tuple(raw))
+        return dict(zip(names, raw.values(), strict=True)), own
+    names, own = _layout(tuple(raw[0::2]))
+    return dict(zip(names, raw[1::2], strict=True)), own
+
+
+def _layout(layout: tuple[bytes | str, ...]) -> tuple[tuple[str, ...], bool]:
     known = _LAYOUTS.get(layout)
     if known is None:
         names = tuple(_field_name(k) for k in layout)
         known = names, len(names) == len(_KNOWN) and _KNOWN.issuperset(names)
         if len(_LAYOUTS) < _LAYOUTS_MAX:
             _LAYOUTS[layout] = known
-    names, own = known
-    return dict(zip(names, values, strict=True)), own
+    return known
+
+
+_last: tuple[list[bytes], tuple[tuple[str, ...], bool]] = ([], ((), False))
 
 
 def decode_message(

@@ -363,3 +363,40 @@ def test_range_and_read_dlq_take_since_until_and_limit(
     assert other.stream == f"{stream_name}:other"
     with pytest.raises(ValueError, match="since: 'soon' is neither"):
         streams_client.read_dlq(stream_name, since="soon")
+
+
+def test_read_entries_of_mixed_layouts_decode_as_the_parsed_replies_do(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """The consumer's decoding of entries as sent (names decoded per layout, streamlab's own
+    layout straight to its decoders) gives what decoding redis-py's dicts gives, whatever
+    follows what: own layouts in two orders, the platform's, a repeated name, a bad value."""
+    [a, b] = sample_events(2, seed=3)
+    own = encode_event(a)
+    reordered = dict(reversed(list(encode_event(b).items())))
+    r = streams_client.redis
+    rows: list[list[object]] = [
+        [x for kv in own.items() for x in kv],
+        [x for kv in reordered.items() for x in kv],
+        [x for kv in next(platform_entries(1, seed=2)).items() for x in kv],
+        [x for kv in own.items() for x in kv],
+        ["event_type", "push", "tenant_id", "t1", "event_type", "pull_request"],
+        [x for kv in {**own, "payload": b"{not json"}.items() for x in kv],
+        [x for kv in own.items() for x in kv],
+    ]
+    for row in rows:
+        r.execute_command("XADD", stream_name, "*", *row)
+    streams_client.ensure_group(stream_name, "g")
+    sent = streams_client.read_entries(stream_name, "g", "c", 100)
+    parsed = streams_client.range(stream_name)
+    assert len(sent) == len(parsed) == len(rows)
+    for (entry_id, fields), expected in zip(sent, parsed, strict=True):
+        got = decode_message(stream_name, entry_id, fields)
+        assert (got.id, got.event, got.fields) == (expected.id, expected.event, expected.fields)
+        assert str(got.decode_error) == str(expected.decode_error)
+    assert parsed[4].event is not None
+    assert parsed[4].event.event_type == "pull_request"
+    assert parsed[5].event is None
+    assert "payload" in str(parsed[5].decode_error)
+    assert parsed[0].event == a
+    assert parsed[1].event == b
