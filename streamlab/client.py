@@ -55,7 +55,9 @@ __all__ = [
     "connect",
     "connect_any",
     "connect_cluster",
+    "flat_fields",
     "permission_error",
+    "replies_as_sent",
     "reply_text",
     "seconds",
     "translate_errors",
@@ -431,7 +433,7 @@ class RedisStreamsClient:
         self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim
         self._adds: dict[str, int] = {}  # stream -> single adds since its last trim call
         self.scripts = Scripts(redis_client)
-        self._reader = _as_sent(redis_client)
+        self._reader = replies_as_sent(redis_client, "XREADGROUP")
         # redis.Redis.from_url(url) leaves socket_timeout out of connection_kwargs, yet its
         # connections use redis-py's default (5 s): a long block must be split for them too.
         timeout = conn_kwargs.get("socket_timeout", _REDIS_PY_TIMEOUT if kwargs else None)
@@ -785,14 +787,26 @@ def as_client(client: ClientLike) -> RedisStreamsClient:
     )
 
 
-def _as_sent(redis_client: Any) -> Any:
-    """A client on ``redis_client``'s connections whose XREADGROUP replies are left as Redis
-    sent them; None for a cluster client (its nodes parse replies themselves)."""
-    if is_cluster(redis_client):
+def replies_as_sent(redis_client: Any, *commands: str) -> Any:
+    """A sibling of ``redis_client`` on the same connection pool whose replies to ``commands``
+    are left as Redis sent them (entries as ``[id, [name, value, ...]]``, no dict per entry,
+    which costs redis-py about as much as reading the reply); None for a cluster client,
+    whose nodes parse replies themselves. ``redis_client`` itself is never modified."""
+    if not isinstance(redis_client, redis.Redis):
         return None
-    reader = redis.Redis(connection_pool=redis_client.connection_pool)
-    reader.set_response_callback("XREADGROUP", lambda response, **_: response)
-    return reader
+    sibling = redis.Redis(connection_pool=redis_client.connection_pool)
+    for command in commands:
+        sibling.set_response_callback(command, _as_sent)
+    return sibling
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
+
+
+def flat_fields(fields: Mapping[bytes, bytes] | None) -> list[bytes]:
+    """Entry fields parsed by redis-py back in the flat ``[name, value, ...]`` shape."""
+    return [x for pair in (fields or {}).items() for x in pair]
 
 
 def _flattened(reply: Any) -> list[RawEntry]:
@@ -801,4 +815,4 @@ def _flattened(reply: Any) -> list[RawEntry]:
     if not reply:
         return []
     entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
-    return [(eid, [x for pair in (fields or {}).items() for x in pair]) for eid, fields in entries]
+    return [(eid, flat_fields(fields)) for eid, fields in entries]

@@ -15,9 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import redis
-
-from streamlab.client import ClientLike, as_client, translate_errors
+from streamlab.client import ClientLike, as_client, flat_fields, replies_as_sent, translate_errors
 from streamlab.ids import parse_id
 from streamlab.records import PendingEntry, pending_entries
 
@@ -26,11 +24,6 @@ __all__ = ["Fetcher", "FlatEntry", "fetcher", "gc_paused"]
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
 FlatEntry = Sequence[Any]
 PAGE_SIZE = 2_000
-_RAW_COMMANDS = ("XRANGE", "XPENDING")
-
-
-def _identity(response: Any, **_options: Any) -> Any:
-    return response
 
 
 class Fetcher:
@@ -40,11 +33,7 @@ class Fetcher:
         self.client = as_client(client)
         self.redis: Any = self.client.redis
         self.dlq_stream = self.client.dlq_stream
-        self._raw: Any = None
-        if isinstance(self.redis, redis.Redis):
-            self._raw = redis.Redis(connection_pool=self.redis.connection_pool)
-            for command in _RAW_COMMANDS:
-                self._raw.set_response_callback(command, _identity)
+        self._raw: Any = replies_as_sent(self.redis, "XRANGE", "XPENDING")
 
     def xrange(self, stream: str, start: Any, end: Any, count: int) -> list[FlatEntry]:
         """One XRANGE page as raw entries."""
@@ -53,9 +42,7 @@ class Fetcher:
                 return list(self._raw.execute_command("XRANGE", stream, start, end, "COUNT", count))
             # Cluster or other clients: redis-py's dict replies, flattened back.
             parsed = self.redis.xrange(stream, start, end, count=count)
-        return [
-            [eid, [x for pair in (fields or {}).items() for x in pair]] for eid, fields in parsed
-        ]
+        return [[eid, flat_fields(fields)] for eid, fields in parsed]
 
     def pages(
         self,
