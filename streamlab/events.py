@@ -62,14 +62,31 @@ when producing (`EncodeError`) and when decoding (`DecodeError`)."""
 
 
 def _new_id() -> str:
-    """A random uuid4 as text, built from 16 random bytes directly: the same distribution and
-    form as ``str(uuid.uuid4())`` (version 4, RFC 4122 variant) at about a third of its cost,
-    which matters when a producer builds events by the thousand."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    """A random uuid4 as text: the same distribution and form as ``str(uuid.uuid4())``
+    (version 4, RFC 4122 variant, from `os.urandom`), at a fraction of its cost, which matters
+    when a producer builds events by the thousand: ids are made `_IDS_PER_DRAW` at a time from
+    one `os.urandom` call. ``list.pop`` is atomic, so threads never share an id, and a forked
+    child drops the ids its parent had drawn (`os.register_at_fork`)."""
+    try:
+        return _ids.pop()
+    except IndexError:
+        _ids.extend(_draw_ids())
+        return _ids.pop()
 
 
+_IDS_PER_DRAW = 256
 _VARIANT = "89ab"
+_ids: list[str] = []
+os.register_at_fork(after_in_child=_ids.clear)
+
+
+def _draw_ids() -> list[str]:
+    h = os.urandom(16 * _IDS_PER_DRAW).hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, len(h), 32)
+    ]
 
 
 def _now() -> datetime:

@@ -236,6 +236,35 @@ def test_default_ids_are_distinct_canonical_uuid4_texts() -> None:
     assert variants == set("89ab")
 
 
+def test_default_ids_are_distinct_across_threads_and_a_fork() -> None:
+    """Ids are drawn in batches: threads taking them at once never get the same one, and a
+    forked child does not hand out the ids its parent had drawn and not used yet."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ids(n: int) -> list[str]:
+        return [StreamEvent(event_type="push").id for _ in range(n)]
+
+    with ThreadPoolExecutor(4) as pool:
+        taken = [i for chunk in pool.map(ids, [3000] * 4) for i in chunk]
+    assert len(set(taken)) == len(taken) == 12_000
+
+    ids(1)  # the parent now holds drawn, unused ids
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its next ids and leave at once
+        os.close(read_end)
+        os.write(write_end, "\n".join(ids(300)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split("\n"))
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert len(child) == 300
+    assert child.isdisjoint(ids(300))
+
+
 def test_own_layout_fast_path_decodes_as_the_general_path() -> None:
     event = next(iter(sample_events(1)))
     own = {k: v.encode() if isinstance(v, str) else v for k, v in encode_event(event).items()}
