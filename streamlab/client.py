@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.client
 import redis.connection
+from hiredis import pack_command
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 
@@ -524,21 +525,50 @@ class RedisStreamsClient:
                 flat.append(value)
             flats.append(flat)
         ids: list[str] = []
-        pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(flats), batch_size):
-            for flat in flats[start : start + batch_size]:
-                pipe.execute_command("XADD", stream, "*", *flat)
-            ids.extend(self._flush(stream, pipe, maxlen))
+            ids.extend(self._write_batch(stream, flats[start : start + batch_size], maxlen))
         return ids
 
-    def _flush(self, stream: str, pipe: Any, maxlen: int | None) -> list[str]:
+    def _write_batch(self, stream: str, flats: list[list[Any]], maxlen: int | None) -> list[str]:
+        """XADD each entry of ``flats`` in one round trip (with the safe trim when it is due)."""
+        trim = maxlen if maxlen and self._trim_due(stream) else None
         with translate_errors(stream):
-            if maxlen and self._trim_due(stream):
-                replies = self._execute_and_trim(stream, pipe, maxlen)
+            if self._reader is not None and trim is None:  # a plain client, no trim now
+                replies = self._xadd_packed(stream, flats)
             else:
-                replies = pipe.execute()
+                pipe = self.redis.pipeline(transaction=False)
+                for flat in flats:
+                    pipe.execute_command("XADD", stream, "*", *flat)
+                replies = self._execute_and_trim(stream, pipe, trim) if trim else pipe.execute()
         self.metrics.produced(stream, len(replies))
         return [r.decode() for r in replies]
+
+    def _xadd_packed(self, stream: str, flats: list[list[Any]]) -> list[bytes]:
+        """What a pipeline of XADDs does, on one pooled connection, with each command packed
+        by hiredis straight from its arguments (redis-py's `Pipeline` packs in Python, which
+        cost about half of the client's time per entry). Every reply is read, errors included,
+        so the connection stays in step; after a connection error it is dropped and nothing is
+        re-sent: the entries written before the cut stay, once each."""
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            packed = [pack_command(("XADD", stream, "*", *flat)) for flat in flats]
+            conn.send_packed_command([b"".join(packed)])
+            replies: list[bytes] = []
+            error: redis.ResponseError | None = None
+            for _ in flats:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:  # read on: the connection stays in step
+                    error = error or exc
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: the connection is out of step
+            raise
+        finally:
+            pool.release(conn)
+        if error is not None:
+            raise error
+        return replies
 
     # -- trimming: a producer's cap never removes what a group still needs --------------------
 

@@ -16,6 +16,7 @@ from clientlike import CALLS
 
 from streamlab.client import RedisStreamsClient, StreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.embedded import EmbeddedServer
 from streamlab.errors import EncodeError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
 from streamlab.events import (
     AuthContext,
@@ -400,3 +401,65 @@ def test_read_entries_of_mixed_layouts_decode_as_the_parsed_replies_do(
     assert "payload" in str(parsed[5].decode_error)
     assert parsed[0].event == a
     assert parsed[1].event == b
+
+
+def test_add_many_error_replies_leave_the_connection_in_step(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """Every reply of a batch is read even when they are errors: the pooled connection's next
+    command gets its own reply, not a leftover XADD error."""
+    r = streams_client.redis
+    r.set(stream_name, "not a stream")
+    with pytest.raises(WrongTypeError):
+        streams_client.add_many(stream_name, sample_events(50))
+    assert r.get(stream_name) == b"not a stream"
+    r.delete(stream_name)
+    ids = streams_client.add_many(stream_name, sample_events(30, seed=1), batch_size=7)
+    assert ids == [i.decode() for i, _ in r.xrange(stream_name)]
+
+
+def test_add_many_cut_off_mid_write_writes_no_entry_twice(private_server: EmbeddedServer) -> None:
+    """A connection killed while a batch is being written: the error reaches the caller, what
+    was written stays written once, in order (nothing is re-sent), and the client works again
+    after. The server's writes are paused (CLIENT PAUSE WRITE) once some entries are in, so
+    the cut falls mid-batch."""
+    named = redis.Redis.from_url(private_server.url, client_name="streamlab-producer")
+    client = RedisStreamsClient(named)
+    admin = private_server.client()
+    events = list(sample_events(60_000, seed=4))
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            client.add_many("s", events, batch_size=len(events))
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=produce)
+    writer.start()
+    deadline = time.monotonic() + 60  # bounded wait for the first entries (about 1 s)
+    while admin.xlen("s") == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    admin.client_pause(30_000, all=False)  # writes held; reads and CLIENT KILL still run
+    try:
+        assert 0 < admin.xlen("s") < len(events)
+        killed = [
+            admin.client_kill_filter(_id=c["id"])
+            for c in admin.client_list()
+            if c["name"] == "streamlab-producer"
+        ]
+        assert killed == [1]
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+    finally:
+        admin.client_unpause()
+    assert len(errors) == 1
+    assert isinstance(errors[0], redis.ConnectionError)
+    written = admin.xrange("s")
+    assert 0 < len(written) < len(events)
+    event_ids = [fields[b"id"] for _, fields in written]
+    assert len(set(event_ids)) == len(event_ids)  # none written twice
+    assert event_ids == [e.id.encode() for e in events[: len(written)]]  # in order, a prefix
+    assert len(client.add_many("s", sample_events(5, seed=5))) == 5
+    named.close()
+    admin.close()
