@@ -61,6 +61,7 @@ __all__ = [
     "replies_as_sent",
     "reply_text",
     "seconds",
+    "send_packed",
     "translate_errors",
 ]
 
@@ -544,30 +545,11 @@ class RedisStreamsClient:
         return [r.decode() for r in replies]
 
     def _xadd_packed(self, stream: str, flats: list[list[Any]]) -> list[bytes]:
-        """What a pipeline of XADDs does, on one pooled connection, with each command packed
-        by hiredis straight from its arguments (redis-py's `Pipeline` packs in Python, which
-        cost about half of the client's time per entry). Every reply is read, errors included,
-        so the connection stays in step; after a connection error it is dropped and nothing is
-        re-sent: the entries written before the cut stay, once each."""
-        pool = self.redis.connection_pool
-        conn = pool.get_connection()
-        try:
-            packed = [pack_command(("XADD", stream, "*", *flat)) for flat in flats]
-            conn.send_packed_command([b"".join(packed)])
-            replies: list[bytes] = []
-            error: redis.ResponseError | None = None
-            for _ in flats:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:  # read on: the connection stays in step
-                    error = error or exc
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: the connection is out of step
-            raise
-        finally:
-            pool.release(conn)
-        if error is not None:
-            raise error
+        """The XADDs of ``flats`` through `send_packed`; the first error reply is raised."""
+        replies = send_packed(self.redis, [("XADD", stream, "*", *flat) for flat in flats])
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
         return replies
 
     # -- trimming: a producer's cap never removes what a group still needs --------------------
@@ -815,6 +797,32 @@ def as_client(client: ClientLike) -> RedisStreamsClient:
         "client must be a RedisStreamsClient, a redis.Redis or a redis.cluster.RedisCluster, "
         f"not {type(client).__module__}.{type(client).__qualname__}"
     )
+
+
+def send_packed(redis_client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Run ``commands`` as a non-transactional pipeline does (one write, replies in order,
+    an error reply given as its `redis.ResponseError`), on one pooled connection, each command
+    packed by hiredis straight from its arguments: redis-py's `Pipeline` packs in Python,
+    which cost about half of the client's time per entry in `add_many` and replay. Replies
+    are raw (no response callbacks). Every reply is read, errors included, so the connection
+    stays in step; after a connection error it is dropped and nothing is re-sent, so what ran
+    before the cut ran once. Arguments are str, bytes, int or float."""
+    pool = redis_client.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command([b"".join([pack_command(tuple(c)) for c in commands])])
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:  # read on: the connection stays in step
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: the connection is out of step
+        raise
+    finally:
+        pool.release(conn)
+    return replies
 
 
 def replies_as_sent(redis_client: Any, *commands: str) -> Any:

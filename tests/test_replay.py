@@ -17,6 +17,7 @@ import redis
 from test_replay_helpers import dlq_fields, fill_dlq
 
 from streamlab.client import RedisStreamsClient, connect
+from streamlab.embedded import EmbeddedServer
 from streamlab.errors import ArgumentError, ConfigError, MissingDependencyError, NotFoundError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.records import DLQ_FIELDS, Failure
@@ -708,3 +709,31 @@ def test_platform_format_entries_filter_and_replay(
         }
         assert out[b"retry_count"] == b"0"
     assert len(report.replayed) == len(sel)
+
+
+def test_scripts_flushed_before_and_between_batches(private_server: EmbeddedServer) -> None:
+    """The server forgetting the replay script (SCRIPT FLUSH, a restart without the script
+    cache) costs nothing: the calls refused with NOSCRIPT did not run, the script is loaded
+    and they are sent again, each entry replayed exactly once. A private server: the test
+    flushes its scripts."""
+    r = private_server.client()
+    client = RedisStreamsClient(r)
+    ids = fill_dlq(r, client.dlq_stream("s"), [dlq_fields(i, "s") for i in range(10)])
+
+    class FlushingScripts(threading.Event):
+        def is_set(self) -> bool:  # asked before each batch
+            r.script_flush()
+            return False
+
+    r.config_resetstat()
+    report = replay_dlq(client, "s", batch_size=3, cancel=FlushingScripts())
+    # Every call of every batch was refused once (NOSCRIPT), then sent again.
+    assert r.info("commandstats")["cmdstat_evalsha"]["failed_calls"] == 10
+    assert report.replayed == ids
+    assert report.ok
+    assert not report.failed
+    assert r.xlen("s") == 10
+    assert r.xlen(client.dlq_stream("s")) == 0
+    sources = [f[b"streamlab:replay_of"] for _, f in r.xrange("s")]
+    assert sorted(sources) == sorted(i.encode() for i in ids)
+    r.close()

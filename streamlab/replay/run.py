@@ -12,10 +12,18 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
+from redis.exceptions import NoScriptError
 
 from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
-from streamlab.client import ClientLike, RedisStreamsClient, as_client, permission_error, seconds
+from streamlab.client import (
+    ClientLike,
+    RedisStreamsClient,
+    as_client,
+    permission_error,
+    seconds,
+    send_packed,
+)
 from streamlab.errors import ArgumentError
 from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
@@ -221,31 +229,25 @@ class _Replayer:
         ]
 
     def run_batch(self, batch: Sequence[_Plan]) -> None:
-        pipe = self.c.redis.pipeline(transaction=False)
-        scripts = getattr(pipe, "scripts", None)
-        if scripts is not None:
-            scripts.add(self.script)  # loaded before execute if missing, as Script() does
-        elif not self.loaded:
-            self.c.redis.script_load(self.script.script)  # cluster pipeline: load it once
-            self.loaded = True
         sha, dlq, tail, head = self.script.sha, self.report.dlq, self.keys_tail, self.head
         stamp = MarkerStamp(self.report.replay_id, datetime.now(UTC))
         keys = [dlq, "", *tail]
         apart: dict[int, tuple[_Plan, list[bytes]]] = {}
+        commands: list[tuple[Any, ...]] = []
         for i, plan in enumerate(batch):
             marker = stamp.fields(plan.entry.id, plan.replay_count, plan.group or b"")
             fields = [*plan.entry.original(), *marker]
             if len(fields) > LUA_MAX_VALUES:
                 apart[i] = plan, fields  # too many for Lua: a transaction of its own, below
                 continue
-            pipe.execute_command(
+            commands.append((
                 "EVALSHA", sha, 4, dlq, plan.target, *tail, plan.entry.id, *head,
                 plan.group or b"", *fields,
-            )  # fmt: skip
+            ))  # fmt: skip
         expiring = bool(self.ttl and not self.report.dry_run)
         if expiring:
-            pipe.expire(self.ledger, self.ttl)
-        replies: list[Any] = self._execute(pipe) if len(pipe) else []
+            commands.append(("EXPIRE", self.ledger, self.ttl))
+        replies: list[Any] = self._execute(commands) if commands else []
         expired = replies.pop() if expiring and replies else None
         for i, (plan, fields) in sorted(apart.items()):
             keys[1] = plan.target
@@ -274,11 +276,29 @@ class _Replayer:
             denied = permission_error(expired)
             raise denied or expired from expired
 
-    @staticmethod
-    def _execute(pipe: Any) -> list[Any]:
+    def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The batch's replies, an error reply as its exception. A plain client sends it
+        through `send_packed` and loads the script where the server says NOSCRIPT, sending
+        those calls again (they did not run); a cluster pipeline loads it once, first."""
+        r = self.c.redis
         try:
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-        except redis.ResponseError as exc:  # loading the script (SCRIPT EXISTS / LOAD)
+            if is_cluster(r):
+                if not self.loaded:
+                    r.script_load(self.script.script)
+                    self.loaded = True
+                pipe = r.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies: list[Any] = pipe.execute(raise_on_error=False)
+                return replies
+            replies = send_packed(r, commands)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                r.script_load(self.script.script)
+                again = send_packed(r, [commands[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except redis.ResponseError as exc:  # loading the script (SCRIPT LOAD)
             denied = permission_error(exc)
             if denied is None:
                 raise
