@@ -102,7 +102,8 @@ def main() -> None:
         print(f"baseline  XRANGE + pipelined XADD/XDEL : {n / best_base:>10,.0f} events/s")
         print(f"streamlab replay_dlq (atomic, Lua)     : {n / best_replay:>10,.0f} events/s")
         print(
-            f"ratio streamlab / baseline             : {best_base / best_replay:.2f}  (goal >= 0.55)"
+            f"ratio streamlab / baseline             : {best_base / best_replay:.2f}"
+            "  (goal >= 0.55)"
         )
 
 
