@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -396,18 +396,32 @@ def cmd_trim(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for_stop() -> None:
-    """Block until Ctrl-C (SIGINT) or SIGTERM: a foreground command then stops cleanly, its
-    ``with`` blocks closing (an embedded server is stopped, never left orphaned)."""
+_STOP_POLL = 0.2  # seconds: how late a stop asked by a signal may be seen
+
+
+@contextlib.contextmanager
+def until_stopped() -> Iterator[Callable[[], None]]:
+    """From here on Ctrl-C (SIGINT) and SIGTERM ask to stop; the function given blocks until
+    one did, and a foreground command then stops cleanly, its ``with`` blocks closing (an
+    embedded server is stopped, never left orphaned). Enter it before announcing that the
+    command is ready: a signal sent right after the announcement is then never lost, nor
+    does it kill the process before it can clean up."""
     import signal
     import threading
 
     from streamlab._signals import signals_set
 
     stop = threading.Event()
-    with signals_set(stop, signal.SIGINT, signal.SIGTERM):
-        while not stop.wait(3600):
+
+    def wait() -> None:
+        # Short waits, not one long one: the kernel may hand the signal to another thread
+        # (the HTTP server's), and the main thread runs Python's handler only once its wait
+        # returns; a long wait would leave the stop unseen for that long.
+        while not stop.wait(_STOP_POLL):
             pass
+
+    with signals_set(stop, signal.SIGINT, signal.SIGTERM):
+        yield wait
 
 
 def note(text: str) -> None:
@@ -433,11 +447,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.port and not _port_free(args.port):
         raise RunFailed(f"port {args.port} is in use: pick another --port (or none for a free one)")
     options = {"port": args.port} if args.port else {}
-    with EmbeddedServer(**options) as server:
+    with until_stopped() as wait, EmbeddedServer(**options) as server:
         print(f"export REDIS_URL={server.url}", flush=True)
         note(f"embedded {os.path.basename(server.binary)} (pid {server.pid}) running; "
              "Ctrl-C stops it")  # fmt: skip
-        wait_for_stop()
+        wait()
     note("embedded server stopped")
     return 0
 
@@ -496,17 +510,22 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             return [up, lag, pend, dlq]
 
     REGISTRY.register(Collector())
-    try:
-        start_http_server(args.port)
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise RunFailed(f"cannot serve on port {args.port}: {reason}") from exc
-    say(f"serving Prometheus metrics of {', '.join(streams)} (from {redact_url(url)})")
-    say(f"  http://127.0.0.1:{args.port}/metrics (port {args.port} on every interface)")
-    say("  streamlab_group_lag, streamlab_group_pending, streamlab_dlq_length, streamlab_up")
-    sys.stdout.flush()
-    note("Ctrl-C stops it")
-    wait_for_stop()
+    with until_stopped() as wait:
+        try:
+            start_http_server(args.port, addr=args.host)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise RunFailed(f"cannot serve on {args.host} port {args.port}: {reason}") from exc
+        say(f"serving Prometheus metrics of {', '.join(streams)} (from {redact_url(url)})")
+        if args.host in ("0.0.0.0", "::"):
+            say(f"  http://127.0.0.1:{args.port}/metrics (port {args.port} on every interface)")
+        else:
+            shown = f"[{args.host}]" if ":" in args.host else args.host
+            say(f"  http://{shown}:{args.port}/metrics")
+        say("  streamlab_group_lag, streamlab_group_pending, streamlab_dlq_length, streamlab_up")
+        sys.stdout.flush()
+        note("Ctrl-C stops it")
+        wait()
     note("metrics endpoint stopped")
     return 0
 
@@ -760,6 +779,9 @@ def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -
     p = command("metrics", "serve Prometheus /metrics for streams (lag, pending, DLQ)")
     p.add_argument("--stream", action="append", required=True)
     p.add_argument("--port", type=_positive_int, default=9108)
+    p.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: every interface)"
+    )
     p.set_defaults(func=cmd_metrics)
     p = sub.add_parser("server", help="an embedded server in the foreground, until Ctrl-C")
     p.add_argument("--port", type=_positive_int)

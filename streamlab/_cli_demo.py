@@ -156,20 +156,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = _story(server.url, stream, args.events, args.seed, args.json)
         result["url"] = server.url
         where = f"export REDIS_URL={server.url}"
-        header = "next, try (in another terminal: this one keeps the server)" if args.keep else ""
-        code = _finish(result, stream, where, args.json, header=header)
-        if args.keep:
-            from streamlab._cli_commands import note, wait_for_stop
+        if not args.keep:
+            code = _finish(result, stream, where, args.json)
+            if not args.json:
+                say("(the embedded server stops now: run `streamlab demo --keep` to try them)")
+            return code
+        from streamlab._cli_commands import note, until_stopped
 
+        # Ctrl-C or SIGTERM from the moment the URL is shown: the server is stopped on the way out.
+        with until_stopped() as wait:
+            header = "next, try (in another terminal: this one keeps the server)"
+            code = _finish(result, stream, where, args.json, header=header)
             if args.json:
                 note(f"the embedded server keeps running at {server.url}; Ctrl-C stops it")
             else:
                 say("\nthe embedded server keeps running; Ctrl-C stops it")
             sys.stdout.flush()
-            wait_for_stop()  # Ctrl-C or SIGTERM: the server is stopped on the way out
-            note("embedded server stopped")
-        elif not args.json:
-            say("(the embedded server stops now: run `streamlab demo --keep` to try them)")
+            wait()
+        note("embedded server stopped")
     return code
 
 

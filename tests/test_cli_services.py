@@ -222,6 +222,37 @@ def test_metrics_serves_lag_pending_and_dlq_length_then_stops_cleanly(
     assert "stopped" in proc.stderr
 
 
+def test_metrics_host_limits_where_it_listens(stream_name: str, redis_url: str) -> None:
+    """``--host 127.0.0.1`` listens there only: 127.0.0.2 (loopback too) is refused, where the
+    default (every interface) answers on both. An address this machine lacks is one line."""
+    port = free_port()
+    proc = Running("metrics", "--stream", stream_name, "--port", str(port), "--url", redis_url,
+                   "--host", "127.0.0.1")  # fmt: skip
+    try:
+        proc.wait_for(rf"  http://127\.0\.0\.1:{port}/metrics\n")
+        assert scrape(port, proc)[("streamlab_up", ())] == 1
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
+        code = proc.stop(signal.SIGTERM)
+    finally:
+        proc.close()
+    assert_clean_exit(code, proc)
+
+    port = free_port()
+    proc = Running("metrics", "--stream", stream_name, "--port", str(port), "--url", redis_url)
+    try:
+        proc.wait_for(r"on every interface")
+        socket.create_connection(("127.0.0.2", port), timeout=5).close()
+        code = proc.stop(signal.SIGTERM)
+    finally:
+        proc.close()
+    assert_clean_exit(code, proc)
+
+    run = streamlab("metrics", "--stream", stream_name, "--url", redis_url,
+                    "--host", "192.0.2.1")  # fmt: skip  # TEST-NET-1: never this machine's
+    assert_one_line_error(run, 1, "cannot serve on 192.0.2.1 port 9108: Cannot assign")
+
+
 def test_metrics_stops_on_ctrl_c_and_refuses_a_taken_port_or_a_dead_server(
     stream_name: str, redis_url: str
 ) -> None:
@@ -233,7 +264,7 @@ def test_metrics_stops_on_ctrl_c_and_refuses_a_taken_port_or_a_dead_server(
         # The port is taken now: a second one says so in one line.
         run = streamlab("metrics", "--stream", stream_name, "--port", str(port), "--url",
                         redis_url)  # fmt: skip
-        assert_one_line_error(run, 1, f"cannot serve on port {port}")
+        assert_one_line_error(run, 1, f"cannot serve on 0.0.0.0 port {port}: Address already")
         code = proc.stop(signal.SIGINT)
     finally:
         proc.close()
