@@ -464,7 +464,8 @@ def _layout(layout: tuple[bytes | str, ...]) -> tuple[tuple[str, ...], bool]:
     known = _LAYOUTS.get(layout)
     if known is None:
         names = tuple(_field_name(k) for k in layout)
-        known = names, len(names) == len(_KNOWN) and _KNOWN.issuperset(names)
+        # Each known name exactly once: a repeated name can hide a missing one.
+        known = names, len(names) == len(_KNOWN) and frozenset(names) == _KNOWN
         if len(_LAYOUTS) < _LAYOUTS_MAX:
             _LAYOUTS[layout] = known
     return known

@@ -382,6 +382,9 @@ def test_read_entries_of_mixed_layouts_decode_as_the_parsed_replies_do(
         [x for kv in next(platform_entries(1, seed=2)).items() for x in kv],
         [x for kv in own.items() for x in kv],
         ["event_type", "push", "tenant_id", "t1", "event_type", "pull_request"],
+        # As many names as streamlab's own layout, all known, one repeated and one missing.
+        [x for kv in {**own, "retry_count": None}.items() if kv[1] is not None for x in kv]
+        + ["id", "again"],
         [x for kv in {**own, "payload": b"{not json"}.items() for x in kv],
         [x for kv in own.items() for x in kv],
     ]
@@ -397,8 +400,10 @@ def test_read_entries_of_mixed_layouts_decode_as_the_parsed_replies_do(
         assert str(got.decode_error) == str(expected.decode_error)
     assert parsed[4].event is not None
     assert parsed[4].event.event_type == "pull_request"
-    assert parsed[5].event is None
-    assert "payload" in str(parsed[5].decode_error)
+    assert parsed[5].event is not None
+    assert (parsed[5].event.id, parsed[5].event.retry_count) == ("again", 0)
+    assert parsed[6].event is None
+    assert "payload" in str(parsed[6].decode_error)
     assert parsed[0].event == a
     assert parsed[1].event == b
 
