@@ -734,7 +734,7 @@ class Consumer:
         SystemExit), what was already decided is settled and the rest stays pending, to be
         reclaimed later: nothing done is left unacknowledged and nothing undone is lost.
         """
-        stream, group, max_retries = self.config.stream, self.config.group, self.config.max_retries
+        cfg = self.config
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
         durations: list[float] = []
         failed = 0
@@ -745,8 +745,8 @@ class Consumer:
             for item in batch:
                 if dog is not None and dog.grace_over():
                     break  # stopping: the rest stays pending, untouched
-                msg = item if isinstance(item, StreamMessage) else decode_message(stream, *item)
-                decision = before_handler(msg, group, max_retries)
+                msg = self._message(item)
+                decision = before_handler(msg, cfg.group, cfg.max_retries)
                 if decision.action is Action.HANDLE:
                     handled = self._handle(msg, handler, durations)
                     if handled is None:

@@ -443,20 +443,18 @@ def _named(raw: RawFields) -> tuple[dict[str, Any], bool]:
     one producer share a layout (the same names in the same order): its names are decoded
     once and reused (a bounded cache)."""
     global _last  # noqa: PLW0603  # one tuple, swapped whole: safe across threads
-    if isinstance(raw, list):  # first: the consumer's case, and cheaper than the ABC check
-        names_sent: list[bytes] = raw[0::2]
-        last_sent, known = _last
-        # Most entries have the layout of the one before: comparing the names costs a third
-        # of hashing them for the cache (every reply brings new bytes objects).
-        if names_sent != last_sent:
-            known = _layout(tuple(names_sent))
-            _last = names_sent, known
-        names, own = known
-        return dict(zip(names, raw[1::2], strict=True)), own
-    if isinstance(raw, Mapping):
+    # A list first: the consumer's case, and cheaper to test than the Mapping ABC.
+    if not isinstance(raw, list) and isinstance(raw, Mapping):
         names, own = _layout(tuple(raw))
         return dict(zip(names, raw.values(), strict=True)), own
-    names, own = _layout(tuple(raw[0::2]))
+    names_sent = raw[0::2]
+    last_sent, known = _last
+    # Most entries have the layout of the one before: comparing the names costs a third of
+    # hashing them for the cache (every reply brings new bytes objects).
+    if names_sent != last_sent:
+        known = _layout(tuple(names_sent))
+        _last = names_sent, known
+    names, own = known
     return dict(zip(names, raw[1::2], strict=True)), own
 
 
@@ -471,7 +469,7 @@ def _layout(layout: tuple[bytes | str, ...]) -> tuple[tuple[str, ...], bool]:
     return known
 
 
-_last: tuple[list[bytes], tuple[tuple[str, ...], bool]] = ([], ((), False))
+_last: tuple[Sequence[bytes], tuple[tuple[str, ...], bool]] = ([], ((), False))
 
 
 def decode_message(
