@@ -19,6 +19,7 @@ import redis
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
+from streamlab.embedded import EmbeddedServer
 from streamlab.errors import ConfigError, Reject, Retry
 from streamlab.events import StreamEvent, StreamMessage, encode_event
 from streamlab.policy import RETRY_CONSUMER, Action
@@ -266,6 +267,37 @@ def test_poison_message_lands_in_the_dlq_once_with_its_failure_record(
     assert {k.decode() for k in raw} - {k.decode() for k in original} == set(DLQ_FIELDS)
     assert pending_count(r, stream_name, "g") == 0
     assert r.xlen(stream_name) == 6  # the DLQ move acks; it does not delete the source entry
+
+
+def test_scripts_flushed_before_every_settle_lose_nothing(private_server: EmbeddedServer) -> None:
+    """A batch settles in one packed write; when the server has forgotten the dead-letter
+    script (SCRIPT FLUSH, a restart without its script cache), the calls refused with
+    NOSCRIPT did not run, so they are sent again once it is loaded: each poison entry is in
+    the DLQ exactly once, and the batch's acks and retries are not repeated or lost. A
+    private server: the test flushes its scripts."""
+    r = private_server.client()
+    client = RedisStreamsClient(r)
+    stream = "flushed"
+    add(client, stream, 3)
+    poison = add(client, stream, 4, event_type="poison")
+    add(client, stream, 3)
+    consumer = Consumer(client, config(stream, max_retries=0))
+    settle = consumer._settle
+
+    def flushing_settle(outcomes: Any) -> RunStats:
+        r.script_flush()
+        return settle(outcomes)
+
+    consumer._settle = flushing_settle  # type: ignore[method-assign]
+    r.config_resetstat()
+    stats = consumer.run(poison_handler, burst=True, handle_signals=False)
+    assert (stats.acked, stats.dead_lettered) == (6, 4)
+    # Each dead letter was refused (NOSCRIPT; the consumer's other script, which prunes
+    # consumers, may be refused too), then sent again and run once.
+    assert r.info("commandstats")["cmdstat_evalsha"]["failed_calls"] >= 4
+    assert sorted(d.failure.source_id for d in client.read_dlq(stream) if d.failure) == poison
+    assert pending_count(r, stream, "g") == 0
+    r.close()
 
 
 # -- undecodable entries -----------------------------------------------------------------------

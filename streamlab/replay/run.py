@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
-from redis.exceptions import NoScriptError
 
 from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
@@ -291,13 +290,7 @@ class _Replayer:
                     pipe.execute_command(*command)
                 replies: list[Any] = pipe.execute(raise_on_error=False)
                 return replies
-            replies = send_packed(r, commands)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                r.script_load(self.script.script)
-                again = send_packed(r, [commands[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            replies = send_packed(r, commands, self.script)
         except redis.ResponseError as exc:  # loading the script (SCRIPT LOAD)
             denied = permission_error(exc)
             if denied is None:
