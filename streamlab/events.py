@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, Self
 
 import pydantic_core
@@ -47,10 +47,11 @@ __all__ = [
     "encode_event",
 ]
 
-_KNOWN = frozenset(
-    {"id", "event_type", "repository", "tenant_id", "payload", "auth_context", "timestamp"}
-    | {"retry_count"}
-)
+# streamlab's own layout: the attributes of `StreamEvent` an entry carries, in the order
+# `_decode_own` takes them.
+_OWN: tuple[str, ...] = ("id", "event_type", "repository", "tenant_id", "payload")
+_OWN += ("auth_context", "timestamp", "retry_count")
+_KNOWN = frozenset(_OWN)
 
 
 _ZERO = timedelta(0)
@@ -264,7 +265,7 @@ def decode_event(
     far minus one).
     """
     if fields.keys() == _KNOWN:  # type: ignore[comparison-overlap]
-        return _decode_own(fields, entry_id, extra_retries)  # type: ignore[arg-type]
+        return _decode_own(_pick_own(fields), entry_id, extra_retries)
     data: dict[str, Any] = {}
     extra: dict[str, str | bytes] = {}
     wire: dict[str, str] = {}
@@ -303,18 +304,22 @@ def decode_event(
     return _validated(data, wire, entry_id, extra_retries)
 
 
-def _decode_own(f: Mapping[str, Any], entry_id: str | None, extra_retries: int) -> StreamEvent:
+_pick_own = itemgetter(*_OWN)
+
+
+def _decode_own(values: Sequence[Any], entry_id: str | None, extra_retries: int) -> StreamEvent:
     """streamlab's own layout (what `encode_event` writes): every name known, no alias, no
-    unknown field, so each value goes straight to its decoder."""
+    unknown field, so each value (in `_OWN`'s order) goes straight to its decoder."""
+    ident, event_type, repository, tenant_id, payload, auth_context, timestamp, retries = values
     data = {
-        "id": f["id"],
-        "event_type": f["event_type"],
-        "repository": f["repository"],
-        "tenant_id": f["tenant_id"],
-        "payload": _payload(f["payload"], "payload", entry_id),
-        "auth_context": _auth_context(f["auth_context"], "auth_context", entry_id),
-        "timestamp": _parse_time(f["timestamp"]),
-        "retry_count": f["retry_count"],
+        "id": ident,
+        "event_type": event_type,
+        "repository": repository,
+        "tenant_id": tenant_id,
+        "payload": _payload(payload, "payload", entry_id),
+        "auth_context": _auth_context(auth_context, "auth_context", entry_id),
+        "timestamp": _parse_time(timestamp),
+        "retry_count": retries,
     }
     return _validated(data, _NO_ALIASES, entry_id, extra_retries)
 
@@ -384,7 +389,6 @@ def _keep(value: bytes | str) -> str | bytes:
     return value
 
 
-@dataclass(slots=True)
 class StreamMessage:
     """One stream entry as read from Redis.
 
@@ -393,12 +397,67 @@ class StreamMessage:
     ``delivery_count`` is how many times the entry was delivered to its group (1 when new).
     """
 
-    stream: str
-    id: str
-    event: StreamEvent | None
-    fields: dict[str, bytes]
-    delivery_count: int = 1
-    decode_error: DecodeError | None = None
+    __slots__ = (
+        "_fields",
+        "_flat",
+        "_names",
+        "decode_error",
+        "delivery_count",
+        "event",
+        "id",
+        "stream",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __init__(  # noqa: PLR0917  # the positional order of the former dataclass
+        self,
+        stream: str,
+        id: str,
+        event: StreamEvent | None,
+        fields: dict[str, bytes],
+        delivery_count: int = 1,
+        decode_error: DecodeError | None = None,
+    ) -> None:
+        self.stream = stream
+        self.id = id
+        self.event = event
+        self.delivery_count = delivery_count
+        self.decode_error = decode_error
+        self._fields: dict[str, bytes] | None = fields
+        self._names: tuple[str, ...] = ()
+        self._flat: Sequence[bytes] = ()
+
+    @classmethod
+    def _as_sent(
+        cls,
+        stream: str,
+        id: str,
+        event: StreamEvent,
+        *,
+        names: tuple[str, ...],
+        flat: Sequence[bytes],
+        delivery_count: int,
+    ) -> StreamMessage:
+        """A message whose ``fields`` dict is built from the flat reply only when asked for:
+        most handlers read ``event`` alone, and the dict was a tenth of a message's decode."""
+        msg = cls(stream, id, event, {}, delivery_count)
+        msg._fields, msg._names, msg._flat = None, names, flat
+        return msg
+
+    @property
+    def fields(self) -> dict[str, bytes]:
+        """The entry's fields, names as text (surrogate escapes where not UTF-8), values as
+        bytes."""
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = dict(zip(self._names, self._flat[1::2], strict=True))
+            self._flat = ()
+        return fields
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        """The entry's field names in the order sent, without building ``fields``."""
+        return self._names if self._fields is None else tuple(self._fields)
 
     @property
     def time(self) -> datetime:
@@ -409,6 +468,21 @@ class StreamMessage:
     def failure(self) -> Failure | None:
         """The failure record when this is a DLQ entry, else None."""
         return Failure.from_fields(self.fields)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.stream, self.id, self.event, self.fields, self.delivery_count)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StreamMessage):
+            return NotImplemented
+        return self._key() == other._key() and self.decode_error == other.decode_error
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamMessage(stream={self.stream!r}, id={self.id!r}, event={self.event!r}, "
+            f"fields={self.fields!r}, delivery_count={self.delivery_count!r}, "
+            f"decode_error={self.decode_error!r})"
+        )
 
 
 _NAMES: dict[bytes, str] = {}
@@ -428,9 +502,10 @@ def _field_name(key: bytes | str) -> str:
     return name
 
 
-# A layout is an entry's field names in order, as sent; its names as text, and whether it is
-# streamlab's own (see `_decode_own`).
-_LAYOUTS: dict[tuple[bytes | str, ...], tuple[tuple[str, ...], bool]] = {}
+# A layout is an entry's field names in order, as sent: its names as text and, when it is
+# streamlab's own, what picks `_OWN`'s values out of the flat reply (see `_decode_own`).
+_Pick = Callable[[Sequence[Any]], tuple[Any, ...]]
+_LAYOUTS: dict[tuple[bytes | str, ...], tuple[tuple[str, ...], _Pick | None]] = {}
 _LAYOUTS_MAX = 1024
 
 RawFields = Mapping[bytes, bytes] | Sequence[bytes]
@@ -438,38 +513,33 @@ RawFields = Mapping[bytes, bytes] | Sequence[bytes]
 sends (`streamlab.client.RawEntry`)."""
 
 
-def _named(raw: RawFields) -> tuple[dict[str, Any], bool]:
-    """``raw`` with its names as text, and whether it has streamlab's own layout. Entries of
-    one producer share a layout (the same names in the same order): its names are decoded
-    once and reused (a bounded cache)."""
+def _layout(layout: tuple[bytes | str, ...]) -> tuple[tuple[str, ...], _Pick | None]:
+    """A layout's names, decoded once and reused (entries of one producer share a layout:
+    the same names in the same order; a bounded cache)."""
+    known = _LAYOUTS.get(layout)
+    if known is None:
+        names = tuple(_field_name(k) for k in layout)
+        # Each known name exactly once: a repeated name can hide a missing one.
+        own = len(names) == len(_KNOWN) and frozenset(names) == _KNOWN
+        known = names, itemgetter(*(2 * names.index(n) + 1 for n in _OWN)) if own else None
+        if len(_LAYOUTS) < _LAYOUTS_MAX:
+            _LAYOUTS[layout] = known
+    return known
+
+
+def _flat_layout(flat: Sequence[bytes]) -> tuple[tuple[str, ...], _Pick | None]:
     global _last  # noqa: PLW0603  # one tuple, swapped whole: safe across threads
-    # A list first: the consumer's case, and cheaper to test than the Mapping ABC.
-    if not isinstance(raw, list) and isinstance(raw, Mapping):
-        names, own = _layout(tuple(raw))
-        return dict(zip(names, raw.values(), strict=True)), own
-    names_sent = raw[0::2]
+    names_sent = flat[0::2]
     last_sent, known = _last
     # Most entries have the layout of the one before: comparing the names costs a third of
     # hashing them for the cache (every reply brings new bytes objects).
     if names_sent != last_sent:
         known = _layout(tuple(names_sent))
         _last = names_sent, known
-    names, own = known
-    return dict(zip(names, raw[1::2], strict=True)), own
-
-
-def _layout(layout: tuple[bytes | str, ...]) -> tuple[tuple[str, ...], bool]:
-    known = _LAYOUTS.get(layout)
-    if known is None:
-        names = tuple(_field_name(k) for k in layout)
-        # Each known name exactly once: a repeated name can hide a missing one.
-        known = names, len(names) == len(_KNOWN) and frozenset(names) == _KNOWN
-        if len(_LAYOUTS) < _LAYOUTS_MAX:
-            _LAYOUTS[layout] = known
     return known
 
 
-_last: tuple[Sequence[bytes], tuple[tuple[str, ...], bool]] = ([], ((), False))
+_last: tuple[Sequence[bytes], tuple[tuple[str, ...], _Pick | None]] = ([], ((), None))
 
 
 def decode_message(
@@ -481,13 +551,28 @@ def decode_message(
     """Build a `StreamMessage` from a raw entry (redis-py's or as sent), never raising on bad
     content."""
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    fields, own = _named(raw_fields) if raw_fields else ({}, False)
     extra_retries = delivery_count - 1 if delivery_count > 1 else 0
+    fields: dict[str, Any]
+    # A list first: the consumer's case, and cheaper to test than the Mapping ABC.
+    if not raw_fields:
+        fields = {}
+    elif isinstance(raw_fields, list) or not isinstance(raw_fields, Mapping):
+        names, pick = _flat_layout(raw_fields)
+        if pick is not None:  # streamlab's own: decoded straight from the reply
+            try:
+                event = _decode_own(pick(raw_fields), eid, extra_retries)
+            except DecodeError as exc:
+                fields = dict(zip(names, raw_fields[1::2], strict=True))
+                return StreamMessage(stream, eid, None, fields, delivery_count, exc)
+            return StreamMessage._as_sent(
+                stream, eid, event, names=names, flat=raw_fields, delivery_count=delivery_count
+            )
+        fields = dict(zip(names, raw_fields[1::2], strict=True))
+    else:
+        names, _ = _layout(tuple(raw_fields))
+        fields = dict(zip(names, raw_fields.values(), strict=True))
     try:
-        if own:
-            event = _decode_own(fields, eid, extra_retries)
-        else:
-            event = decode_event(fields, entry_id=eid, extra_retries=extra_retries)
+        event = decode_event(fields, entry_id=eid, extra_retries=extra_retries)
     except DecodeError as exc:
         return StreamMessage(stream, eid, None, fields, delivery_count, exc)
     return StreamMessage(stream, eid, event, fields, delivery_count)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -221,8 +221,9 @@ class ReplayMarker:
         return cls(run, source, int(count), when.astimezone(UTC), group)
 
     @staticmethod
-    def present(fields: Mapping[str, bytes] | Mapping[bytes, bytes]) -> bool:
-        """Cheap first test: does the entry carry a marker's group field at all?"""
+    def present(fields: Container[Any]) -> bool:
+        """Cheap first test: does the entry carry a marker's group field at all? ``fields``
+        is an entry's fields or its field names."""
         return _R_GROUP in fields or _R_GROUP_B in fields
 
 

@@ -277,3 +277,30 @@ def test_own_layout_fast_path_decodes_as_the_general_path() -> None:
     assert info.value.entry_id == "1-0"
     with pytest.raises(DecodeError, match="retry_count"):
         decode_event({**own, "retry_count": b"many"}, entry_id="1-0")
+
+
+def test_a_message_of_the_own_layout_builds_its_fields_when_asked() -> None:
+    """An entry of streamlab's own layout, as the consumer reads it (a flat reply), is
+    decoded straight from the reply; its ``fields`` dict, built only when asked for, is what
+    an eagerly decoded message holds, and the two messages are equal."""
+    event = next(iter(sample_events(1)))
+    own = {k: v.encode() if isinstance(v, str) else v for k, v in encode_event(event).items()}
+    flat = [x for name, value in own.items() for x in (name.encode(), value)]
+    lazy = decode_message("s", b"1-0", flat, delivery_count=2)
+    eager = decode_message("s", "1-0", {k.encode(): v for k, v in own.items()}, 2)
+    assert lazy.field_names == tuple(own)
+    assert lazy.event == eager.event
+    assert lazy.event is not None
+    assert lazy.event.retry_count == event.retry_count + 1  # the second delivery
+    assert lazy.fields == own
+    assert lazy.fields is lazy.fields  # built once
+    assert lazy == eager
+    assert repr(lazy) == repr(eager)
+    assert "payload" in repr(lazy)
+    # A bad value in the own layout is a decode error naming it, with the fields kept.
+    broken = [*flat[:-2], b"auth_context", b"{oops"]
+    bad = decode_message("s", b"1-1", broken)
+    assert bad.event is None
+    assert bad.decode_error is not None
+    assert bad.decode_error.field == "auth_context"
+    assert bad.fields["auth_context"] == b"{oops"
