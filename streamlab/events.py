@@ -440,8 +440,9 @@ class StreamMessage:
     ) -> StreamMessage:
         """A message whose ``fields`` dict is built from the flat reply only when asked for:
         most handlers read ``event`` alone, and the dict was a tenth of a message's decode."""
-        msg = cls(stream, id, event, {}, delivery_count)
-        msg._fields, msg._names, msg._flat = None, names, flat
+        msg = object.__new__(cls)  # on the hot path: no __init__ to undo
+        msg.stream, msg.id, msg.event, msg.delivery_count = stream, id, event, delivery_count
+        msg.decode_error, msg._fields, msg._names, msg._flat = None, None, names, flat
         return msg
 
     @property
@@ -453,11 +454,6 @@ class StreamMessage:
             fields = self._fields = dict(zip(self._names, self._flat[1::2], strict=True))
             self._flat = ()
         return fields
-
-    @property
-    def field_names(self) -> tuple[str, ...]:
-        """The entry's field names in the order sent, without building ``fields``."""
-        return self._names if self._fields is None else tuple(self._fields)
 
     @property
     def time(self) -> datetime:

@@ -99,7 +99,8 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
         return Decision(
             Action.DEAD_LETTER, error=err, error_type="DecodeError", error_text=str(err or "")
         )
-    if ReplayMarker.present(msg.field_names):
+    # Marker fields are no StreamEvent attribute, so a marked entry has them in ``extra``.
+    if ReplayMarker.present(msg.event.extra):
         marker = ReplayMarker.from_fields(msg.fields)
         if marker is not None and marker.group and marker.group != group:
             return SKIP

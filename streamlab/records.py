@@ -223,7 +223,7 @@ class ReplayMarker:
     @staticmethod
     def present(fields: Container[Any]) -> bool:
         """Cheap first test: does the entry carry a marker's group field at all? ``fields``
-        is an entry's fields or its field names."""
+        is an entry's fields, or a decoded event's ``extra``."""
         return _R_GROUP in fields or _R_GROUP_B in fields
 
 

@@ -8,7 +8,7 @@ import pytest
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.consumer import ConsumerConfig
 from streamlab.errors import ConfigError, DecodeError, Reject, Retry
-from streamlab.events import StreamEvent, StreamMessage, encode_event
+from streamlab.events import StreamEvent, StreamMessage, decode_message, encode_event
 from streamlab.policy import (
     DUE_SLACK_MS,
     MAX_RETRY_DELAY,
@@ -31,9 +31,10 @@ from streamlab.records import REPLAY_FIELDS, ReplayMarker
 
 
 def message(delivery_count: int = 1, **fields: bytes) -> StreamMessage:
+    """A push event's entry with ``fields`` added, decoded as the consumer decodes it."""
     event = StreamEvent(event_type="push")
     raw = {k: v if isinstance(v, bytes) else v.encode() for k, v in encode_event(event).items()}
-    return StreamMessage("s", "1-0", event, {**raw, **fields}, delivery_count)
+    return decode_message("s", "1-0", {**raw, **fields}, delivery_count)
 
 
 def test_seed_schedule_is_immediate_then_one_then_two_seconds() -> None:
