@@ -200,7 +200,9 @@ def _to_json(value: Any, field: str, event_id: str) -> bytes:
             raise EncodeError(reason, field=path, event_id=event_id) from None
         reason = f"cannot be encoded as JSON ({str(exc)[:200]})"
         raise EncodeError(reason, field=field, event_id=event_id) from None
-    suspect = text.count(b"[") + text.count(b"{") > MAX_DEPTH
+    # Nesting past MAX_DEPTH takes more than 2 * MAX_DEPTH brackets: shorter text is spared
+    # the count.
+    suspect = len(text) > 2 * MAX_DEPTH and text.count(b"[") + text.count(b"{") > MAX_DEPTH
     if suspect or b"NaN" in text or b"Infinity" in text:
         try:
             pydantic_core.from_json(text, allow_inf_nan=False, cache_strings=False)

@@ -101,7 +101,9 @@ def _now() -> datetime:
 
 def format_time(value: datetime) -> str:
     """RFC 3339 with microseconds always present (``isoformat`` drops them when zero)."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 # -- the failure record and the replay marker ---------------------------------------------------
