@@ -3,6 +3,7 @@ hand-written baseline in the same run, on its own private server).
 
     .venv/bin/python bench/run_all.py           # N = 50,000 push events everywhere
     .venv/bin/python bench/run_all.py 50000 --big   # also stream_to_dataframe at 1M (memory)
+    .venv/bin/python bench/run_all.py 50000 --instructions  # also bench_instructions (valgrind)
 
 Targets (issue 9): consumer >= 1.0x the hand-written XREADGROUP loop; add_many >= 1.5x the
 pipelined XADD loop; stream_to_dataframe >= 1.0x the raw page fetch and >= 2x redis-py's
@@ -30,6 +31,8 @@ def main() -> None:
     run(str(HERE / "bench_core.py"), n)
     run(str(HERE / "bench_frames.py"), "--sizes", *sizes, "--pending", "--no-parquet")
     run(str(HERE / "bench_replay.py"), n)
+    if "--instructions" in sys.argv:
+        run(str(HERE / "bench_instructions.py"))
 
 
 if __name__ == "__main__":
