@@ -547,11 +547,8 @@ class RedisStreamsClient:
 
     def _xadd_packed(self, stream: str, flats: list[list[Any]]) -> list[bytes]:
         """The XADDs of ``flats`` through `send_packed`; the first error reply is raised."""
-        replies = send_packed(self.redis, [("XADD", stream, "*", *flat) for flat in flats])
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
-        return replies
+        commands = [("XADD", stream, "*", *flat) for flat in flats]
+        return send_packed(self.redis, commands, raise_on_error=True)
 
     # -- trimming: a producer's cap never removes what a group still needs --------------------
 
@@ -804,6 +801,8 @@ def send_packed(
     redis_client: redis.Redis,
     commands: Sequence[Sequence[Any]],
     script: Script | None = None,
+    *,
+    raise_on_error: bool = False,
 ) -> list[Any]:
     """Run ``commands`` as a non-transactional pipeline does (one write, replies in order,
     an error reply given as its `redis.ResponseError`), on one pooled connection, each command
@@ -815,7 +814,10 @@ def send_packed(
 
     With ``script``, the EVALSHA calls the server refused with NOSCRIPT (a restart, a
     failover, SCRIPT FLUSH) are sent again, in their order, once it is loaded: a refused call
-    did not run, so sending it again runs it once."""
+    did not run, so sending it again runs it once.
+
+    With ``raise_on_error``, the first error reply is raised once every reply is read, as
+    redis-py's ``Pipeline.execute`` does."""
     replies = _send_packed(redis_client, commands)
     if script is not None:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -824,6 +826,10 @@ def send_packed(
             again = _send_packed(redis_client, [commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
     return replies
 
 

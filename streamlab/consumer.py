@@ -641,11 +641,8 @@ class Consumer:
                 )
             replies: list[Any] = pipe.execute()
             return replies
-        replies = send_packed(self.redis, commands, self.client.scripts.dead_letter)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        script = self.client.scripts.dead_letter
+        return send_packed(self.redis, commands, script, raise_on_error=True)
 
     def _queue_due_times(
         self, commands: list[tuple[Any, ...]], settled: list[str], due_at: dict[str, int]
