@@ -434,17 +434,18 @@ class StreamMessage:
         cls,
         stream: str,
         id: str,
-        event: StreamEvent,
+        event: StreamEvent | None,
         *,
         names: tuple[str, ...],
         flat: Sequence[bytes],
         delivery_count: int,
+        decode_error: DecodeError | None = None,
     ) -> StreamMessage:
         """A message whose ``fields`` dict is built from the flat reply only when asked for:
         most handlers read ``event`` alone, and the dict was a tenth of a message's decode."""
         msg = object.__new__(cls)  # on the hot path: no __init__ to undo
         msg.stream, msg.id, msg.event, msg.delivery_count = stream, id, event, delivery_count
-        msg.decode_error, msg._fields, msg._names, msg._flat = None, None, names, flat
+        msg.decode_error, msg._fields, msg._names, msg._flat = decode_error, None, names, flat
         return msg
 
     @property
@@ -557,13 +558,20 @@ def decode_message(
     elif isinstance(raw_fields, list) or not isinstance(raw_fields, Mapping):
         names, pick = _flat_layout(raw_fields)
         if pick is not None:  # streamlab's own: decoded straight from the reply
+            own: StreamEvent | None = None
+            error: DecodeError | None = None
             try:
-                event = _decode_own(pick(raw_fields), eid, extra_retries)
+                own = _decode_own(pick(raw_fields), eid, extra_retries)
             except DecodeError as exc:
-                fields = dict(zip(names, raw_fields[1::2], strict=True))
-                return StreamMessage(stream, eid, None, fields, delivery_count, exc)
+                error = exc
             return StreamMessage._as_sent(
-                stream, eid, event, names=names, flat=raw_fields, delivery_count=delivery_count
+                stream,
+                eid,
+                own,
+                names=names,
+                flat=raw_fields,
+                delivery_count=delivery_count,
+                decode_error=error,
             )
         fields = dict(zip(names, raw_fields[1::2], strict=True))
     else:
