@@ -110,18 +110,22 @@ def produce(
     return base_add, ours_add
 
 
-def consume(
-    r: Any, client: RedisStreamsClient, n: int, base: str, ours: str
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    base_read = timed(lambda: hand_written_consume(r, base))
-    config = ConsumerConfig(
-        stream=ours,
+def consumer_config(stream: str) -> ConsumerConfig:
+    """streamlab's side of the consume measure: group g, batches of `BATCH`."""
+    return ConsumerConfig(
+        stream=stream,
         group="g",
         consumer="c",
         batch_size=BATCH,
         claim_interval=timedelta(seconds=1),
     )
-    consumer = Consumer(client, config)
+
+
+def consume(
+    r: Any, client: RedisStreamsClient, n: int, base: str, ours: str
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    base_read = timed(lambda: hand_written_consume(r, base))
+    consumer = Consumer(client, consumer_config(ours))
     ours_read = timed(lambda: consumer.run(lambda m: None, burst=True, handle_signals=False))
     assert consumer.stats.acked == n, consumer.stats
     return base_read, ours_read

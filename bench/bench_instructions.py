@@ -17,13 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import timedelta
 
 import redis
 
 # The measures themselves (this script's folder is on sys.path).
 from bench_core import (
-    BATCH,
+    consumer_config,
     hand_written_add,
     hand_written_consume,
     specs,
@@ -33,7 +32,6 @@ from prometheus_client import CollectorRegistry
 
 from streamlab import (
     Consumer,
-    ConsumerConfig,
     EmbeddedServer,
     PrometheusMetrics,
     RedisStreamsClient,
@@ -50,14 +48,7 @@ def child(mode: str, port: int, n: int) -> None:
     for stream in ("read-base", "read-ours"):
         r.xgroup_destroy(stream, "g")
     r.xgroup_create("read-ours", "g", id="0")
-    config = ConsumerConfig(
-        stream="read-ours",
-        group="g",
-        consumer="c",
-        batch_size=BATCH,
-        claim_interval=timedelta(seconds=1),
-    )
-    consumer = Consumer(client, config)
+    consumer = Consumer(client, consumer_config("read-ours"))
     gc.collect()
     if mode == "add-base":
         hand_written_add(r, "add-base", values)
