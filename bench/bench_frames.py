@@ -208,16 +208,19 @@ def bench_stream(server: EmbeddedServer, sizes: list[int], repeat: int) -> None:
     header = (
         f"{'entries':>9} {'bare':>7} {'bare raw':>8} {'baseline':>9} {'frame':>7} "
         f"{'vs base':>8} {'vs bare':>8} {'vs raw':>7} {'frame MB':>9} {'peak MB':>8} "
-        f"{'peak/frame':>10}"
+        f"{'peak/frame':>10} {'us/entry':>8}"
     )
     rows = []
+    per_entry: dict[int, float] = {}
     for n in sizes:
         load(client, STREAM, have, n, seed=0)
         have = max(have, n)
         # Above 100k: best of 2 rounds for the fetches and the frame (the first run of each
         # pays the page faults of a fresh heap), one baseline run, measured last so that its
         # garbage does not slow the others.
-        runs = repeat if n <= 100_000 else 2
+        # Below 100k, enough rounds for about a second of frames: a 10k frame takes ~30 ms,
+        # and one interruption would otherwise be its best time.
+        runs = max(repeat, 500_000 // n) if n <= 100_000 else 2
         t = interleaved(
             {
                 "bare": lambda n=n: bare_fetch(r, STREAM, n),
@@ -229,18 +232,26 @@ def bench_stream(server: EmbeddedServer, sizes: list[int], repeat: int) -> None:
         )
         t_bare, t_raw, t_frame = t["bare"], t["raw"], t["frame"]
         mem = measure_memory(server.url, n)
-        t_base, base_df = best(lambda n=n: baseline(r, STREAM, n), runs if n <= 100_000 else 1)
+        t_base, base_df = best(lambda n=n: baseline(r, STREAM, n), repeat if n <= 100_000 else 1)
         assert len(base_df) == n
         del base_df
+        per_entry[n] = t_frame / n * 1e6
         rows.append(
             f"{n:>9} {t_bare:>7.2f} {t_raw:>8.2f} {t_base:>9.2f} {t_frame:>7.2f} "
             f"{t_base / t_frame:>7.1f}x {t_bare / t_frame:>7.2f}x {t_raw / t_frame:>6.2f}x "
             f"{mem['frame'] / 1e6:>9.1f} {mem['peak'] / 1e6:>8.1f} "
-            f"{mem['peak'] / mem['frame']:>9.2f}x"
+            f"{mem['peak'] / mem['frame']:>9.2f}x {per_entry[n]:>8.2f}"
         )
         if len(rows) == 1:
             print(header)
         print(rows[-1], flush=True)
+    if len(per_entry) > 1:
+        # Linear cost: the same time per entry at every size.
+        low, high = min(per_entry), max(per_entry)
+        print(
+            f"linearity: {per_entry[low]:.2f} us per entry at {low:,}, "
+            f"{per_entry[high]:.2f} at {high:,} (ratio {per_entry[low] / per_entry[high]:.2f})"
+        )
 
 
 def make_pending(client: RedisStreamsClient, n: int) -> None:

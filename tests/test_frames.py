@@ -94,6 +94,19 @@ def test_streamlab_events_typed_over_several_pages(
     assert df["_raw"].isna().all()
 
 
+def test_categories_sorted_with_each_row_keeping_its_value(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    # Written out of order, one missing, non-ASCII among them, over several pages: the
+    # categories come sorted as Python sorts the strings and each row keeps its own value.
+    types = ["push", "zeta", "émoji", "issues", None, "Push", "push", "ärger"] * 4
+    for t in types:
+        redis_client.xadd(stream_name, {"payload": "{}", **({"event_type": t} if t else {})})
+    df = stream_to_dataframe(redis_client, stream_name, page_size=3)
+    assert list(df["event_type"].cat.categories) == sorted({t for t in types if t})
+    assert [None if pd.isna(v) else v for v in df["event_type"]] == types
+
+
 def test_plain_redis_client_and_bounds(
     streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
 ) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,11 +134,36 @@ def path_array(values: list[Any]) -> pa.Array:
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
     """An Arrow table as a frame's columns: nullable ints, categories in sorted order."""
+    columns = [
+        _sorted_dictionary(column) if pa.types.is_dictionary(column.type) else column
+        for column in table.columns
+    ]
+    table = pa.Table.from_arrays(columns, schema=table.schema)
     df: pd.DataFrame = table.to_pandas(types_mapper=_TYPES_MAPPER)
-    for name in df.columns:
-        if isinstance(df[name].dtype, pd.CategoricalDtype):
-            df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
     return df
+
+
+def _sorted_dictionary(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` with one dictionary, in sorted order (Arrow's byte order of UTF-8 text is
+    Python's order of the strings). Sorted here rather than with pandas'
+    ``reorder_categories``, whose fixed cost per column dominated small frames."""
+    column = column.unify_dictionaries()
+    if column.num_chunks == 0:
+        return column
+    dictionary = column.chunk(0).dictionary
+    order = pc.array_sort_indices(dictionary).to_numpy()
+    if (order[1:] > order[:-1]).all():
+        return column
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    ranks, in_order = pa.array(rank), dictionary.take(order)
+    return pa.chunked_array(
+        [
+            pa.DictionaryArray.from_arrays(pc.take(ranks, chunk.indices), in_order)
+            for chunk in column.chunks
+        ],
+        type=column.type,
+    )
 
 
 def json_array(values: list[Any]) -> pa.Array:
