@@ -37,7 +37,7 @@ from streamlab.backoff import Backoff
 from streamlab.client import ClientLike, RawEntry, as_client, send_packed, translate_errors
 from streamlab.durations import Duration, PositiveDuration, format_duration
 from streamlab.errors import ConfigError, GroupNotFoundError
-from streamlab.events import StreamMessage, decode_message
+from streamlab.events import StreamMessage, decode_entries, decode_message
 from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
 from streamlab.metrics import Metrics
 from streamlab.policy import (
@@ -65,6 +65,10 @@ Handler = Callable[[StreamMessage], object]
 # A batch item: a decoded message, or a new entry as read (see `Consumer._read`).
 Item = StreamMessage | RawEntry
 ACK = Decision(Action.ACK)
+# New entries are decoded this many at a time, just ahead of their handlers (see `_messages`):
+# runs of 12-32 were ~15% faster per message than one by one; 64 lost most of it again (more
+# decoded events alive when the cyclic GC runs: it moves them to older generations).
+_DECODE_AHEAD = 16
 # How long one blocking read may last inside `run`, so that a stop request is seen promptly.
 _POLL = 1.0
 _MAX_OUTAGE_WAIT = 5.0
@@ -286,8 +290,7 @@ class Consumer:
         wait = cfg.block_duration if block is None else block
         batch: list[StreamMessage] = []
         settled: list[tuple[StreamMessage | str, Decision]] = []
-        for item in self._read(wait):
-            msg = self._message(item)
+        for msg in self._messages(self._read(wait)):
             decision = before_handler(msg, cfg.group, cfg.max_retries)
             if decision.action is Action.HANDLE:
                 batch.append(msg)
@@ -322,10 +325,22 @@ class Consumer:
         )
         return batch
 
-    def _message(self, item: Item) -> StreamMessage:
-        if isinstance(item, StreamMessage):
-            return item
-        return decode_message(self.config.stream, item[0], item[1])
+    def _messages(self, batch: Sequence[Item]) -> Iterator[StreamMessage]:
+        """The batch's messages in order. New entries are decoded `_DECODE_AHEAD` at a time
+        (`decode_entries` decodes a run of entries faster than one by one) as their turn
+        comes: a stop wastes at most one such run, and few decoded events are alive at once."""
+        stream, i, n = self.config.stream, 0, len(batch)
+        while i < n:
+            item = batch[i]
+            if isinstance(item, StreamMessage):
+                yield item
+                i += 1
+                continue
+            j = i + 1
+            while j < n and j - i < _DECODE_AHEAD and not isinstance(batch[j], StreamMessage):
+                j += 1
+            yield from decode_entries(stream, batch[i:j])  # type: ignore[arg-type]
+            i = j
 
     def _claim_due(self) -> list[StreamMessage]:
         """Retries now due and messages of dead consumers; retries idle for
@@ -769,10 +784,9 @@ class Consumer:
         if dog is not None:
             dog.hold(batch)
         try:
-            for item in batch:
+            for msg in self._messages(batch):
                 if dog is not None and dog.grace_over():
                     break  # stopping: the rest stays pending, untouched
-                msg = self._message(item)
                 decision = before_handler(msg, cfg.group, cfg.max_retries)
                 if decision.action is Action.HANDLE:
                     handled = self._handle(msg, handler, durations)

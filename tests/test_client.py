@@ -22,6 +22,7 @@ from streamlab.events import (
     AuthContext,
     StreamEvent,
     StreamMessage,
+    decode_entries,
     decode_event,
     decode_message,
     encode_event,
@@ -406,6 +407,16 @@ def test_read_entries_of_mixed_layouts_decode_as_the_parsed_replies_do(
     assert "payload" in str(parsed[6].decode_error)
     assert parsed[0].event == a
     assert parsed[1].event == b
+
+    # A run of entries decodes to what each gives alone: runs of streamlab's own layout take
+    # the batched path, a bad value or another layout in the run the one-by-one path.
+    def seen(msg: StreamMessage) -> tuple[object, ...]:
+        return msg.id, msg.event, msg.fields, msg.delivery_count, str(msg.decode_error)
+
+    one_by_one = [seen(decode_message(stream_name, eid, fields)) for eid, fields in sent]
+    for run in ([0, 1, 3, 7], [0, 6, 7], [0, 2, 3], list(range(len(rows)))):
+        batch = decode_entries(stream_name, [sent[i] for i in run])
+        assert [seen(m) for m in batch] == [one_by_one[i] for i in run]
 
 
 def test_add_many_error_replies_leave_the_connection_in_step(

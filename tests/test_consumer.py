@@ -359,6 +359,38 @@ def test_undecodable_entries_go_to_the_dlq_at_once_and_never_block_the_group(
     assert pending_count(r, stream_name, "g") == 0
 
 
+def test_bad_values_among_entries_of_the_own_layout_fail_alone(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """New entries are decoded in runs (see Consumer._messages); a bad value in streamlab's
+    own layout, mid-run, sends that entry alone to the DLQ and every other is handled, in
+    order, with its own event."""
+    r = streams_client.redis
+    bad = {5: ("payload", b"{not json"), 20: ("retry_count", b"-1"), 21: ("auth_context", b"[")}
+    ids: list[str] = []
+    for n in range(40):
+        fields = encode_event(event(n))
+        if n in bad:
+            name, value = bad[n]
+            fields = {**fields, name: value}
+        ids.append(r.xadd(stream_name, fields).decode())
+    handled: list[StreamMessage] = []
+    stats = Consumer(streams_client, config(stream_name, batch_size=50)).run(
+        handled.append, burst=True, handle_signals=False
+    )
+    good = [n for n in range(40) if n not in bad]
+    assert [m.id for m in handled] == [ids[n] for n in good]
+    assert [m.event.payload for m in handled if m.event] == [{"n": n} for n in good]
+    assert (stats.dead_lettered, stats.acked) == (3, 37)
+    dead = {
+        m.fields["dlq_source_id"].decode(): m.fields["dlq_error"].decode()
+        for m in streams_client.read_dlq(stream_name)
+    }
+    assert sorted(dead) == sorted(ids[n] for n in bad)
+    for n, (name, _) in bad.items():
+        assert repr(name) in dead[ids[n]], dead[ids[n]]
+
+
 def test_the_dlq_is_the_clients_routing_and_a_consumer_never_changes_it(
     redis_client: redis.Redis, stream_name: str
 ) -> None:
