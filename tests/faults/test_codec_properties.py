@@ -34,6 +34,7 @@ from streamlab.events import (
     AuthContext,
     StreamEvent,
     StreamMessage,
+    decode_entries,
     decode_event,
     decode_message,
     encode_event,
@@ -258,6 +259,49 @@ def test_any_field_map_decodes_or_raises_decode_error_only(fields: dict[bytes, b
     # What decodes can be written again, as a consumer re-publishing it would.
     if _encodable(event):
         assert decode_event(as_read(encode_event(event))) == expected(event)
+
+
+OWN = [b"id", b"event_type", b"repository", b"tenant_id", b"payload", b"auth_context",
+       b"timestamp", b"retry_count"]  # fmt: skip
+# Entries of streamlab's own layout (its names, in any order) with any values, good or bad.
+own_entries = st.lists(
+    st.tuples(st.permutations(OWN), st.lists(values, min_size=8, max_size=8)).map(
+        lambda nv: [x for pair in zip(*nv, strict=True) for x in pair]
+    ),
+    min_size=1,
+    max_size=20,
+)
+good_value = {
+    b"payload": st.builds(_json_text, json_values),
+    b"auth_context": st.just(b'{"tenant_id": "t1"}') | st.just(b"null") | st.just(b""),
+    b"retry_count": st.integers(0, 9).map(lambda n: str(n).encode()),
+}
+
+
+@FAST
+@given(own_entries, st.data())
+def test_a_run_of_own_layout_entries_decodes_as_each_entry_alone(
+    flats: list[list[bytes]], data: st.DataObject
+) -> None:
+    """`decode_entries` (the consumer's decoding of new entries, in runs) gives each entry
+    what `decode_message` gives it alone, whether the run's values are all good (its batched
+    path) or not (one bad value sends the run one entry at a time)."""
+    if data.draw(st.booleans()):  # mostly good values: the batched path's case
+        for flat in flats:
+            for i in range(0, 16, 2):
+                if flat[i] in good_value:
+                    flat[i + 1] = data.draw(good_value[flat[i]])
+                elif flat[i] == b"timestamp":
+                    flat[i + 1] = b"2026-12-04T10:00:00.123456Z"
+                else:
+                    flat[i + 1] = data.draw(st.text("abc-/é", max_size=8)).encode()
+    entries = [(f"1700000000000-{n}".encode(), flat) for n, flat in enumerate(flats)]
+
+    def seen(msg: StreamMessage) -> tuple[Any, ...]:
+        return msg.id, repr(msg.event), msg.fields, str(msg.decode_error)
+
+    alone = [seen(decode_message("s", eid, flat)) for eid, flat in entries]
+    assert [seen(m) for m in decode_entries("s", entries)] == alone
 
 
 def _decode(fields: dict[bytes, bytes], entry_id: str) -> tuple[Any, DecodeError | None]:
