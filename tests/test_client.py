@@ -27,6 +27,7 @@ from streamlab.events import (
     decode_message,
     encode_event,
 )
+from streamlab.metrics import Metrics
 from streamlab.samples import platform_entries, sample_events
 
 # -- groups: BUSYGROUP, NOGROUP, WRONGTYPE -----------------------------------------------------
@@ -203,6 +204,43 @@ def test_add_many_with_one_unencodable_event_writes_nothing_and_names_it(
         streams_client.add_to_stream(stream_name, events[1200])
     assert streams_client.redis.exists(stream_name) == 0
     assert len(streams_client.add_many(stream_name, events[:1200], batch_size=1000)) == 1200
+
+
+def test_add_many_out_of_memory_midway_writes_a_prefix_and_stops_after_the_batch_in_flight(
+    private_server: EmbeddedServer,
+) -> None:
+    """Batches overlap (the next is sent before the last one's replies are read): when the
+    server runs out of memory midway, what was written is a prefix of the events, in order,
+    the error is raised, nothing is sent after the batch that was in flight, the metrics
+    count only the batches written whole, and the connection is still in step."""
+    r = private_server.client()
+    counted: list[int] = []
+
+    class Count(Metrics):
+        def produced(self, stream: str, n: int) -> None:
+            counted.append(n)
+
+    client = RedisStreamsClient(r, metrics=Count())
+    events = list(sample_events(3000, seed=6))
+    client.add_many("s", events[:10])  # the stream exists; its memory is counted below
+    used = r.info("memory")["used_memory"]
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", used + 400_000)  # room for several batches of 100, not all
+    r.config_resetstat()
+    with pytest.raises(redis.OutOfMemoryError):
+        client.add_many("s", events[10:], batch_size=100)
+    r.config_set("maxmemory", 0)
+    written = [m.event for m in client.range("s")]
+    assert 10 < len(written) < 1000
+    assert written == events[: len(written)]
+    xadd = r.info("commandstats")["cmdstat_xadd"]
+    attempts = xadd["calls"] + xadd.get("rejected_calls", 0)
+    failing_batch = (len(written) - 10) // 100
+    assert attempts == (failing_batch + 2) * 100  # the failing batch and the one in flight
+    assert counted[1:] == [100] * failing_batch
+    # Every reply was read: the pooled connection's next commands get their own replies.
+    assert r.ping() is True
+    assert r.xlen("s") == len(written)
 
 
 def test_text_utf8_cannot_carry_is_refused_before_anything_is_written(
