@@ -512,7 +512,10 @@ class RedisStreamsClient:
         ``maxlen`` is as for `add_to_stream`, applied once per batch. Every event is encoded
         before the first is written: when one cannot be (see `encode_event`), `EncodeError`
         names its index and event id and nothing is written. The encoded events are held until
-        then, so feed a very long iterable in chunks.
+        then, so feed a very long iterable in chunks. Without a cap, each batch is sent before
+        the replies of the one before are read; when the server refuses a write (out of
+        memory, say), the first error is raised, what was written is the events before it in
+        order, and nothing is sent after the batch that was then in flight.
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
         flats: list[list[Any]] = []
