@@ -2,11 +2,15 @@
 machine's noise does not move: wall-clock ratios on a shared VM drift by 20% from run to run.
 
     .venv/bin/python bench/bench_instructions.py [N]      # N = 10,000; about 4 minutes
+    .venv/bin/python bench/bench_instructions.py N --cache  # also simulated cache misses
 
 Each side runs in its own child process under callgrind against one private server; the
 child's setup (imports, connection, the plain values, the consumer) is counted once more in
 a child that stops there, and subtracted. The counts are the client's own work: the server's
 share, the same for both sides (the same commands), is left out. Needs ``valgrind`` on PATH.
+With ``--cache``, callgrind also simulates the caches and prints first-level instruction and
+data misses per event (its model of a cache, not this CPU's): instructions are not the whole
+cost, a miss costs a dozen cycles or more.
 """
 
 from __future__ import annotations
@@ -61,12 +65,15 @@ def child(mode: str, port: int, n: int) -> None:
         assert consumer.stats.acked == n, consumer.stats
 
 
-def instructions(mode: str, port: int, n: int) -> int:
+def counts(mode: str, port: int, n: int, cache: bool) -> dict[str, int]:
+    """callgrind's totals for one child: ``Ir`` (instructions) and, with ``cache``, the
+    simulated misses (``I1mr``, ``D1mr``, ``D1mw``, ...)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
+                *(["--cache-sim=yes"] if cache else []),
                 f"--callgrind-out-file={tmp}/out",
                 sys.executable,
                 __file__,
@@ -79,12 +86,14 @@ def instructions(mode: str, port: int, n: int) -> int:
             text=True,
             check=True,
         )
-    found = re.search(r"Collected : (\d+)", run.stderr)
+    events = re.search(r"Events\s*:\s*(.+)", run.stderr)
+    found = re.search(r"Collected\s*:\s*(.+)", run.stderr)
+    assert events, run.stderr[-2000:]
     assert found, run.stderr[-2000:]
-    return int(found.group(1))
+    return dict(zip(events.group(1).split(), map(int, found.group(1).split()), strict=True))
 
 
-def main(n: int) -> None:
+def main(n: int, cache: bool) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("bench_instructions: valgrind is not on PATH (Debian: apt install valgrind)")
     with EmbeddedServer() as server:
@@ -94,24 +103,30 @@ def main(n: int) -> None:
         streamlab_add(RedisStreamsClient(r), "read-ours", values)
         for stream in ("read-base", "read-ours"):
             r.xgroup_create(stream, "g", id="0")
-        counts = {}
+        totals = {}
         for mode in MODES:
-            counts[mode] = instructions(mode, server.port, n)
+            totals[mode] = counts(mode, server.port, n, cache)
             r.delete("add-base", "add-ours")
-    setup = counts["setup"]
-    per = {mode: (counts[mode] - setup) / n for mode in MODES[1:]}
-    print(f"N={n}, client instructions per event (setup subtracted: {setup / n:,.0f})")
+    setup = totals["setup"]
+    per = {mode: {k: (v - setup[k]) / n for k, v in totals[mode].items()} for mode in MODES[1:]}
+    print(f"N={n}, client instructions per event (setup subtracted: {setup['Ir'] / n:,.0f})")
     for name in ("add", "read"):
         base, ours = per[f"{name}-base"], per[f"{name}-ours"]
         label = "add_many" if name == "add" else "consume"
         print(
-            f"{label:<10} {ours:>9,.0f}  hand-written {base:>9,.0f}  "
-            f"ratio {base / ours:.2f} (higher is better)"
+            f"{label:<10} {ours['Ir']:>9,.0f}  hand-written {base['Ir']:>9,.0f}  "
+            f"ratio {base['Ir'] / ours['Ir']:.2f} (higher is better)"
         )
+        if cache:
+            misses = ", ".join(
+                f"{k} {ours[k]:,.0f} vs {base[k]:,.0f}" for k in ("I1mr", "D1mr", "D1mw")
+            )
+            print(f"{'':<10} first-level cache misses per event (ours vs hand-written): {misses}")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)
+        numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
+        main(int(numbers[0]) if numbers else 10_000, "--cache" in sys.argv)
