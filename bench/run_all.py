@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TARGETS = (
+    "targets: consume >= 1.0 (aim 1.2); add_many >= 1.5; stream_to_dataframe vs raw >= 1.0x, "
+    "vs bare (xrange) >= 2x, peak/frame <= 2x at 1M; replay >= 0.55"
+)
 
 
 def run(*args: str) -> None:
@@ -28,6 +32,7 @@ def main() -> None:
     argv = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = argv[0] if argv else "50000"
     sizes = [n, "1000000"] if "--big" in sys.argv else [n]
+    print(TARGETS)
     run(str(HERE / "bench_core.py"), n)
     run(str(HERE / "bench_frames.py"), "--sizes", *sizes, "--pending", "--no-parquet")
     run(str(HERE / "bench_replay.py"), n)
