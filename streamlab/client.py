@@ -866,9 +866,9 @@ def send_packed_chunks(
     """`send_packed` for each chunk of commands in turn, without its script and error options,
     on one pooled connection: each chunk is sent before the replies of the one before it are
     read, so that the server runs a chunk while the client reads the last one's replies (50,000
-    XADDs in chunks of 1,000: 8-17% faster than one chunk after another). The replies of the
-    chunks sent, chunk by chunk. With ``stop_on_error``, no chunk is sent after one whose
-    replies hold an error (the one already in flight then runs too)."""
+    XADDs in chunks of 1,000: 6-18% faster than one chunk after another, in three runs).
+    Returns the replies of the chunks sent, chunk by chunk. With ``stop_on_error``, no chunk is
+    sent after one whose replies hold an error (the one already in flight then runs too)."""
     done: list[list[Any]] = []
     pool = redis_client.connection_pool
     conn: Any = pool.get_connection()
