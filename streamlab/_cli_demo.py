@@ -136,6 +136,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamlab.embedded import EmbeddedServer
 
     stream = args.stream or DEMO_STREAM
+    if args.url and args.keep:
+        from streamlab.cli import UsageError
+
+        raise UsageError("--keep is for the embedded server; a --url server keeps running anyway")
     if args.url:
         _client(args).redis.ping()  # a bad URL, password or host fails here, within --timeout
         url = args.url

@@ -75,6 +75,11 @@ def test_demo_text_on_an_external_server_names_its_stream_and_refuses_to_reuse_i
     again = streamlab("demo", "--events", "10", "--url", redis_url, "--stream", stream_name)
     assert again.returncode == 2
     assert "already exists" in again.stderr
+    # --keep is the embedded server's: with --url it is a usage error, one line, not ignored.
+    kept = streamlab("demo", "--keep", "--url", redis_url, "--stream", f"{stream_name}:k")
+    assert kept.returncode == 2
+    assert kept.stderr.strip().count("\n") == 0
+    assert "--keep is for the embedded server" in kept.stderr
     assert "sekret" not in url or "sekret" not in out
 
 
