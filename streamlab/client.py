@@ -879,7 +879,7 @@ def send_packed_chunks(
             if in_flight is not None:
                 done.append(_read_replies(conn, in_flight))
             in_flight = len(chunk)
-            if stop_on_error and done and _has_error(done[-1]):
+            if stop_on_error and done and _first_error(done[-1]) is not None:
                 break
         if in_flight is not None:
             done.append(_read_replies(conn, in_flight))
@@ -901,14 +901,14 @@ def _read_replies(conn: Any, count: int) -> list[Any]:
     return replies
 
 
-def _has_error(replies: list[Any]) -> bool:
-    return any(isinstance(reply, redis.ResponseError) for reply in replies)
+def _first_error(replies: list[Any]) -> redis.ResponseError | None:
+    return next((r for r in replies if isinstance(r, redis.ResponseError)), None)
 
 
 def _raise_first_error(replies: list[Any]) -> None:
-    for reply in replies:
-        if isinstance(reply, redis.ResponseError):
-            raise reply
+    error = _first_error(replies)
+    if error is not None:
+        raise error
 
 
 def replies_as_sent(redis_client: Any, *commands: str) -> Any:
