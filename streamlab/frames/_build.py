@@ -152,7 +152,7 @@ def _sorted_dictionary(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return column
     dictionary = column.chunk(0).dictionary
     order = pc.array_sort_indices(dictionary).to_numpy()
-    if (order[1:] > order[:-1]).all():
+    if np.array_equal(order, np.arange(len(order))):  # already in order
         return column
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
