@@ -64,6 +64,12 @@ __all__ = ["Consumer", "ConsumerConfig", "Handler", "RunStats", "default_consume
 Handler = Callable[[StreamMessage], object]
 # A batch item: a decoded message, or a new entry as read (see `Consumer._read`).
 Item = StreamMessage | RawEntry
+
+
+def _item_id(item: Item) -> str:
+    return item.id if isinstance(item, StreamMessage) else item[0].decode()
+
+
 ACK = Decision(Action.ACK)
 # New entries are decoded this many at a time, just ahead of their handlers (see `_messages`):
 # runs of 12-32 were ~15% faster per message than one by one; 64 lost most of it again (more
@@ -239,8 +245,10 @@ class Consumer:
         self.stats = RunStats()
         self._in_hand: dict[str, StreamMessage] = {}
         # When each message in hand reached us: a retry is handed over only if nobody has
-        # been given the message since (see _settle).
+        # been given the message since (see _settle). Per id for messages handed out by
+        # `read_messages` and those renewed; a batch `run` reads has one stamp, its read's.
         self._received: dict[str, float] = {}
+        self._batch_received: float | None = None
         # Ids in hand that were claimed (delivered before): only those may have a due-time row.
         self._redelivered: set[str] = set()
         self._next_prune = 0.0
@@ -290,7 +298,10 @@ class Consumer:
         wait = cfg.block_duration if block is None else block
         batch: list[StreamMessage] = []
         settled: list[tuple[StreamMessage | str, Decision]] = []
-        for msg in self._messages(self._read(wait)):
+        items = self._read(wait)
+        received = time.monotonic()
+        self._received.update((_item_id(item), received) for item in items)
+        for msg in self._messages(items):
             decision = before_handler(msg, cfg.group, cfg.max_retries)
             if decision.action is Action.HANDLE:
                 batch.append(msg)
@@ -302,7 +313,8 @@ class Consumer:
 
     def _read(self, block: float | timedelta | None) -> list[Item]:
         """Claimed messages (decoded: they carry their delivery counts), then new entries,
-        left raw for `_message` to decode when their turn comes."""
+        left raw for `_messages` to decode when their turn comes. The caller stamps when they
+        were received (see ``_received``)."""
         batch: list[Item] = []
         if self._own_first:
             taken = self._take_back_own()
@@ -318,11 +330,6 @@ class Consumer:
             batch += self.client.read_entries(
                 cfg.stream, cfg.group, cfg.consumer, room, None if batch else block
             )
-        received = time.monotonic()
-        self._received.update(
-            (item.id if isinstance(item, StreamMessage) else item[0].decode(), received)
-            for item in batch
-        )
         return batch
 
     def _messages(self, batch: Sequence[Item]) -> Iterator[StreamMessage]:
@@ -552,11 +559,22 @@ class Consumer:
             raise KeyError(f"entry {message_id} is not in stream {cfg.stream!r}")
         return msg
 
-    def _settle(self, outcomes: Sequence[tuple[StreamMessage | str, Decision]]) -> RunStats:
-        """Write the outcomes of a batch in one pipelined round trip; return what it did."""
+    def _settle(
+        self,
+        outcomes: Sequence[tuple[StreamMessage | str, Decision]],
+        acked: Sequence[str] = (),
+        received: float | None = None,
+    ) -> RunStats:
+        """Write the outcomes of a batch in one pipelined round trip; return what it did.
+
+        ``acked`` are more ids to ack; ``received`` when the batch was read, for messages
+        with no stamp of their own in ``_received``.
+        """
         cfg = self.config
         done = RunStats()
-        acks: list[str] = []
+        acks = list(acked)
+        stamps, redelivered = self._received, self._redelivered
+        settled = [entry_id for entry_id in acked if entry_id in redelivered] if redelivered else []
         # (IDLE to set, min idle it must have) -> ids; see retry_idle_ms for the first.
         retries: dict[tuple[int, int], list[str]] = defaultdict(list)
         dead: list[StreamMessage] = []
@@ -565,14 +583,13 @@ class Consumer:
         apart: list[list[bytes | str | int]] = []
         # Due-time rows to write (retries) and to remove (redelivered entries settled for good).
         due_at: dict[str, int] = {}
-        settled: list[str] = []
         now = time.monotonic()
         now_ms = int(time.time() * 1000)
         for msg, decision in outcomes:
             entry_id = msg if isinstance(msg, str) else msg.id
-            received = self._received.pop(entry_id, None)
+            stamp = stamps.get(entry_id, received)
             action = decision.action
-            if action is not Action.RETRY and entry_id in self._redelivered:
+            if action is not Action.RETRY and entry_id in redelivered:
                 settled.append(entry_id)
             if action is Action.ACK or action is Action.SKIP:
                 acks.append(entry_id)
@@ -581,7 +598,7 @@ class Consumer:
                 due_at[entry_id] = retry_due_ms(decision.delay, now_ms)
                 # XCLAIM's min-idle makes the hand-over fail when another consumer took the
                 # message over meanwhile (its delivery is younger than ours): it is theirs now.
-                held_ms = 0 if received is None else max(int((now - received) * 1000) - 1, 0)
+                held_ms = 0 if stamp is None else max(int((now - stamp) * 1000) - 1, 0)
                 idle = retry_idle_ms(decision.delay, cfg.claim_min_idle)
                 retries[idle, held_ms].append(entry_id)
             elif isinstance(msg, StreamMessage):
@@ -610,14 +627,24 @@ class Consumer:
         done.dead_lettered = sum(1 for r in replies[: len(dead)] if r)
         done.acked = max(int(replies[len(dead)]) - done.skipped, 0) if acks else 0
         done.retried = sum(len(r) for r in replies[len(replies) - len(retries) :])
-        if self._redelivered:
-            self._redelivered.difference_update(
-                e if isinstance(e, str) else e.id for e, _ in outcomes
-            )
+        self._forget(acked, outcomes)
         if log.isEnabledFor(logging.INFO):
             self._log_settled(dead, replies[: len(dead)], due_at)
         self._count(done)
         return done
+
+    def _forget(
+        self, acked: Sequence[str], outcomes: Sequence[tuple[StreamMessage | str, Decision]]
+    ) -> None:
+        """Drop the stamps and redelivered marks of settled messages (after the settling
+        succeeded: settling again after an error needs them)."""
+        stamps, redelivered = self._received, self._redelivered
+        if not (stamps or redelivered):
+            return  # `run`'s usual case: nothing kept per message
+        ids = [*acked, *(e if isinstance(e, str) else e.id for e, _ in outcomes)]
+        for entry_id in ids:
+            stamps.pop(entry_id, None)
+        redelivered.difference_update(ids)
 
     def _log_settled(
         self, dead: list[StreamMessage], new_ids: list[Any], due: dict[str, int]
@@ -677,7 +704,12 @@ class Consumer:
                 ("ZADD", self._due_key, *(x for item in due_at.items() for x in item[::-1]))
             )
 
-    def _settle_retrying(self, outcomes: Sequence[tuple[StreamMessage | str, Decision]]) -> None:
+    def _settle_retrying(
+        self,
+        outcomes: Sequence[tuple[StreamMessage | str, Decision]],
+        acked: Sequence[str] = (),
+        received: float | None = None,
+    ) -> None:
         """`_settle`, retried with backoff while the server is unreachable or out of memory.
 
         Settling again is safe: XACK is idempotent, a retry hand-over and a dead letter both
@@ -688,7 +720,7 @@ class Consumer:
         wait = 0.1
         while True:
             try:
-                self._settle(outcomes)
+                self._settle(outcomes, acked, received)
                 return
             except _TRANSIENT as exc:
                 if time.monotonic() + wait > deadline:
@@ -777,9 +809,13 @@ class Consumer:
         reclaimed later: nothing done is left unacknowledged and nothing undone is lost.
         """
         cfg = self.config
+        # Messages the handler acked, by id (the common case, kept apart from the others'
+        # outcomes: nothing else about them is needed to settle them).
+        acked: list[str] = []
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
         durations: list[float] = []
-        failed = 0
+        attempts = cfg.max_retries + 1
+        received, self._batch_received = self._batch_received, None
         dog = self._watchdog
         if dog is not None:
             dog.hold(batch)
@@ -787,23 +823,28 @@ class Consumer:
             for msg in self._messages(batch):
                 if dog is not None and dog.grace_over():
                     break  # stopping: the rest stays pending, untouched
-                decision = before_handler(msg, cfg.group, cfg.max_retries)
-                if decision.action is Action.HANDLE:
-                    handled = self._handle(msg, handler, durations)
-                    if handled is None:
-                        break  # interrupted at shutdown: left pending
-                    decision = handled
-                    if decision is ACK:
-                        outcomes.append((msg.id, ACK))
+                event = msg.event
+                # `before_handler` has nothing to say of a decoded event without extra fields
+                # (no replay marker) delivered no more often than its attempts allow.
+                if event is None or event.extra or msg.delivery_count > attempts:
+                    decision = before_handler(msg, cfg.group, cfg.max_retries)
+                    if decision.action is not Action.HANDLE:
+                        outcomes.append((msg, decision))
                         continue
-                    failed += 1
-                outcomes.append((msg, decision))
+                handled = self._handle(msg, handler, durations)
+                if handled is ACK:
+                    acked.append(msg.id)
+                elif handled is None:
+                    break  # interrupted at shutdown: left pending
+                else:
+                    outcomes.append((msg, handled))
         finally:
             if dog is not None:
                 # Renewed messages were last given to us then (see _settle's retry hand-over).
                 self._received.update(dog.release())
             self.stats.handled += len(durations)
             self.metrics.observe_many(*self._labels, durations)
+            failed = len(durations) - len(acked)
             if failed:
                 self.stats.failed += failed
                 self.metrics.failed(*self._labels, failed)
@@ -811,7 +852,7 @@ class Consumer:
                 if decision.error_type:
                     errors = self.stats.errors
                     errors[decision.error_type] = errors.get(decision.error_type, 0) + 1
-            self._settle_retrying(outcomes)
+            self._settle_retrying(outcomes, acked, received)
 
     def _after_failure(self, error: BaseException | None, msg: StreamMessage) -> Decision:
         cfg = self.config
@@ -939,6 +980,7 @@ class Consumer:
         self._prune_idle_consumers()
         batch = self._read(self._poll_block(burst))
         if batch:
+            self._batch_received = time.monotonic()
             self.process(batch, handler)
             return True
         if burst:

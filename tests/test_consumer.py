@@ -284,9 +284,9 @@ def test_scripts_flushed_before_every_settle_lose_nothing(private_server: Embedd
     consumer = Consumer(client, config(stream, max_retries=0))
     settle = consumer._settle
 
-    def flushing_settle(outcomes: Any) -> RunStats:
+    def flushing_settle(*args: Any) -> RunStats:
         r.script_flush()
-        return settle(outcomes)
+        return settle(*args)
 
     consumer._settle = flushing_settle  # type: ignore[method-assign]
     r.config_resetstat()
