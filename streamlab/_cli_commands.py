@@ -464,6 +464,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from streamlab._redact import redact, redact_url
     from streamlab.cli import RunFailed, _url, describe_error
     from streamlab.frames import groups_to_dataframe
+    from streamlab.metrics import lag_family
 
     client = _client(args)
     client.redis.ping()  # a bad URL, password or host fails here, not at the first scrape
@@ -471,13 +472,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     url = _url(args) or ""
 
     def families() -> list[GaugeMetricFamily]:
+        # The workers' names (`streamlab.metrics`): the lag is the same series, the rest
+        # follow its prefix.
         return [
-            GaugeMetricFamily("streamlab_up", "1 when every stream was read at this scrape"),
-            GaugeMetricFamily("streamlab_group_lag", "entries not yet delivered to the group",
+            GaugeMetricFamily("queue_up", "1 when every stream was read at this scrape"),
+            lag_family(),
+            GaugeMetricFamily("queue_consumer_pending", "Entries delivered, not acked",
                               labels=["stream", "group"]),
-            GaugeMetricFamily("streamlab_group_pending", "entries delivered, not acked",
-                              labels=["stream", "group"]),
-            GaugeMetricFamily("streamlab_dlq_length", "dead letters", labels=["stream"]),
+            GaugeMetricFamily("queue_dlq_length", "Dead letters", labels=["stream"]),
         ]  # fmt: skip
 
     class Collector:
@@ -522,7 +524,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         else:
             shown = f"[{args.host}]" if ":" in args.host else args.host
             say(f"  http://{shown}:{args.port}/metrics")
-        say("  streamlab_group_lag, streamlab_group_pending, streamlab_dlq_length, streamlab_up")
+        say("  queue_consumer_lag, queue_consumer_pending, queue_dlq_length, queue_up")
         sys.stdout.flush()
         note("Ctrl-C stops it")
         wait()

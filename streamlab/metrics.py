@@ -60,6 +60,14 @@ class Metrics:
         """Report the lag of ``stream``'s groups, read from Redis at scrape time."""
 
 
+def lag_family() -> GaugeMetricFamily:
+    """An empty ``queue_consumer_lag`` family (labels stream, group): the workers' metrics
+    and ``streamlab metrics`` report the lag under the same name."""
+    return GaugeMetricFamily(
+        "queue_consumer_lag", "Entries not yet delivered to the group", labels=["stream", "group"]
+    )
+
+
 class _LagCollector(Collector):
     """``queue_consumer_lag`` read from XINFO GROUPS when Prometheus scrapes."""
 
@@ -68,14 +76,10 @@ class _LagCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Without describe() the registry would call collect(), and so Redis, at registration.
-        return [GaugeMetricFamily("queue_consumer_lag", "Entries not yet delivered to the group")]
+        return [lag_family()]
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            "queue_consumer_lag",
-            "Entries not yet delivered to the group",
-            labels=["stream", "group"],
-        )
+        family = lag_family()
         for client, stream in list(self.watched.values()):
             try:
                 info = client.get_stream_info(stream)

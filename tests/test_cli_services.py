@@ -140,7 +140,7 @@ def scrape(port: int, proc: Running, timeout: float = WAIT) -> dict[tuple[str, t
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(body)
         for sample in family.samples
-        if sample.name.startswith("streamlab_")
+        if sample.name.startswith("queue_")
     }
 
 
@@ -200,20 +200,20 @@ def test_metrics_serves_lag_pending_and_dlq_length_then_stops_cleanly(
         proc.wait_for(rf"http://127\.0\.0\.1:{port}/metrics")
         got = scrape(port, proc)
         s1, s2 = ("stream", stream_name), ("stream", other)
-        assert got[("streamlab_up", ())] == 1
-        assert got[("streamlab_group_lag", (("group", "workers"), s1))] == 4
-        assert got[("streamlab_group_pending", (("group", "workers"), s1))] == 3
-        assert got[("streamlab_group_lag", (("group", "audit"), s1))] == 7
-        assert got[("streamlab_group_pending", (("group", "audit"), s1))] == 0
-        assert got[("streamlab_dlq_length", (s1,))] == 2
-        assert got[("streamlab_group_lag", (("group", "g2"), s2))] == 2
-        assert got[("streamlab_dlq_length", (s2,))] == 0
+        assert got[("queue_up", ())] == 1
+        assert got[("queue_consumer_lag", (("group", "workers"), s1))] == 4
+        assert got[("queue_consumer_pending", (("group", "workers"), s1))] == 3
+        assert got[("queue_consumer_lag", (("group", "audit"), s1))] == 7
+        assert got[("queue_consumer_pending", (("group", "audit"), s1))] == 0
+        assert got[("queue_dlq_length", (s1,))] == 2
+        assert got[("queue_consumer_lag", (("group", "g2"), s2))] == 2
+        assert got[("queue_dlq_length", (s2,))] == 0
 
         # Read at scrape time: the values follow the streams.
         streams_client.read_from_stream(stream_name, "workers", "w1", 10)
         got = scrape(port, proc)
-        assert got[("streamlab_group_lag", (("group", "workers"), s1))] == 0
-        assert got[("streamlab_group_pending", (("group", "workers"), s1))] == 7
+        assert got[("queue_consumer_lag", (("group", "workers"), s1))] == 0
+        assert got[("queue_consumer_pending", (("group", "workers"), s1))] == 7
 
         code = proc.stop(signal.SIGTERM)
     finally:
@@ -230,7 +230,7 @@ def test_metrics_host_limits_where_it_listens(stream_name: str, redis_url: str) 
                    "--host", "127.0.0.1")  # fmt: skip
     try:
         proc.wait_for(rf"  http://127\.0\.0\.1:{port}/metrics\n")
-        assert scrape(port, proc)[("streamlab_up", ())] == 1
+        assert scrape(port, proc)[("queue_up", ())] == 1
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.2", port), timeout=5).close()
         code = proc.stop(signal.SIGTERM)
@@ -260,7 +260,7 @@ def test_metrics_stops_on_ctrl_c_and_refuses_a_taken_port_or_a_dead_server(
     proc = Running("metrics", "--stream", stream_name, "--port", str(port), "--url", redis_url)
     try:
         proc.wait_for(rf":{port}/metrics")
-        assert scrape(port, proc)[("streamlab_dlq_length", (("stream", stream_name),))] == 0
+        assert scrape(port, proc)[("queue_dlq_length", (("stream", stream_name),))] == 0
         # The port is taken now: a second one says so in one line.
         run = streamlab("metrics", "--stream", stream_name, "--port", str(port), "--url",
                         redis_url)  # fmt: skip
