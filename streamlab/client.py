@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 import redis
@@ -30,6 +30,7 @@ from streamlab.errors import (
     ConfigError,
     EncodeError,
     GroupNotFoundError,
+    PartialWriteError,
     PermissionDeniedError,
     StreamNotFoundError,
     WrongTypeError,
@@ -237,6 +238,15 @@ def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
                 "(create it with ensure_group)"
             ) from exc
         raise
+
+
+def _translated(stream: str, error: redis.ResponseError) -> Exception:
+    """``error`` as `translate_errors` raises it."""
+    try:
+        with translate_errors(stream):
+            raise error
+    except Exception as exc:  # what it became is the point
+        return exc
 
 
 def _raw_id(fields: Fields) -> str | None:
@@ -493,7 +503,8 @@ class RedisStreamsClient:
             elif maxlen and self._trim_due(stream):
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)
-                entry_id = self._execute_and_trim(stream, pipe, maxlen)[0]
+                _raise_first_error(replies := self._execute_and_trim(stream, pipe, maxlen))
+                entry_id = replies[0]
             else:
                 entry_id = self.redis.xadd(stream, fields)
         self.metrics.produced(stream, 1)
@@ -513,9 +524,10 @@ class RedisStreamsClient:
         before the first is written: when one cannot be (see `encode_event`), `EncodeError`
         names its index and event id and nothing is written. The encoded events are held until
         then, so feed a very long iterable in chunks. Without a cap, each batch is sent before
-        the replies of the one before are read; when the server refuses a write (out of
-        memory, say), the first error is raised, what was written is the events before it in
-        order, and nothing is sent after the batch that was then in flight.
+        the replies of the one before are read. When the server refuses a write (out of
+        memory, say), nothing is sent after the batch then in flight; if no event was written
+        the server's error is raised, else `PartialWriteError`, which tells which events were
+        written (not always the first ones: a server's memory use moves between commands).
         """
         maxlen = maxlen or self.stream_maxlen.get(stream)
         flats: list[list[Any]] = []
@@ -529,48 +541,63 @@ class RedisStreamsClient:
                 flat.append(name)
                 flat.append(value)
             flats.append(flat)
-        if self._reader is not None and not maxlen:  # a plain client, no cap to keep
-            return self._xadd_overlapped(stream, flats, batch_size)
-        ids: list[str] = []
-        for start in range(0, len(flats), batch_size):
-            ids.extend(self._write_batch(stream, flats[start : start + batch_size], maxlen))
-        return ids
+        ids: list[str | None] = []
+        with translate_errors(stream):
+            if self._reader is not None and not maxlen:  # a plain client, no cap to keep
+                batches = self._xadd_overlapped(stream, flats, batch_size)
+            else:
+                batches = self._write_batches(stream, flats, batch_size, maxlen)
+            error: redis.ResponseError | None = None
+            for replies in batches:
+                written = [None if isinstance(r, Exception) else r.decode() for r in replies]
+                self.metrics.produced(stream, len(written) - written.count(None))
+                ids += written
+                error = error or _first_error(replies)
+            if error is None:
+                return cast(list[str], ids)  # every reply was an id
+            if ids.count(None) == len(ids):
+                raise error  # nothing written: the server's error as it is
+        ids += [None] * (len(flats) - len(ids))  # not sent
+        translated = _translated(stream, error)
+        raise PartialWriteError(stream, ids, translated) from translated
 
-    def _xadd_overlapped(self, stream: str, flats: list[list[Any]], batch_size: int) -> list[str]:
-        """The XADDs of ``flats``, ``batch_size`` per round trip, through `send_packed_chunks`:
-        as one batch after another, the first error reply raised once its batch is read, the
-        batches before it written and counted; only the batch in flight runs after it."""
+    def _xadd_overlapped(
+        self, stream: str, flats: list[list[Any]], batch_size: int
+    ) -> list[list[Any]]:
+        """The XADD replies of ``flats``, ``batch_size`` per round trip, through
+        `send_packed_chunks`: no batch is sent after one holding an error reply but the one
+        already in flight."""
         # Built as they are sent: 50,000 commands built at once kept the collector busy.
         chunks = (
             [("XADD", stream, "*", *flat) for flat in flats[start : start + batch_size]]
             for start in range(0, len(flats), batch_size)
         )
-        ids: list[str] = []
-        with translate_errors(stream):
-            for replies in send_packed_chunks(self.redis, chunks, stop_on_error=True):
-                _raise_first_error(replies)
-                self.metrics.produced(stream, len(replies))
-                ids.extend([r.decode() for r in replies])
-        return ids
+        return send_packed_chunks(self.redis, chunks, stop_on_error=True)
 
-    def _write_batch(self, stream: str, flats: list[list[Any]], maxlen: int | None) -> list[str]:
-        """XADD each entry of ``flats`` in one round trip (with the safe trim when it is due)."""
-        trim = maxlen if maxlen and self._trim_due(stream) else None
-        with translate_errors(stream):
+    def _write_batches(
+        self, stream: str, flats: list[list[Any]], batch_size: int, maxlen: int | None
+    ) -> list[list[Any]]:
+        """The XADD replies of ``flats``, one round trip per batch (with the safe trim when it
+        is due), none sent after a batch holding an error reply."""
+        done: list[list[Any]] = []
+        for start in range(0, len(flats), batch_size):
+            batch = flats[start : start + batch_size]
+            trim = maxlen if maxlen and self._trim_due(stream) else None
             if self._reader is not None and trim is None:  # a plain client, no trim now
-                replies = self._xadd_packed(stream, flats)
+                replies = send_packed(self.redis, [("XADD", stream, "*", *f) for f in batch])
             else:
                 pipe = self.redis.pipeline(transaction=False)
-                for flat in flats:
+                for flat in batch:
                     pipe.execute_command("XADD", stream, "*", *flat)
-                replies = self._execute_and_trim(stream, pipe, trim) if trim else pipe.execute()
-        self.metrics.produced(stream, len(replies))
-        return [r.decode() for r in replies]
-
-    def _xadd_packed(self, stream: str, flats: list[list[Any]]) -> list[bytes]:
-        """The XADDs of ``flats`` through `send_packed`; the first error reply is raised."""
-        commands = [("XADD", stream, "*", *flat) for flat in flats]
-        return send_packed(self.redis, commands, raise_on_error=True)
+                replies = (
+                    self._execute_and_trim(stream, pipe, trim)
+                    if trim
+                    else pipe.execute(raise_on_error=False)
+                )
+            done.append(replies)
+            if _first_error(replies) is not None:
+                break
+        return done
 
     # -- trimming: a producer's cap never removes what a group still needs --------------------
 
@@ -608,9 +635,8 @@ class RedisStreamsClient:
         trimmed: Any = None
         if not cluster:
             replies, trimmed = replies[:-1], replies[-1]
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        if _first_error(replies) is not None:
+            return replies  # a refused write: no trim
         if cluster or isinstance(trimmed, redis.exceptions.NoScriptError):
             try:
                 trimmed = self.scripts.trim(keys=[stream], args=args)  # loads it if missing

@@ -132,6 +132,29 @@ class EncodeError(StreamlabError, ValueError):
         return EncodeError(self.reason, field=self.field, event_id=self.event_id, index=index)
 
 
+class PartialWriteError(StreamlabError):
+    """`add_many` wrote some events, and the server refused others (out of memory, say).
+
+    A pipelined write is no transaction, and which commands a server refuses can change from
+    one to the next (its memory use moves while it works), so the events written need not be
+    the first ones. ``ids`` has one item per event given: its stream id when it was written,
+    None when it was not (refused, or not sent after the error); ``unwritten`` their indexes,
+    to send again: ``add_many(stream, [events[i] for i in err.unwritten])`` duplicates
+    nothing. The server's first refusal is the ``__cause__`` (and `error`).
+    """
+
+    def __init__(self, stream: str, ids: list[str | None], error: BaseException):
+        self.stream = stream
+        self.ids = ids
+        self.error = error
+        self.unwritten = [i for i, entry_id in enumerate(ids) if entry_id is None]
+        written = len(ids) - len(self.unwritten)
+        super().__init__(
+            f"stream {stream!r}: {written} of {len(ids)} events written, the others refused "
+            f"or not sent ({error}); their indexes are in .unwritten"
+        )
+
+
 class StreamNotFoundError(StreamlabError, LookupError):
     """The stream key does not exist."""
 

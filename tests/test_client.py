@@ -7,7 +7,7 @@ import inspect
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,13 @@ from clientlike import CALLS
 from streamlab.client import RedisStreamsClient, StreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.embedded import EmbeddedServer
-from streamlab.errors import EncodeError, GroupNotFoundError, StreamNotFoundError, WrongTypeError
+from streamlab.errors import (
+    EncodeError,
+    GroupNotFoundError,
+    PartialWriteError,
+    StreamNotFoundError,
+    WrongTypeError,
+)
 from streamlab.events import (
     AuthContext,
     StreamEvent,
@@ -206,13 +212,16 @@ def test_add_many_with_one_unencodable_event_writes_nothing_and_names_it(
     assert len(streams_client.add_many(stream_name, events[:1200], batch_size=1000)) == 1200
 
 
-def test_add_many_out_of_memory_midway_writes_a_prefix_and_stops_after_the_batch_in_flight(
-    private_server: EmbeddedServer,
+@pytest.mark.parametrize("maxlen", [None, 100_000], ids=["overlapped", "capped"])
+def test_add_many_out_of_memory_midway_says_which_events_were_written(
+    private_server: EmbeddedServer, maxlen: int | None
 ) -> None:
-    """Batches overlap (the next is sent before the last one's replies are read): when the
-    server runs out of memory midway, what was written is a prefix of the events, in order,
-    the error is raised, nothing is sent after the batch that was in flight, the metrics
-    count only the batches written whole, and the connection is still in step."""
+    """When the server runs out of memory midway, `PartialWriteError` names the events
+    written (not always a prefix: the server's memory use moves between commands, so a
+    refused XADD may be followed by accepted ones), nothing is sent after the batch in flight,
+    the metrics count exactly the events written, the connection is still in step, and
+    sending the unwritten ones again gives every event once. Overlapped batches (no cap) and
+    one batch per round trip (a cap, with its trim script) alike."""
     r = private_server.client()
     counted: list[int] = []
 
@@ -227,20 +236,47 @@ def test_add_many_out_of_memory_midway_writes_a_prefix_and_stops_after_the_batch
     r.config_set("maxmemory-policy", "noeviction")
     r.config_set("maxmemory", used + 400_000)  # room for several batches of 100, not all
     r.config_resetstat()
-    with pytest.raises(redis.OutOfMemoryError):
-        client.add_many("s", events[10:], batch_size=100)
+    rest = events[10:]
+    with pytest.raises(PartialWriteError) as info:
+        client.add_many("s", rest, batch_size=100, maxlen=maxlen)
     r.config_set("maxmemory", 0)
-    written = [m.event for m in client.range("s")]
-    assert 10 < len(written) < 1000
-    assert written == events[: len(written)]
+    err = info.value
+    assert isinstance(err.__cause__, redis.OutOfMemoryError)
+    assert len(err.ids) == len(rest)
+    written = [i for i, entry_id in enumerate(err.ids) if entry_id is not None]
+    assert 0 < len(written) < len(rest)
+    assert err.unwritten == sorted(set(range(len(rest))) - set(written))
+    stored = client.range("s")[10:]
+    assert [m.id for m in stored] == [err.ids[i] for i in written]
+    assert [m.event for m in stored] == [rest[i] for i in written]
     xadd = r.info("commandstats")["cmdstat_xadd"]
     attempts = xadd["calls"] + xadd.get("rejected_calls", 0)
-    failing_batch = (len(written) - 10) // 100
-    assert attempts == (failing_batch + 2) * 100  # the failing batch and the one in flight
-    assert counted[1:] == [100] * failing_batch
+    first_refused_batch = err.unwritten[0] // 100
+    assert attempts <= (first_refused_batch + 2) * 100  # that batch and the one in flight
+    assert all(i // 100 <= first_refused_batch + 1 for i in written)
+    assert sum(counted[1:]) == len(written)
     # Every reply was read: the pooled connection's next commands get their own replies.
     assert r.ping() is True
-    assert r.xlen("s") == len(written)
+    client.add_many("s", [rest[i] for i in err.unwritten], maxlen=maxlen)
+    everything = [m.event for m in client.range("s")]
+    assert len(everything) == len(events)
+    assert sorted(e.id for e in everything if e) == sorted(e.id for e in events)
+
+
+def test_add_many_refused_before_anything_is_written_raises_the_servers_error(
+    private_server: EmbeddedServer,
+) -> None:
+    r = private_server.client()
+    client = RedisStreamsClient(r)
+    client.add_many("s", sample_events(1))
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.OutOfMemoryError):
+            client.add_many("s", sample_events(500), batch_size=100)
+    finally:
+        r.config_set("maxmemory", 0)
+    assert r.xlen("s") == 1
 
 
 def test_text_utf8_cannot_carry_is_refused_before_anything_is_written(
@@ -455,6 +491,52 @@ def test_read_entries_of_mixed_layouts_decode_as_the_parsed_replies_do(
     for run in ([0, 1, 3, 7], [0, 6, 7], [0, 2, 3], list(range(len(rows)))):
         batch = decode_entries(stream_name, [sent[i] for i in run])
         assert [seen(m) for m in batch] == [one_by_one[i] for i in run]
+
+
+def test_runs_of_the_own_layout_give_the_hooks_results_without_calling_them(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """A run of entries of streamlab's own layout is validated without the model's Python
+    hooks (the tenant taken from the auth context, the time made UTC), its values brought to
+    what the hooks make beforehand; a time of another shape sends the run through the full
+    validator. Each entry decodes as it does alone, and as the model itself would."""
+    from streamlab import events
+
+    # The schema had the shape expected: the hot path really skips the hooks.
+    assert events._own_validate != events._event_validator.validate_python
+    r = streams_client.redis
+    base = encode_event(next(iter(sample_events(1, seed=5))))
+    rows = [
+        base,
+        {**base, "tenant_id": ""},  # the tenant from auth_context
+        {**base, "tenant_id": "", "auth_context": '{"tenant_id": ""}'},  # none at all
+        {**base, "timestamp": "2026-01-02T03:04:05.123456"},  # naive: taken as UTC
+        {**base, "timestamp": "2026-01-02T05:04:05.123456+02:00"},  # another zone
+        {**base, "timestamp": "soon"},  # a decode error naming the field
+    ]
+    for row in rows:
+        r.xadd(stream_name, row)  # type: ignore[arg-type]
+    streams_client.ensure_group(stream_name, "g")
+    sent = streams_client.read_entries(stream_name, "g", "c", 100)
+    one_by_one = [decode_message(stream_name, eid, fields) for eid, fields in sent]
+    for run in ([0, 1, 2], [0, 3, 4], [0, 1, 5], list(range(len(rows)))):
+        batch = decode_entries(stream_name, [sent[i] for i in run])
+        assert [(m.event, str(m.decode_error)) for m in batch] == [
+            (one_by_one[i].event, str(one_by_one[i].decode_error)) for i in run
+        ]
+    events_ = [m.event for m in one_by_one[:5]]
+    assert all(events_)
+    got = [e for e in events_ if e is not None]
+    auth = got[1].auth_context
+    assert auth is not None
+    assert [e.tenant_id for e in got[:3]] == [base["tenant_id"], auth.tenant_id, ""]
+    assert auth.tenant_id
+    expected = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert [(e.timestamp, e.timestamp.tzinfo) for e in got[3:]] == [(expected, UTC)] * 2
+    assert one_by_one[5].event is None
+    assert "timestamp" in str(one_by_one[5].decode_error)
+    # What the model itself makes of the same values.
+    assert got[1] == StreamEvent.model_validate({**got[1].model_dump(), "tenant_id": ""})
 
 
 def test_add_many_error_replies_leave_the_connection_in_step(
