@@ -550,7 +550,8 @@ class RedisStreamsClient:
             error: redis.ResponseError | None = None
             for replies in batches:
                 written = [None if isinstance(r, Exception) else r.decode() for r in replies]
-                self.metrics.produced(stream, len(written) - written.count(None))
+                if count := len(written) - written.count(None):
+                    self.metrics.produced(stream, count)
                 ids += written
                 error = error or _first_error(replies)
             if error is None:
