@@ -248,7 +248,6 @@ class Consumer:
         # been given the message since (see _settle). Per id for messages handed out by
         # `read_messages` and those renewed; a batch `run` reads has one stamp, its read's.
         self._received: dict[str, float] = {}
-        self._batch_received: float | None = None
         # Ids in hand that were claimed (delivered before): only those may have a due-time row.
         self._redelivered: set[str] = set()
         self._next_prune = 0.0
@@ -808,6 +807,11 @@ class Consumer:
         SystemExit), what was already decided is settled and the rest stays pending, to be
         reclaimed later: nothing done is left unacknowledged and nothing undone is lost.
         """
+        self._process(batch, handler, None)
+
+    def _process(self, batch: Sequence[Item], handler: Handler, received: float | None) -> None:
+        """`process`; ``received`` is when `run` read the batch, the stamp of its messages
+        that have none of their own in ``_received``."""
         cfg = self.config
         # Messages the handler acked, by id (the common case, kept apart from the others'
         # outcomes: nothing else about them is needed to settle them).
@@ -815,7 +819,6 @@ class Consumer:
         outcomes: list[tuple[StreamMessage | str, Decision]] = []
         durations: list[float] = []
         attempts = cfg.max_retries + 1
-        received, self._batch_received = self._batch_received, None
         dog = self._watchdog
         if dog is not None:
             dog.hold(batch)
@@ -825,7 +828,8 @@ class Consumer:
                     break  # stopping: the rest stays pending, untouched
                 event = msg.event
                 # `before_handler` has nothing to say of a decoded event without extra fields
-                # (no replay marker) delivered no more often than its attempts allow.
+                # (no replay marker) delivered no more often than its attempts allow (keep
+                # this in step with its rules).
                 if event is None or event.extra or msg.delivery_count > attempts:
                     decision = before_handler(msg, cfg.group, cfg.max_retries)
                     if decision.action is not Action.HANDLE:
@@ -980,8 +984,7 @@ class Consumer:
         self._prune_idle_consumers()
         batch = self._read(self._poll_block(burst))
         if batch:
-            self._batch_received = time.monotonic()
-            self.process(batch, handler)
+            self._process(batch, handler, time.monotonic())
             return True
         if burst:
             wait = self._work_left()

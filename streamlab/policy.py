@@ -93,6 +93,7 @@ def before_handler(msg: StreamMessage, group: str, max_retries: int) -> Decision
     another group (a producer's ``replay_group`` field, or a partial marker, is an ordinary
     event). A message delivered more often than its attempts allow was
     held by consumers that died on it (a poison message that kills workers): dead-letter it.
+    (`Consumer.process` calls it only when one of these can apply: keep the two in step.)
     """
     if msg.event is None:
         err = msg.decode_error
