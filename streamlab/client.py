@@ -224,29 +224,30 @@ def translate_errors(stream: str, group: str | None = None) -> Iterator[None]:
     try:
         yield
     except redis.ResponseError as exc:
-        denied = permission_error(exc)
-        if denied is not None:
-            raise denied from exc
-        text = reply_text(exc)
-        if text.startswith("WRONGTYPE"):
-            raise WrongTypeError(f"key {stream!r} exists but is not a stream") from exc
-        # UNBLOCKED: the stream was deleted while a blocking XREADGROUP waited on it.
-        gone = text.startswith(("NOGROUP", "UNBLOCKED")) or "no such key" in text
-        if group is not None and gone:
-            raise GroupNotFoundError(
-                f"consumer group {group!r} does not exist on stream {stream!r} "
-                "(create it with ensure_group)"
-            ) from exc
-        raise
+        translated = _translation(exc, stream, group)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
-def _translated(stream: str, error: redis.ResponseError) -> Exception:
-    """``error`` as `translate_errors` raises it."""
-    try:
-        with translate_errors(stream):
-            raise error
-    except Exception as exc:  # what it became is the point
-        return exc
+def _translation(
+    exc: redis.ResponseError, stream: str, group: str | None = None
+) -> Exception | None:
+    """What `translate_errors` raises for ``exc``; None when it lets ``exc`` through."""
+    denied = permission_error(exc)
+    if denied is not None:
+        return denied
+    text = reply_text(exc)
+    if text.startswith("WRONGTYPE"):
+        return WrongTypeError(f"key {stream!r} exists but is not a stream")
+    # UNBLOCKED: the stream was deleted while a blocking XREADGROUP waited on it.
+    gone = text.startswith(("NOGROUP", "UNBLOCKED")) or "no such key" in text
+    if group is not None and gone:
+        return GroupNotFoundError(
+            f"consumer group {group!r} does not exist on stream {stream!r} "
+            "(create it with ensure_group)"
+        )
+    return None
 
 
 def _raw_id(fields: Fields) -> str | None:
@@ -559,8 +560,12 @@ class RedisStreamsClient:
             if ids.count(None) == len(ids):
                 raise error  # nothing written: the server's error as it is
         ids += [None] * (len(flats) - len(ids))  # not sent
-        translated = _translated(stream, error)
-        raise PartialWriteError(stream, ids, translated) from translated
+        cause = _translation(error, stream)
+        if cause is None:
+            cause = error
+        else:
+            cause.__cause__ = error  # as `translate_errors` raises it
+        raise PartialWriteError(stream, ids, cause) from cause
 
     def _xadd_overlapped(
         self, stream: str, flats: list[list[Any]], batch_size: int
