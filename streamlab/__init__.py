@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 from streamlab.client import RedisStreamsClient, StreamsClient, connect, connect_cluster
 from streamlab.embedded import EmbeddedCluster, EmbeddedServer
 from streamlab.errors import (
+    ArgumentError,
     ConfigError,
     DecodeError,
     EncodeError,
     GroupNotFoundError,
     MissingDependencyError,
+    NotFoundError,
     PartialWriteError,
     PermissionDeniedError,
     Reject,
@@ -129,11 +131,13 @@ __all__ = [
     "EmbeddedCluster",
     "EmbeddedServer",
     # errors
+    "ArgumentError",
     "ConfigError",
     "DecodeError",
     "EncodeError",
     "GroupNotFoundError",
     "MissingDependencyError",
+    "NotFoundError",
     "PartialWriteError",
     "PermissionDeniedError",
     "Reject",

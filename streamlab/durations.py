@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, TypeAdapter, ValidationError
 
+from streamlab.errors import ArgumentError
+
 __all__ = ["Duration", "PositiveDuration", "format_duration", "parse_duration"]
 
 _GO_UNIT_US = {
@@ -43,11 +45,12 @@ def parse_duration(value: object) -> timedelta:
     Go-style: one or more ``<number><unit>`` with units ``h``, ``m``, ``s``, ``ms``, ``us``
     (``µs``), ``ns`` (``"1h30m"``, ``"1.5s"``); nanoseconds round to microseconds. A bare
     number, or a string holding one, is seconds. Other strings go to pydantic's `timedelta`
-    parsing (ISO 8601 ``"PT5S"``, ``"P7D"``). Raises `ValueError` naming the accepted forms.
+    parsing (ISO 8601 ``"PT5S"``, ``"P7D"``). Raises `ArgumentError` (a `ValueError`) naming
+    the accepted forms.
     """
     result = _to_timedelta(value)
     if result < timedelta(0):
-        raise ValueError(f"duration {value!r} is negative; durations must be >= 0")
+        raise ArgumentError(f"duration {value!r} is negative; durations must be >= 0")
     return result
 
 
@@ -55,7 +58,7 @@ def _to_timedelta(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
-        raise ValueError(f"invalid duration {value!r}: {_DURATION_FORMS}")
+        raise ArgumentError(f"invalid duration {value!r}: {_DURATION_FORMS}")
     try:
         if not isinstance(value, str):
             return timedelta(seconds=float(value))
@@ -70,7 +73,7 @@ def _to_timedelta(value: object) -> timedelta:
             return timedelta(microseconds=int(micros.to_integral_value()))
         return _PYDANTIC_TIMEDELTA.validate_python(text)
     except (ValidationError, OverflowError, InvalidOperation, ValueError) as exc:
-        raise ValueError(f"invalid duration {value!r}: {_DURATION_FORMS}") from exc
+        raise ArgumentError(f"invalid duration {value!r}: {_DURATION_FORMS}") from exc
 
 
 def format_duration(value: timedelta) -> str:

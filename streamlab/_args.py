@@ -1,0 +1,41 @@
+"""Checks of public arguments, shared so that a bad value gets the same `ArgumentError` (a
+`ValueError` under `StreamlabError`, naming the argument) wherever it is passed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from streamlab.durations import parse_duration
+from streamlab.errors import ArgumentError
+from streamlab.ids import id_text, parse_id
+
+__all__ = ["count", "duration", "entry_id", "optional_count"]
+
+
+def count(name: str, value: object, *, minimum: int = 0) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def optional_count(name: str, value: object, *, minimum: int = 0) -> int | None:
+    """`count`, or None for None (no cap)."""
+    return None if value is None else count(name, value, minimum=minimum)
+
+
+def duration(name: str, value: object) -> timedelta:
+    """A `Duration` argument (a timedelta, seconds, ``"5s"`` or ISO 8601) as a timedelta."""
+    try:
+        return parse_duration(value)
+    except ArgumentError as exc:
+        raise ArgumentError(f"{name}: {exc}") from None
+
+
+def entry_id(name: str, value: object) -> str:
+    """A stream id argument (``"1700000000000-0"``, text or bytes) in its canonical text."""
+    if not isinstance(value, str | bytes):
+        raise ArgumentError(f"{name}: expected a stream id like '1700000000000-0', got {value!r}")
+    return id_text(parse_id(value, name))
