@@ -5,6 +5,7 @@ Nothing is registered at import: `PrometheusMetrics` takes the `CollectorRegistr
 
 from __future__ import annotations
 
+import logging
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+from redis.exceptions import RedisClusterException
 
 from streamlab import _args
 from streamlab.errors import StreamlabError
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from streamlab.client import ClientLike, RedisStreamsClient
 
 __all__ = ["PROCESSING_BUCKETS", "Metrics", "PrometheusMetrics"]
+
+_log = logging.getLogger("streamlab.metrics")
 
 # Webhook handlers take milliseconds to a minute (API calls, clones); the buckets span both.
 PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -89,9 +93,11 @@ class _LagCollector(Collector):
         for client, stream in list(self.watched.values()):
             try:
                 info = client.get_stream_info(stream)
-            except (redis.RedisError, StreamlabError):
-                # Unreachable, no such stream yet, no right: no sample this scrape. Anything
-                # else is a bug, which a scrape error shows instead of an empty gauge.
+            except (redis.RedisError, RedisClusterException, StreamlabError):
+                continue  # unreachable, no such stream yet, no right: no sample this scrape
+            except Exception:
+                # A bug: said, not swallowed (an empty gauge hid one), yet the scrape goes on.
+                _log.exception("queue_consumer_lag of stream %r not read", stream)
                 continue
             for group in info.groups:
                 if group.lag is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from datetime import timedelta
@@ -16,6 +17,7 @@ from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.errors import ArgumentError
 from streamlab.events import StreamEvent, StreamMessage
 from streamlab.metrics import PrometheusMetrics
+from streamlab.records import StreamInfo
 
 
 def test_metric_values_after_a_burst_run(
@@ -98,6 +100,31 @@ def test_watch_refuses_anything_but_a_client_and_a_stream_name(redis_url: str) -
     with pytest.raises(ArgumentError, match="stream: expected a non-empty str"):
         metrics.watch(redis.Redis.from_url(redis_url), None)  # type: ignore[arg-type]
     assert metrics._lag.watched == {}
+
+
+def test_a_bug_reading_the_lag_is_logged_and_the_scrape_goes_on(
+    redis_client: redis.Redis, stream_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lag reading's errors other than Redis' and streamlab's were swallowed: an
+    AttributeError left the gauge silently empty. Now it is logged; other streams report."""
+
+    class Broken(RedisStreamsClient):
+        def get_stream_info(self, stream: str) -> StreamInfo:
+            raise AttributeError("a bug")
+
+    streams = RedisStreamsClient(redis_client)
+    streams.add_many(stream_name, [StreamEvent(event_type="push")] * 2)
+    streams.ensure_group(stream_name, "g")
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    metrics.watch(Broken(redis_client), "other")
+    metrics.watch(streams, stream_name)
+    with caplog.at_level(logging.ERROR, logger="streamlab.metrics"):
+        lag = registry.get_sample_value("queue_consumer_lag", {"stream": stream_name, "group": "g"})
+    assert lag == 2
+    [record] = caplog.records
+    assert record.getMessage() == "queue_consumer_lag of stream 'other' not read"
+    assert "a bug" in caplog.text
 
 
 def test_importing_streamlab_registers_nothing_on_the_default_registry() -> None:
