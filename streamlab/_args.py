@@ -8,8 +8,9 @@ from datetime import timedelta
 from streamlab.durations import parse_duration
 from streamlab.errors import ArgumentError
 from streamlab.ids import id_text, parse_id
+from streamlab.keys import check_start_id
 
-__all__ = ["count", "duration", "entry_id", "optional_count"]
+__all__ = ["count", "duration", "entry_id", "name", "optional_count", "start_id"]
 
 
 def count(name: str, value: object, *, minimum: int = 0) -> int:
@@ -39,3 +40,21 @@ def entry_id(name: str, value: object) -> str:
     if not isinstance(value, str | bytes):
         raise ArgumentError(f"{name}: expected a stream id like '1700000000000-0', got {value!r}")
     return id_text(parse_id(value, name))
+
+
+def start_id(name: str, value: object) -> str:
+    """A consumer group's start id argument: ``"$"``, ``"0"`` or a stream id, as
+    `ConsumerConfig.group_start_id` takes it (`check_start_id`)."""
+    if not isinstance(value, str):
+        raise ArgumentError(f"{name}: expected '$', '0' or a stream id, got {value!r}")
+    try:
+        return check_start_id(value)
+    except ValueError as exc:
+        raise ArgumentError(f"{name}: {exc}") from None
+
+
+def name(name: str, value: object) -> str:
+    """A name argument (a stream, group or consumer): a non-empty str."""
+    if not isinstance(value, str) or not value:
+        raise ArgumentError(f"{name}: expected a non-empty str, got {value!r}")
+    return value

@@ -11,6 +11,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from streamlab import _args
 from streamlab._config_model import ConfigModel
 from streamlab.durations import Duration, format_duration
 
@@ -50,10 +51,9 @@ def compute_backoff(
     """Seconds to wait before retry number ``retry`` (1 for the first retry).
 
     Any ``retry`` works: the exponent stops growing once the delay reaches ``max``, so a large
-    retry count never overflows.
+    retry count never overflows. A ``retry`` below 1 (or no int) is an `ArgumentError`.
     """
-    if retry < 1:
-        raise ValueError(f"retry numbers start at 1, got {retry}")
+    retry = _args.count("retry", retry, minimum=1)
     policy = backoff or Backoff()
     if policy.first_immediate:
         if retry == 1:

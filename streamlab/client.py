@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 import redis
@@ -26,7 +26,9 @@ from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisClusterException
 
+from streamlab import _args
 from streamlab.errors import (
+    ArgumentError,
     ConfigError,
     EncodeError,
     GroupNotFoundError,
@@ -50,6 +52,7 @@ from streamlab.scripts import LUA_MAX_VALUES, SCRIPT_COMMANDS, Scripts, script_b
 
 __all__ = [
     "ClientLike",
+    "DurationArg",
     "RawEntry",
     "RedisStreamsClient",
     "StreamsClient",
@@ -70,6 +73,9 @@ __all__ = [
 Fields = Mapping[str, Any]
 # One new entry as XREADGROUP sends it: ``(id, [name, value, name, value, ...])``, all bytes.
 RawEntry = tuple[bytes, list[bytes]]
+# A duration argument, as `streamlab._args.duration` reads it: a timedelta, seconds, or text
+# like "30s" or ISO 8601 "PT30S" (the `Duration` of the config and the CLI).
+DurationArg: TypeAlias = timedelta | float | str
 # How long a producer waits before trying again a trim that a lagging group held back.
 TRIM_RECHECK: float = 1.0
 _log = logging.getLogger("streamlab")
@@ -95,7 +101,12 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("health_check_interval", 30)
     if kwargs.get("decode_responses"):
         raise ConfigError("decode_responses=True breaks binary payloads; leave it False")
-    return redis.Redis.from_url(url, **kwargs)
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str like 'redis://host:6379/0', not {_type_name(url)}")
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError as exc:  # redis-py's text names the part at fault, never the password
+        raise ArgumentError(f"url: {exc}") from None
 
 
 # redis-py's pipeline errors quote the command, whose arguments may be field values.
@@ -324,7 +335,18 @@ def _check_raw(fields: Fields) -> None:
 
 @runtime_checkable
 class StreamsClient(Protocol):
-    """The stream operations workers use; `RedisStreamsClient` implements them on Redis."""
+    """What a `Consumer` needs of its client, and the stream operations workers use:
+    `RedisStreamsClient` implements it on redis-py, and another client (asyncio, say) must
+    offer all of it to stand in.
+
+    Besides the operations, a consumer uses three attributes: ``redis``, the redis-py client
+    it pipelines its claims and settling on (a ``redis.Redis`` or ``RedisCluster``);
+    ``scripts``, streamlab's Lua scripts loaded on it; and ``metrics``, the default hook.
+    """
+
+    redis: Any
+    scripts: Scripts
+    metrics: Metrics
 
     def add_to_stream(
         self, stream: str, event: StreamEvent | Fields, *, maxlen: int | None = None
@@ -348,11 +370,11 @@ class StreamsClient(Protocol):
         stream: str,
         group: str,
         consumer: str,
-        count: int,
+        limit: int,
         *,
-        block: float | timedelta | None = None,
+        block: DurationArg | None = None,
     ) -> list[StreamMessage]:
-        """Read new messages for ``consumer`` in ``group``."""
+        """Read up to ``limit`` new messages for ``consumer`` in ``group``."""
         ...
 
     def read_entries(
@@ -360,8 +382,8 @@ class StreamsClient(Protocol):
         stream: str,
         group: str,
         consumer: str,
-        count: int,
-        block: float | timedelta | None = None,
+        limit: int,
+        block: DurationArg | None = None,
     ) -> list[RawEntry]:
         """`read_from_stream` without decoding (the consumer's hot path)."""
         ...
@@ -432,6 +454,9 @@ class RedisStreamsClient:
         dlq_names: Mapping[str, str] | None = None,
         stream_maxlen: Mapping[str, int] | None = None,
     ) -> None:
+        _check_redis(redis_client, "redis_client must be a redis.Redis or a RedisCluster")
+        if metrics is not None and not isinstance(metrics, Metrics):
+            raise TypeError(f"metrics must be a streamlab Metrics, not {_type_name(metrics)}")
         kwargs = getattr(redis_client, "connection_pool", None)
         conn_kwargs = getattr(kwargs, "connection_kwargs", {}) if kwargs else {}
         if conn_kwargs.get("decode_responses"):
@@ -442,8 +467,13 @@ class RedisStreamsClient:
         # Any: redis-py's overloads (sync/async, RESP2/3) type replies as unions we narrow here.
         self.redis: Any = redis_client
         self.metrics: Metrics = metrics or Metrics()
-        self.dlq_names: Mapping[str, str] = MappingProxyType(dict(dlq_names or {}))
-        self.stream_maxlen = dict(stream_maxlen or {})
+        self.dlq_names: Mapping[str, str] = MappingProxyType(_dlq_names(dlq_names))
+        if stream_maxlen is not None and not isinstance(stream_maxlen, Mapping):
+            raise ArgumentError(f"stream_maxlen: expected a mapping, got {stream_maxlen!r}")
+        self.stream_maxlen = {
+            name: _args.count(f"stream_maxlen[{name!r}]", cap, minimum=1)
+            for name, cap in (stream_maxlen or {}).items()
+        }
         self._trim_held: dict[str, float] = {}  # stream -> monotonic time to retry its trim
         self._adds: dict[str, int] = {}  # stream -> single adds since its last trim call
         self.scripts = Scripts(redis_client)
@@ -460,7 +490,7 @@ class RedisStreamsClient:
 
     def dlq_stream(self, stream: str) -> str:
         """The DLQ stream name of ``stream``."""
-        return dlq_key(stream, self.dlq_names.get(stream))
+        return dlq_key(stream, self.dlq_names.get(_args.name("stream", stream)))
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -469,6 +499,10 @@ class RedisStreamsClient:
         """The entry fields to write; `EncodeError` when ``event`` cannot be written."""
         if isinstance(event, StreamEvent):
             return _utf8_names(encode_event(event), event.id)
+        if not isinstance(event, Mapping):
+            raise EncodeError(
+                f"an event is a StreamEvent or a mapping of entry fields, not {_type_name(event)}"
+            )
         _check_raw(event)
         return _utf8_names(event, _raw_id(event))
 
@@ -481,9 +515,11 @@ class RedisStreamsClient:
         approximately (as ``MAXLEN ~``: trimmed once it is min(100, maxlen / 10) over), and
         never by removing an entry a consumer group has not been given yet or still holds
         pending: a lagging group keeps the stream longer until it catches up
-        (``lua/safe_trim.lua``). The XADD and the trim are one script call.
+        (``lua/safe_trim.lua``). The XADD and the trim are one script call. A ``maxlen``
+        below 1 is an `ArgumentError`.
         """
-        maxlen = maxlen or self.stream_maxlen.get(stream)
+        _args.name("stream", stream)
+        maxlen = _args.optional_count("maxlen", maxlen, minimum=1) or self.stream_maxlen.get(stream)
         fields = dict(self._fields(event))
         if maxlen and not self._trim_turn(stream, maxlen):
             maxlen = None  # this add leaves the cap to the next few: no script call
@@ -529,8 +565,13 @@ class RedisStreamsClient:
         memory, say), nothing is sent after the batch then in flight; if no event was written
         the server's error is raised, else `PartialWriteError`, which tells which events were
         written (not always the first ones: a server's memory use moves between commands).
+        ``maxlen`` and ``batch_size`` below 1 are an `ArgumentError`.
         """
-        maxlen = maxlen or self.stream_maxlen.get(stream)
+        _args.name("stream", stream)
+        if isinstance(events, str | bytes | Mapping) or not isinstance(events, Iterable):
+            raise ArgumentError(f"events: expected an iterable of events, got {events!r:.80}")
+        maxlen = _args.optional_count("maxlen", maxlen, minimum=1) or self.stream_maxlen.get(stream)
+        batch_size = _args.count("batch_size", batch_size, minimum=1)
         flats: list[list[Any]] = []
         for index, event in enumerate(events):
             try:
@@ -667,7 +708,12 @@ class RedisStreamsClient:
         """Create ``group`` on ``stream`` (creating the stream too) unless it exists.
 
         Returns True when the group was created, False when it already existed (BUSYGROUP).
+        ``start_id`` is ``"$"`` (new entries only), ``"0"`` (the whole stream) or a stream id;
+        anything else is an `ArgumentError`.
         """
+        _args.name("stream", stream)
+        _args.name("group", group)
+        start_id = _args.start_id("start_id", start_id)
         try:
             with translate_errors(stream, group):
                 self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
@@ -694,25 +740,26 @@ class RedisStreamsClient:
         stream: str,
         group: str,
         consumer: str,
-        count: int,
+        limit: int,
         *,
-        block: float | timedelta | None = None,
+        block: DurationArg | None = None,
     ) -> list[StreamMessage]:
-        """Read up to ``count`` new messages for ``consumer`` in ``group``.
+        """Read up to ``limit`` (>= 1) new messages for ``consumer`` in ``group``.
 
-        ``block`` (seconds or timedelta) waits for messages when none are there. A block
-        longer than the connection's socket timeout is split into shorter waits so that it
-        returns normally instead of raising TimeoutError.
+        ``block`` (a `Duration`: a timedelta, seconds or ``"5s"``) waits for messages when
+        none are there; None or 0 does not wait. A block longer than the connection's socket
+        timeout is split into shorter waits so that it returns normally instead of raising
+        TimeoutError. A bad ``limit`` or ``block`` is an `ArgumentError`.
         """
-        return decode_entries(stream, self.read_entries(stream, group, consumer, count, block))
+        return decode_entries(stream, self.read_entries(stream, group, consumer, limit, block))
 
     def read_entries(
         self,
         stream: str,
         group: str,
         consumer: str,
-        count: int,
-        block: float | timedelta | None = None,
+        limit: int,
+        block: DurationArg | None = None,
     ) -> list[RawEntry]:
         """`read_from_stream` without decoding: the entries as Redis sent them, each an id and
         a flat ``[name, value, ...]`` list, all bytes (`decode_message` reads them).
@@ -722,7 +769,12 @@ class RedisStreamsClient:
         their batch is settled. The reply skips redis-py's parsing (a dict per entry) except
         on a cluster client, whose entries are flattened back to the same shape.
         """
-        wait = seconds(block)
+        # Checked once per read, not per entry: a read is one round trip anyway.
+        _args.name("stream", stream)
+        _args.name("group", group)
+        _args.name("consumer", consumer)
+        count = _args.count("limit", limit, minimum=1)
+        wait = None if block is None else _args.duration("block", block).total_seconds()
         deadline = time.monotonic() + wait if wait else 0.0
         reader = self._reader or self.redis
         while True:
@@ -750,20 +802,28 @@ class RedisStreamsClient:
         return entries
 
     def ack_message(self, stream: str, group: str, message_id: str) -> int:
-        """Acknowledge one message; return how many were acked (0 or 1)."""
-        return self.ack_many(stream, group, [message_id])
+        """Acknowledge one message; return how many were acked: 0 when it was not pending
+        (acked already, never delivered, or no such entry). A ``message_id`` that is no stream
+        id is an `ArgumentError`."""
+        return self.ack_many(stream, group, [_args.entry_id("message_id", message_id)])
 
     def ack_many(self, stream: str, group: str, message_ids: Sequence[str]) -> int:
-        """Acknowledge messages in one XACK; return how many were pending."""
-        if not message_ids:
+        """Acknowledge messages in one XACK; return how many were pending (ids not pending
+        count 0, as in `ack_message`). An id that is no stream id is an `ArgumentError`
+        naming it, and nothing is acked."""
+        _args.name("stream", stream)
+        _args.name("group", group)
+        ids = _entry_ids("message_ids", message_ids)
+        if not ids:
             return 0
         with translate_errors(stream, group):
-            return int(self.redis.xack(stream, group, *message_ids))
+            return int(self.redis.xack(stream, group, *ids))
 
     # -- inspecting --------------------------------------------------------------------------
 
     def get_stream_info(self, stream: str) -> StreamInfo:
         """Length, first and last ids, and every group with its lag (which may be None)."""
+        _args.name("stream", stream)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xlen(stream)
         pipe.xrange(stream, "-", "+", count=1)
@@ -795,8 +855,11 @@ class RedisStreamsClient:
         """Entries of ``stream`` from ``since`` to ``until`` (inclusive), oldest first, decoded.
 
         Each bound is an aware datetime, a timedelta (that long ago), a stream id or int
-        milliseconds since the epoch, as everywhere in streamlab; ``limit`` caps the count.
+        milliseconds since the epoch, as everywhere in streamlab; ``limit`` (>= 0, None for no
+        cap) caps the count.
         """
+        _args.name("stream", stream)
+        limit = _args.optional_count("limit", limit)
         span = id_range(since, until)
         if span is None or limit == 0:
             return []
@@ -818,11 +881,17 @@ class RedisStreamsClient:
         The seed took ``start="$"``, which XRANGE reads as nothing; here no ``since`` means
         the oldest entry.
         """
-        return self.range(dlq or self.dlq_stream(stream), since, until, limit=limit)
+        name = self.dlq_stream(stream) if dlq is None else _args.name("dlq", dlq)
+        return self.range(name, since, until, limit=limit)
 
     def message(self, stream: str, entry_id: str, delivery_count: int = 1) -> StreamMessage | None:
-        """One entry by id, or None when it is not in the stream."""
-        entries = self.redis.xrange(stream, entry_id, entry_id, count=1)
+        """One entry by id, or None when it is not in the stream. A bad ``entry_id`` or a
+        ``delivery_count`` below 1 is an `ArgumentError`."""
+        _args.name("stream", stream)
+        entry_id = _args.entry_id("entry_id", entry_id)
+        delivery_count = _args.count("delivery_count", delivery_count, minimum=1)
+        with translate_errors(stream):
+            entries = self.redis.xrange(stream, entry_id, entry_id, count=1)
         if not entries:
             return None
         eid, raw = entries[0]
@@ -841,14 +910,50 @@ def as_client(client: ClientLike) -> RedisStreamsClient:
     """
     if isinstance(client, RedisStreamsClient):
         return client
+    _check_redis(
+        client,
+        "client must be a RedisStreamsClient, a redis.Redis or a redis.cluster.RedisCluster",
+    )
+    return RedisStreamsClient(client)
+
+
+def _check_redis(client: object, must: str) -> None:
+    """`TypeError` (``must``, then the type given) unless ``client`` is a redis-py client
+    that answers: a ``redis.Redis`` or ``RedisCluster``, not a pipeline of one."""
     # A pipeline is a redis.Redis (or RedisCluster) subclass, but it queues instead of answering.
     pipeline = isinstance(client, redis.client.Pipeline | ClusterPipeline)
-    if isinstance(client, redis.Redis | RedisCluster) and not pipeline:
-        return RedisStreamsClient(client)
-    raise TypeError(
-        "client must be a RedisStreamsClient, a redis.Redis or a redis.cluster.RedisCluster, "
-        f"not {type(client).__module__}.{type(client).__qualname__}"
-    )
+    if not isinstance(client, redis.Redis | RedisCluster) or pipeline:
+        raise TypeError(f"{must}, not {_type_name(client)}")
+
+
+def _type_name(value: object) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _dlq_names(names: Mapping[str, str] | None) -> dict[str, str]:
+    """``dlq_names`` as a dict, each name a non-empty str (`ArgumentError` otherwise)."""
+    if names is None:
+        return {}
+    if not isinstance(names, Mapping):
+        raise ArgumentError(f"dlq_names: expected a mapping of stream to DLQ, got {names!r}")
+    for stream, dlq in names.items():
+        if not isinstance(dlq, str) or not dlq:
+            raise ArgumentError(f"dlq_names[{stream!r}]: expected a stream name, got {dlq!r}")
+    return dict(names)
+
+
+def _entry_ids(name: str, ids: Sequence[str]) -> list[str]:
+    """Each of ``ids`` checked by `_args.entry_id`, named by its index."""
+    # A str is a Sequence too, whose characters are no ids.
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise ArgumentError(f"{name}: expected a sequence of stream ids, got {ids!r}")
+    return [_args.entry_id(f"{name}[{i}]", entry_id) for i, entry_id in enumerate(ids)]
+
+
+if TYPE_CHECKING:
+    # mypy checks here that RedisStreamsClient is a StreamsClient, members and signatures.
+    def _is_a_streams_client(client: RedisStreamsClient) -> StreamsClient:
+        return client
 
 
 def send_packed(

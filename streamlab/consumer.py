@@ -29,14 +29,22 @@ from pydantic import (
     model_validator,
 )
 
+from streamlab import _args
 from streamlab._config_model import ConfigModel
 from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
 from streamlab.backoff import Backoff
-from streamlab.client import ClientLike, RawEntry, as_client, send_packed, translate_errors
+from streamlab.client import (
+    ClientLike,
+    DurationArg,
+    RawEntry,
+    as_client,
+    send_packed,
+    translate_errors,
+)
 from streamlab.durations import Duration, PositiveDuration, format_duration
-from streamlab.errors import ConfigError, GroupNotFoundError
+from streamlab.errors import ArgumentError, ConfigError, GroupNotFoundError, NotFoundError
 from streamlab.events import StreamMessage, decode_entries, decode_message
 from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
 from streamlab.metrics import Metrics
@@ -99,6 +107,26 @@ _DL_HEAD = 5
 def _fits_lua(args: Sequence[object]) -> bool:
     """Whether a dead letter's fields pass through Lua's unpack (see scripts.LUA_MAX_VALUES)."""
     return len(args) - _DL_HEAD <= LUA_MAX_VALUES
+
+
+def _check_handler(handler: object) -> None:
+    # Checked before any read: a handler that cannot be called would fail every message
+    # until its retries are spent and the DLQ holds them all.
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+
+
+def _check_batch(batch: object) -> None:
+    """`ArgumentError` unless ``batch`` is a sequence of `Item`s (as `process` takes them)."""
+    if isinstance(batch, str | bytes) or not isinstance(batch, Sequence):
+        raise ArgumentError(f"batch: expected a sequence of messages, got {batch!r:.80}")
+    for i, item in enumerate(batch):
+        raw = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)
+        if not (raw or isinstance(item, StreamMessage)):
+            raise ArgumentError(
+                f"batch[{i}]: expected a StreamMessage or a raw entry (id, fields), "
+                f"got {type(item).__name__}"
+            )
 
 
 def default_consumer_name() -> str:
@@ -223,7 +251,7 @@ class Consumer:
     """A consumer in a group; see `ConsumerConfig` and `run`.
 
     ``client`` is a `RedisStreamsClient` (a plain redis-py client is wrapped). ``metrics``
-    defaults to the client's hook.
+    defaults to the client's hook. Anything else than these types is a `TypeError`.
     """
 
     def __init__(
@@ -234,6 +262,10 @@ class Consumer:
         metrics: Metrics | None = None,
     ) -> None:
         self.client = as_client(client)
+        if not isinstance(config, ConsumerConfig):
+            raise TypeError(f"config must be a ConsumerConfig, not {type(config).__name__}")
+        if metrics is not None and not isinstance(metrics, Metrics):
+            raise TypeError(f"metrics must be a streamlab Metrics, not {type(metrics).__name__}")
         self.config = config
         self.redis = self.client.redis
         self.metrics: Metrics = metrics or self.client.metrics
@@ -285,16 +317,17 @@ class Consumer:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read_messages(self, *, block: float | timedelta | None = None) -> list[StreamMessage]:
+    def read_messages(self, *, block: DurationArg | None = None) -> list[StreamMessage]:
         """Up to ``batch_size`` messages: retries now due, messages reclaimed from dead
-        consumers, then new ones (waiting up to ``block``, default ``block_duration``).
+        consumers, then new ones (waiting up to ``block``, a `Duration` like ``"2s"`` or
+        seconds; default ``block_duration``; 0 does not wait).
 
         Settle each with `ack_message` or `nack_message`. Entries that need no handler are
         settled here, as `run` settles them, and not returned: undecodable ones and those whose
         consumers kept dying go to the DLQ, replays meant for another group are acked.
         """
         cfg = self.config
-        wait = cfg.block_duration if block is None else block
+        wait = cfg.block_duration if block is None else _args.duration("block", block)
         batch: list[StreamMessage] = []
         settled: list[tuple[StreamMessage | str, Decision]] = []
         items = self._read(wait)
@@ -310,7 +343,7 @@ class Consumer:
         self._in_hand.update((m.id, m) for m in batch)
         return batch
 
-    def _read(self, block: float | timedelta | None) -> list[Item]:
+    def _read(self, block: DurationArg | None) -> list[Item]:
         """Claimed messages (decoded: they carry their delivery counts), then new entries,
         left raw for `_messages` to decode when their turn comes. The caller stamps when they
         were received (see ``_received``)."""
@@ -531,7 +564,11 @@ class Consumer:
     # -- settling ----------------------------------------------------------------------------
 
     def ack_message(self, message_id: str) -> int:
-        """Acknowledge a message handled outside `run`."""
+        """Acknowledge a message handled outside `run`; return how many were acked: 1, or 0
+        when it was not pending (acked already, taken over, or no such entry), as
+        `RedisStreamsClient.ack_message` does. A ``message_id`` that is no stream id is an
+        `ArgumentError`."""
+        message_id = _args.entry_id("message_id", message_id)
         self._in_hand.pop(message_id, None)
         return self._settle([(message_id, ACK)]).acked
 
@@ -541,7 +578,13 @@ class Consumer:
 
         Returns the action taken, RETRY or DEAD_LETTER; None when nothing was done because
         the entry is no longer this consumer's (another consumer took it over meanwhile).
+        ``error`` is the exception the handling raised (None: a failure without one). An id
+        that is no stream id is an `ArgumentError`; one not in the stream (deleted, trimmed,
+        never there) a `NotFoundError` naming it and the stream, and nothing is done.
         """
+        message_id = _args.entry_id("message_id", message_id)
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"error must be an exception or None, not {type(error).__name__}")
         msg = self._in_hand.pop(message_id, None) or self._fetch(message_id)
         decision = self._after_failure(error, msg)
         done = self._settle([(msg, decision)])
@@ -555,7 +598,7 @@ class Consumer:
         count = rows[0].deliveries if rows else 1
         msg = self.client.message(cfg.stream, message_id, count)
         if msg is None:
-            raise KeyError(f"entry {message_id} is not in stream {cfg.stream!r}")
+            raise NotFoundError(f"entry {message_id} is not in stream {cfg.stream!r}")
         return msg
 
     def _settle(
@@ -656,8 +699,8 @@ class Consumer:
                 dlq_id = new_id.decode() if isinstance(new_id, bytes) else str(new_id)
                 log.info(
                     "dead-lettered %s to %s as %s after %d deliveries",
-                    msg.id, cfg.dlq_stream, dlq_id, msg.delivery_count,
-                    extra={**where, "entry_id": msg.id, "dlq": cfg.dlq_stream,
+                    msg.id, self.dlq_stream, dlq_id, msg.delivery_count,
+                    extra={**where, "entry_id": msg.id, "dlq": self.dlq_stream,
                            "dlq_id": dlq_id, "attempts": msg.delivery_count},
                 )  # fmt: skip
         if log.isEnabledFor(logging.DEBUG):
@@ -807,6 +850,8 @@ class Consumer:
         SystemExit), what was already decided is settled and the rest stays pending, to be
         reclaimed later: nothing done is left unacknowledged and nothing undone is lost.
         """
+        _check_handler(handler)
+        _check_batch(batch)
         self._process(batch, handler, None)
 
     def _process(self, batch: Sequence[Item], handler: Handler, received: float | None) -> None:
@@ -915,6 +960,11 @@ class Consumer:
         renewed, so no other consumer reclaims them. ``burst=True`` returns once the stream is
         drained and no retry is waiting, which suits tests, notebooks and cron jobs.
         """
+        _check_handler(handler)
+        if stop_event is not None and not isinstance(stop_event, threading.Event):
+            raise TypeError(
+                f"stop_event must be a threading.Event, not {type(stop_event).__name__}"
+            )
         stop = stop_event or threading.Event()
         self.stats = RunStats()
         self._own_first, self._own_after = True, "-"

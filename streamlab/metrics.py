@@ -5,20 +5,28 @@ Nothing is registered at import: `PrometheusMetrics` takes the `CollectorRegistr
 
 from __future__ import annotations
 
+import logging
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import redis
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+from redis.exceptions import RedisClusterException
+
+from streamlab import _args
+from streamlab.errors import StreamlabError
 
 if TYPE_CHECKING:
-    from streamlab.client import RedisStreamsClient
+    from streamlab.client import ClientLike, RedisStreamsClient
 
 __all__ = ["PROCESSING_BUCKETS", "Metrics", "PrometheusMetrics"]
+
+_log = logging.getLogger("streamlab.metrics")
 
 # Webhook handlers take milliseconds to a minute (API calls, clones); the buckets span both.
 PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -56,8 +64,9 @@ class Metrics:
     def observe_many(self, stream: str, group: str, seconds: Sequence[float]) -> None:
         """The durations of a batch's handler calls, in seconds (one per call)."""
 
-    def watch(self, client: RedisStreamsClient, stream: str) -> None:
-        """Report the lag of ``stream``'s groups, read from Redis at scrape time."""
+    def watch(self, client: ClientLike, stream: str) -> None:
+        """Report the lag of ``stream``'s groups, read from Redis at scrape time. ``client``
+        is any client `streamlab.client.as_client` takes."""
 
 
 def lag_family() -> GaugeMetricFamily:
@@ -72,6 +81,7 @@ class _LagCollector(Collector):
     """``queue_consumer_lag`` read from XINFO GROUPS when Prometheus scrapes."""
 
     def __init__(self) -> None:
+        # (id of the redis-py client, stream) -> the client, the stream
         self.watched: dict[tuple[int, str], tuple[RedisStreamsClient, str]] = {}
 
     def describe(self) -> Iterable[Metric]:
@@ -83,7 +93,11 @@ class _LagCollector(Collector):
         for client, stream in list(self.watched.values()):
             try:
                 info = client.get_stream_info(stream)
+            except (redis.RedisError, RedisClusterException, StreamlabError):
+                continue  # unreachable, no such stream yet, no right: no sample this scrape
             except Exception:
+                # A bug: said, not swallowed (an empty gauge hid one), yet the scrape goes on.
+                _log.exception("queue_consumer_lag of stream %r not read", stream)
                 continue
             for group in info.groups:
                 if group.lag is not None:
@@ -198,5 +212,13 @@ class PrometheusMetrics(Metrics):
         if seconds:
             self._durations.add((stream, group), seconds)
 
-    def watch(self, client: RedisStreamsClient, stream: str) -> None:
-        self._lag.watched[(id(client), stream)] = (client, stream)
+    def watch(self, client: ClientLike, stream: str) -> None:
+        """Report ``queue_consumer_lag`` of ``stream``'s groups through ``client`` (a
+        `RedisStreamsClient`, ``redis.Redis`` or ``RedisCluster``; `TypeError` otherwise)."""
+        # Imported here: streamlab.client imports this module.
+        from streamlab.client import as_client
+
+        streams = as_client(client)
+        # Keyed by the redis-py client: watching again through another wrapper of it (each
+        # Consumer's run, a plain redis.Redis wrapped anew) replaces the entry, not adds one.
+        self._lag.watched[(id(streams.redis), _args.name("stream", stream))] = (streams, stream)

@@ -4,6 +4,7 @@ producing and decoding."""
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,13 @@ import pytest
 import redis
 from clientlike import CALLS
 
-from streamlab.client import RedisStreamsClient, StreamsClient
+import streamlab.consumer as consumer_module
+import streamlab.metrics as metrics_module
+from streamlab.client import RedisStreamsClient, StreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.embedded import EmbeddedServer
 from streamlab.errors import (
+    ArgumentError,
     EncodeError,
     GroupNotFoundError,
     PartialWriteError,
@@ -417,7 +421,132 @@ def test_the_streams_client_protocol_is_what_redis_streams_client_offers() -> No
     for name in members:
         want = inspect.signature(getattr(StreamsClient, name))
         assert inspect.signature(getattr(RedisStreamsClient, name)) == want, name
-    assert isinstance(RedisStreamsClient(redis.Redis()), StreamsClient)
+    client = RedisStreamsClient(redis.Redis())
+    assert isinstance(client, StreamsClient)
+    # The attributes too (mypy checks the types: see _is_a_streams_client in client.py).
+    attributes = set(StreamsClient.__annotations__)
+    assert attributes == {"redis", "scripts", "metrics"}
+    assert all(hasattr(client, name) for name in attributes)
+
+
+def test_the_streams_client_protocol_holds_all_a_consumer_uses_of_its_client() -> None:
+    """A client standing in for RedisStreamsClient (asyncio, say) has the protocol as its
+    exact target: every member the consumer and the metrics' lag reading use is in it."""
+    used = set(re.findall(r"self\.client\.(\w+)", inspect.getsource(consumer_module)))
+    used |= set(re.findall(r"client\.(\w+)\(stream\)", inspect.getsource(metrics_module)))
+    protocol = {n for n in vars(StreamsClient) if not n.startswith("_")}
+    protocol |= set(StreamsClient.__annotations__)
+    assert {"redis", "scripts", "read_entries", "get_stream_info"} <= used
+    assert used <= protocol, used - protocol
+
+
+@pytest.mark.parametrize("value", ["redis://127.0.0.1:1", {}, None, 6379])
+def test_a_streams_client_of_anything_but_a_redis_client_is_a_type_error_naming_it(
+    redis_url: str, value: object
+) -> None:
+    with pytest.raises(TypeError, match=rf"not builtins\.{type(value).__name__}"):
+        RedisStreamsClient(value)  # type: ignore[arg-type]
+    pipe = redis.Redis.from_url(redis_url).pipeline()
+    with pytest.raises(TypeError, match=r"not redis\.client\.Pipeline"):
+        RedisStreamsClient(pipe)
+    with pytest.raises(TypeError, match="metrics must be"):
+        RedisStreamsClient(redis.Redis.from_url(redis_url), metrics=object())  # type: ignore[arg-type]
+
+
+def test_client_options_and_urls_are_checked_when_the_client_is_built(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with pytest.raises(ArgumentError, match=r"stream_maxlen\['s'\]: must be >= 1, got 0"):
+        RedisStreamsClient(r, stream_maxlen={"s": 0})
+    with pytest.raises(ArgumentError, match="stream_maxlen: expected a mapping"):
+        RedisStreamsClient(r, stream_maxlen=10)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match=r"dlq_names\['s'\]: expected a stream name"):
+        RedisStreamsClient(r, dlq_names={"s": None})  # type: ignore[dict-item]
+    with pytest.raises(ArgumentError, match="url: Redis URL must specify"):
+        RedisStreamsClient.from_url("localhost:6379")
+    with pytest.raises(TypeError, match="url must be a str"):
+        connect(None)  # type: ignore[arg-type]
+
+
+def test_bad_stream_ids_are_argument_errors_naming_the_argument(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    [entry] = streams_client.add_many(stream_name, [StreamEvent(event_type="push")])
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.read_from_stream(stream_name, "g", "c", 1)
+    with pytest.raises(ArgumentError, match="entry_id: 'zzz' is not a stream id"):
+        streams_client.message(stream_name, "zzz")
+    with pytest.raises(ArgumentError, match="message_id: 'zzz' is not a stream id"):
+        streams_client.ack_message(stream_name, "g", "zzz")
+    # One bad id among good ones: named by its index, and nothing acked.
+    with pytest.raises(ArgumentError, match=r"message_ids\[1\]: 'zzz'"):
+        streams_client.ack_many(stream_name, "g", [entry, "zzz"])
+    with pytest.raises(ArgumentError, match="message_ids: expected a sequence"):
+        streams_client.ack_many(stream_name, "g", entry)
+    assert streams_client.redis.xpending(stream_name, "g")["pending"] == 1
+    with pytest.raises(ArgumentError, match="start_id: 'abc' is not a group start id"):
+        streams_client.ensure_group(stream_name, "g2", "abc")
+    with pytest.raises(ArgumentError, match="delivery_count: must be >= 1"):
+        streams_client.message(stream_name, entry, 0)
+    assert [g.name for g in streams_client.get_stream_info(stream_name).groups] == ["g"]
+    # "$", "0", a stream id and bare milliseconds are start ids, as in ConsumerConfig.
+    for group, start in [("new", "$"), ("all", "0"), ("from", entry), ("ms", entry.split("-")[0])]:
+        assert streams_client.ensure_group(stream_name, group, start) is True
+    # An id not pending (or not there) acks nothing; one not in the stream is no message.
+    assert streams_client.ack_many(stream_name, "g", [entry, "1-1"]) == 1
+    assert streams_client.ack_message(stream_name, "g", entry) == 0
+    assert streams_client.message(stream_name, "1-1") is None
+    assert streams_client.message(stream_name, entry.encode()) is not None  # as redis-py gives
+
+
+def test_bad_limits_counts_and_names_are_argument_errors_and_write_nothing(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    c, push = streams_client, StreamEvent(event_type="push")
+    c.ensure_group(stream_name, "g")
+    for value, says in [(-1, "must be >= 0, got -1"), (True, "expected an int >= 0")]:
+        with pytest.raises(ArgumentError, match=f"limit: {says}"):
+            c.range(stream_name, limit=value)  # type: ignore[arg-type]
+        with pytest.raises(ArgumentError, match=f"limit: {says}"):
+            c.read_dlq(stream_name, limit=value)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="batch_size: must be >= 1, got 0"):
+        c.add_many(stream_name, [push], batch_size=0)
+    for value in (0, -1, 2.5):
+        with pytest.raises(ArgumentError, match="limit: "):
+            c.read_from_stream(stream_name, "g", "c", value)  # type: ignore[arg-type]
+        with pytest.raises(ArgumentError, match="limit: "):
+            c.read_entries(stream_name, "g", "c", value)  # type: ignore[arg-type]
+    for value in (-1, 0):
+        with pytest.raises(ArgumentError, match=f"maxlen: must be >= 1, got {value}"):
+            c.add_to_stream(stream_name, push, maxlen=value)
+        with pytest.raises(ArgumentError, match=f"maxlen: must be >= 1, got {value}"):
+            c.add_many(stream_name, [push], maxlen=value)
+    with pytest.raises(ArgumentError, match="stream: expected a non-empty str, got None"):
+        c.add_to_stream(None, push)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="group: expected a non-empty str"):
+        c.read_from_stream(stream_name, None, "c", 1)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="events: expected an iterable of events"):
+        c.add_many(stream_name, "push")  # type: ignore[arg-type]
+    with pytest.raises(EncodeError, match="event 1: an event is a StreamEvent or a mapping"):
+        c.add_many(stream_name, [push, 7])  # type: ignore[list-item]
+    assert c.redis.xlen(stream_name) == 0
+    # The limit is a keyword too; 0 on range means no entry.
+    c.add_many(stream_name, [push, push])
+    assert len(c.read_from_stream(stream_name, "g", "c", limit=1)) == 1
+    assert c.range(stream_name, limit=0) == []
+
+
+def test_block_takes_a_duration_as_the_config_and_the_cli_do(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    streams_client.ensure_group(stream_name, "g")
+    for block in ("20ms", "PT0.02S", 0.02, timedelta(milliseconds=20), 0, None):
+        assert streams_client.read_from_stream(stream_name, "g", "c", 1, block=block) == []
+    for block in (-1, "soon", True):
+        with pytest.raises(ArgumentError, match="block: "):
+            streams_client.read_from_stream(stream_name, "g", "c", 1, block=block)  # type: ignore[arg-type]
+    [entry] = streams_client.add_many(stream_name, [StreamEvent(event_type="push")])
+    [msg] = streams_client.read_from_stream(stream_name, "g", "c", 1, block="1s")
+    assert msg.id == entry
 
 
 def test_range_and_read_dlq_take_since_until_and_limit(

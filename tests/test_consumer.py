@@ -4,6 +4,8 @@ undecodable entries, retention, the manual API and replay skips."""
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient, connect
 from streamlab.consumer import Consumer, ConsumerConfig, RunStats
 from streamlab.embedded import EmbeddedServer
-from streamlab.errors import ConfigError, Reject, Retry
+from streamlab.errors import ArgumentError, ConfigError, NotFoundError, Reject, Retry
 from streamlab.events import StreamEvent, StreamMessage, encode_event
 from streamlab.policy import RETRY_CONSUMER, Action
 from streamlab.records import DLQ_FIELDS, ReplayMarker
@@ -424,6 +426,28 @@ def test_the_dlq_is_the_clients_routing_and_a_consumer_never_changes_it(
         client.dlq_names[stream_name] = "x"  # type: ignore[index]
 
 
+def test_the_dead_letter_log_names_the_dlq_the_entry_went_to(
+    redis_client: redis.Redis, stream_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    failed = f"{stream_name}_failed"
+    client = RedisStreamsClient(redis_client, dlq_names={stream_name: failed})
+    [entry] = add(client, stream_name, 1)
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("bad")
+
+    with caplog.at_level(logging.INFO, logger="streamlab.consumer"):
+        Consumer(client, config(stream_name)).run(reject, burst=True, handle_signals=False)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("dead-lettered")]
+    [(dlq_id, _)] = redis_client.xrange(failed)
+    assert (
+        record.getMessage()
+        == f"dead-lettered {entry} to {failed} as {dlq_id.decode()} after 1 deliveries"
+    )
+    assert record.__dict__["dlq"] == failed
+    assert not redis_client.exists(f"{stream_name}_dlq")
+
+
 # -- DLQ retention and length ------------------------------------------------------------------
 
 
@@ -550,6 +574,65 @@ def test_entry_replayed_for_another_group_is_acked_and_skipped(
     assert (stats["B"].skipped, stats["B"].acked, stats["A"].skipped) == (1, 2, 0)
     for group in ("A", "B"):
         assert pending_count(streams_client.redis, stream_name, group) == 0
+
+
+def test_nack_and_ack_of_an_id_not_in_hand(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    """An unknown id: nack raises NotFoundError (a KeyError) naming it and the stream, ack
+    acks nothing and says so (0), as the client's ack does; neither touches the group."""
+    r = streams_client.redis
+    [entry] = add(streams_client, stream_name, 1)
+    streams_client.ensure_group(stream_name, "g")
+    consumer = Consumer(streams_client, config(stream_name))
+    with pytest.raises(
+        NotFoundError, match=rf"^entry 1-1 is not in stream '{re.escape(stream_name)}'$"
+    ):
+        consumer.nack_message("1-1", ValueError("boom"))
+    with pytest.raises(KeyError):
+        consumer.nack_message("1-1")
+    assert consumer.ack_message("1-1") == 0
+    assert consumer.ack_message(entry) == 0  # never delivered: not pending
+    # Bad ids and errors are argument errors, before anything is sent.
+    for bad in ("zzz", None, 17):
+        with pytest.raises(ArgumentError, match="message_id: "):
+            consumer.nack_message(bad)  # type: ignore[arg-type]
+        with pytest.raises(ArgumentError, match="message_id: "):
+            consumer.ack_message(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="error must be an exception or None, not str"):
+        consumer.nack_message(entry, "boom")  # type: ignore[arg-type]
+    assert pending_count(r, stream_name, "g") == 0
+    assert not r.exists(streams_client.dlq_stream(stream_name))
+    # The entry is still there to read and settle by hand, by a bytes id too.
+    [msg] = consumer.read_messages(block="10ms")
+    assert consumer.nack_message(msg.id.encode()) is Action.RETRY  # type: ignore[arg-type]
+
+
+def test_consumer_arguments_are_checked_before_anything_is_read(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    add(streams_client, stream_name, 1)
+    streams_client.ensure_group(stream_name, "g")
+    cfg = config(stream_name)
+    with pytest.raises(TypeError, match="config must be a ConsumerConfig, not dict"):
+        Consumer(streams_client, {"stream": stream_name, "group": "g"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="metrics must be a streamlab Metrics"):
+        Consumer(streams_client, cfg, metrics="prometheus")  # type: ignore[arg-type]
+    consumer = Consumer(streams_client, cfg)
+    with pytest.raises(TypeError, match="handler must be callable, not NoneType"):
+        consumer.run(None, burst=True, handle_signals=False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"stop_event must be a threading\.Event"):
+        consumer.run(print, burst=True, handle_signals=False, stop_event=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="handler must be callable"):
+        consumer.process([], "print")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match=r"batch\[0\]: expected a StreamMessage"):
+        consumer.process(["1-1"], print)  # type: ignore[list-item]
+    with pytest.raises(ArgumentError, match="block: duration -1 is negative"):
+        consumer.read_messages(block=-1)
+    assert not streams_client.redis.exists(f"{stream_name}_dlq")
+    # Nothing was read: the entry is still new to the group, and a duration text works.
+    [msg] = consumer.read_messages(block="0.5s")
+    assert msg.delivery_count == 1
 
 
 def test_consumer_config_takes_a_schedule_longer_than_claim_min_idle() -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
-from prometheus_client import CollectorRegistry
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
 
 from streamlab.backoff import Backoff
 from streamlab.client import RedisStreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.errors import ArgumentError
 from streamlab.events import StreamEvent, StreamMessage
 from streamlab.metrics import PrometheusMetrics
+from streamlab.records import StreamInfo
 
 
 def test_metric_values_after_a_burst_run(
@@ -61,6 +65,66 @@ def test_metric_values_after_a_burst_run(
     client.add_many(stream_name, (StreamEvent(event_type="late") for _ in range(2)))
     assert registry.get_sample_value("queue_consumer_lag", labels) == 3
     assert registry.get_sample_value("queue_messages_produced_total", {"stream": stream_name}) == 13
+
+
+def test_watch_takes_a_plain_redis_client_and_reports_its_lag_at_scrape_time(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    streams = RedisStreamsClient(redis_client)
+    streams.add_many(stream_name, [StreamEvent(event_type="push")] * 5)
+    streams.ensure_group(stream_name, "g")
+    streams.read_from_stream(stream_name, "g", "c", 2)
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    metrics.watch(redis_client, stream_name)
+    labels = {"stream": stream_name, "group": "g"}
+    assert registry.get_sample_value("queue_consumer_lag", labels) == 3
+    # Read at each scrape; watching again through another wrapper of the same redis-py client
+    # adds no second series.
+    streams.add_to_stream(stream_name, StreamEvent(event_type="push"))
+    metrics.watch(RedisStreamsClient(redis_client), stream_name)
+    assert registry.get_sample_value("queue_consumer_lag", labels) == 4
+    text = generate_latest(registry).decode()
+    assert text.count(f'queue_consumer_lag{{group="g",stream="{stream_name}"}}') == 1
+    # A stream that does not exist (yet) gives no sample and does not fail the scrape.
+    metrics.watch(redis_client, f"{stream_name}-missing")
+    assert registry.get_sample_value("queue_consumer_lag", labels) == 4
+
+
+def test_watch_refuses_anything_but_a_client_and_a_stream_name(redis_url: str) -> None:
+    metrics = PrometheusMetrics(CollectorRegistry())
+    with pytest.raises(TypeError, match=r"not builtins\.str"):
+        metrics.watch("nonsense", "s")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"not redis\.client\.Pipeline"):
+        metrics.watch(redis.Redis.from_url(redis_url).pipeline(), "s")
+    with pytest.raises(ArgumentError, match="stream: expected a non-empty str"):
+        metrics.watch(redis.Redis.from_url(redis_url), None)  # type: ignore[arg-type]
+    assert metrics._lag.watched == {}
+
+
+def test_a_bug_reading_the_lag_is_logged_and_the_scrape_goes_on(
+    redis_client: redis.Redis, stream_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lag reading's errors other than Redis' and streamlab's were swallowed: an
+    AttributeError left the gauge silently empty. Now it is logged; other streams report."""
+
+    class Broken(RedisStreamsClient):
+        def get_stream_info(self, stream: str) -> StreamInfo:
+            raise AttributeError("a bug")
+
+    streams = RedisStreamsClient(redis_client)
+    streams.add_many(stream_name, [StreamEvent(event_type="push")] * 2)
+    streams.ensure_group(stream_name, "g")
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    metrics.watch(Broken(redis_client), "other")
+    metrics.watch(streams, stream_name)
+    with caplog.at_level(logging.ERROR, logger="streamlab.metrics"):
+        lag = registry.get_sample_value("queue_consumer_lag", {"stream": stream_name, "group": "g"})
+    assert lag == 2
+    [record] = caplog.records
+    assert record.getMessage() == "queue_consumer_lag of stream 'other' not read"
+    assert "a bug" in caplog.text
 
 
 def test_importing_streamlab_registers_nothing_on_the_default_registry() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from streamlab.backoff import Backoff, compute_backoff
 from streamlab.consumer import ConsumerConfig
-from streamlab.errors import ConfigError, DecodeError, Reject, Retry
+from streamlab.errors import ArgumentError, ConfigError, DecodeError, Reject, Retry
 from streamlab.events import StreamEvent, StreamMessage, decode_message, encode_event
 from streamlab.policy import (
     DUE_SLACK_MS,
@@ -57,8 +57,14 @@ def test_jitter_spreads_both_ways_within_its_fraction() -> None:
 
 
 def test_retry_numbers_start_at_one() -> None:
-    with pytest.raises(ValueError, match="start at 1"):
-        compute_backoff(0)
+    for bad, says in [
+        (0, "must be >= 1, got 0"),
+        (True, "expected an int >= 1"),
+        (1.5, "expected an int >= 1, got 1.5"),
+    ]:
+        with pytest.raises(ArgumentError, match=f"^retry: {says}"):
+            compute_backoff(bad)  # type: ignore[arg-type]
+    assert compute_backoff(1) == 0.0
 
 
 def test_failures_retry_until_max_retries_then_dead_letter() -> None:
