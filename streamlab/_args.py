@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from streamlab.durations import parse_duration
 from streamlab.errors import ArgumentError
 from streamlab.ids import id_text, parse_id
 
-__all__ = ["count", "duration", "entry_id", "optional_count"]
+__all__ = ["count", "duration", "entry_id", "name", "optional_count", "positive_number"]
 
 
 def count(name: str, value: object, *, minimum: int = 0) -> int:
@@ -39,3 +40,20 @@ def entry_id(name: str, value: object) -> str:
     if not isinstance(value, str | bytes):
         raise ArgumentError(f"{name}: expected a stream id like '1700000000000-0', got {value!r}")
     return id_text(parse_id(value, name))
+
+
+def name(arg: str, value: object) -> str:
+    """A stream, DLQ, group or consumer name: a non-empty str (redis-py would send an int as
+    its digits, and refuse None or a bool with its own `DataError`)."""
+    if not isinstance(value, str) or not value:
+        raise ArgumentError(f"{arg}: expected a non-empty name (a str), got {value!r}")
+    return value
+
+
+def positive_number(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) greater than 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ArgumentError(f"{name}: expected a finite number > 0, got {value!r}")
+    if value <= 0:
+        raise ArgumentError(f"{name}: must be > 0, got {value!r}")
+    return float(value)
