@@ -122,9 +122,9 @@ def pending_to_dataframe(
 
     Reads extended XPENDING in pages (``consumer`` and ``min_idle`` filter on the server;
     durations are timedeltas, seconds or text like ``"30s"``, `streamlab.durations`), XINFO
-    CONSUMERS once, and, with ``with_entries``, the entries'
-    fields in one ranged XRANGE per page (plus one pipelined round trip for ids outside
-    that range), never one round trip per id.
+    CONSUMERS once, and, with ``with_entries``, the entries' fields in one ranged XRANGE per
+    page (plus one pipelined round trip for ids outside that range), never one round trip
+    per id.
 
     Columns: ``id``, ``ts``, ``consumer`` (category), ``state`` (category), ``deliveries``
     (``Int64``), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
