@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from streamlab.durations import parse_duration
@@ -10,7 +11,15 @@ from streamlab.errors import ArgumentError
 from streamlab.ids import id_text, parse_id
 from streamlab.keys import check_start_id
 
-__all__ = ["count", "duration", "entry_id", "name", "optional_count", "start_id"]
+__all__ = [
+    "count",
+    "duration",
+    "entry_id",
+    "name",
+    "optional_count",
+    "positive_number",
+    "start_id",
+]
 
 
 def count(name: str, value: object, *, minimum: int = 0) -> int:
@@ -53,8 +62,18 @@ def start_id(name: str, value: object) -> str:
         raise ArgumentError(f"{name}: {exc}") from None
 
 
-def name(name: str, value: object) -> str:
-    """A name argument (a stream, group or consumer): a non-empty str."""
+def name(arg: str, value: object) -> str:
+    """A stream, DLQ, group or consumer name: a non-empty str (redis-py would send an int as
+    its digits, and refuse None or a bool with its own `DataError`)."""
     if not isinstance(value, str) or not value:
-        raise ArgumentError(f"{name}: expected a non-empty str, got {value!r}")
+        raise ArgumentError(f"{arg}: expected a non-empty name (a str), got {value!r}")
     return value
+
+
+def positive_number(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) greater than 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ArgumentError(f"{name}: expected a finite number > 0, got {value!r}")
+    if value <= 0:
+        raise ArgumentError(f"{name}: must be > 0, got {value!r}")
+    return float(value)

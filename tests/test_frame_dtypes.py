@@ -17,6 +17,7 @@ from streamlab.frames import (
     dlq_summary,
     dlq_to_dataframe,
     export_parquet,
+    failures_over_time,
     groups_to_dataframe,
     pending_to_dataframe,
     read_parquet,
@@ -76,6 +77,7 @@ def _every_frame(
     # The DLQ is read once the replay has moved some entries out, so that every copy agrees.
     frames["dlq"] = dlq_to_dataframe(client, stream)
     frames["dlq_summary"] = dlq_summary(frames["dlq"])
+    frames["failures_over_time"] = failures_over_time(frames["dlq"], "1h")
     export_parquet(client, stream, tmp_path / "stream.parquet")
     export_parquet(client, stream, tmp_path / "dlq.parquet", dlq=True)
     frames["read_parquet"] = read_parquet(tmp_path / "stream.parquet")
@@ -118,7 +120,8 @@ def test_every_frame_types_each_column_by_its_name(
     assert wrong == [], "\n".join(wrong)
     # The walk saw every kind of column: ids, times, durations, categories, counters.
     assert {"id", "new_id", "ts", "failed_at", "idle", "duration", "target", "state"} <= seen
-    assert {"attempts", "deliveries", "consumers", "lag", "count", "error_signature"} <= seen
+    assert {"attempts", "deliveries", "consumers", "lag", "count", "failures"} <= seen
+    assert "error_signature" in seen
     # The DLQ id is `id` in every frame that lists DLQ entries.
     for name in ("selection", "try_handler", "dry_run", "replay", "replay_outcome", "dlq"):
         assert "dlq_id" not in frames[name].columns
@@ -127,6 +130,13 @@ def test_every_frame_types_each_column_by_its_name(
     assert frames["selection"]["tenant_id"].isna().sum() == 1
     assert frames["dlq"]["tenant_id"].isna().sum() == 1
     assert frames["try_handler"]["error"].isna().sum() == 3  # the three that went well
+    # failures_over_time: its index is the time column; with ``by`` one counter per value.
+    over_time = frames["failures_over_time"]
+    assert str(over_time.index.dtype) == COLUMN_DTYPES[str(over_time.index.name)]
+    split = failures_over_time(frames["dlq"], "1h", by="error_signature")
+    assert len(split.columns) >= 1
+    assert {str(t) for t in split.dtypes} == {COLUMN_DTYPES["failures"]} == {"Int64"}
+    assert str(split.index.dtype) == COLUMN_DTYPES["failed_at"]
 
 
 def test_parquet_copy_of_a_dlq_reads_back_as_the_dlq_frame(

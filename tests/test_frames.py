@@ -25,6 +25,7 @@ from streamlab.errors import (
 from streamlab.events import encode_event
 from streamlab.frames import (
     PENDING_STATES,
+    bucket_for,
     consumers_to_dataframe,
     dlq_summary,
     dlq_to_dataframe,
@@ -32,6 +33,7 @@ from streamlab.frames import (
     failures_over_time,
     groups_to_dataframe,
     pending_to_dataframe,
+    plot_failures,
     read_parquet,
     stream_to_dataframe,
 )
@@ -132,6 +134,65 @@ def test_plain_redis_client_and_bounds(
         stream_to_dataframe(redis_client, stream_name, until=datetime(2026, 1, 1))
     with pytest.raises(ArgumentError, match="limit"):
         stream_to_dataframe(redis_client, stream_name, limit=-1)
+
+
+def test_bad_page_sizes_limits_and_names_are_refused_before_reading(
+    streams_client: RedisStreamsClient, stream_name: str, tmp_path: Path
+) -> None:
+    streams_client.add_many(stream_name, sample_events(65))
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.redis.xreadgroup("g", "w", {stream_name: ">"}, count=5)
+    path = tmp_path / "out.parquet"
+    # A page size or chunk of 0 read nothing and said so by an empty frame, or 0 rows written.
+    for size in (0, -1, True, 2.5, "10", None):
+        with pytest.raises(ArgumentError, match=r"^page_size: "):
+            stream_to_dataframe(streams_client, stream_name, page_size=size)
+        with pytest.raises(ArgumentError, match=r"^page_size: "):
+            pending_to_dataframe(streams_client, stream_name, "g", page_size=size)
+        with pytest.raises(ArgumentError, match=r"^chunk_rows: "):
+            export_parquet(streams_client, stream_name, path, chunk_rows=size)
+    assert not path.exists()
+    assert len(stream_to_dataframe(streams_client, stream_name, page_size=1)) == 65
+    assert export_parquet(streams_client, stream_name, path, chunk_rows=1) == 65
+    assert len(read_parquet(path)) == 65
+    # limit: the same check (an int >= 0) wherever a range is read.
+    for limit in ("3", 2.5, -1, True):
+        for read in (stream_to_dataframe, dlq_to_dataframe):
+            with pytest.raises(ArgumentError, match=r"^limit: "):
+                read(streams_client, stream_name, limit=limit)
+        with pytest.raises(ArgumentError, match=r"^limit: "):
+            export_parquet(streams_client, stream_name, path, limit=limit)
+        with pytest.raises(ArgumentError, match=r"^limit: "):
+            pending_to_dataframe(streams_client, stream_name, "g", limit=limit)
+    # Names: redis-py sent 5 as '5' and refused None with its own DataError.
+    for name in (5, True, ""):
+        with pytest.raises(ArgumentError, match=r"^stream: expected a non-empty name"):
+            stream_to_dataframe(streams_client, name)
+        with pytest.raises(ArgumentError, match=r"^stream: "):
+            groups_to_dataframe(streams_client, name)
+        with pytest.raises(ArgumentError, match=r"^group: "):
+            consumers_to_dataframe(streams_client, stream_name, name)
+        with pytest.raises(ArgumentError, match=r"^dlq: "):
+            dlq_to_dataframe(streams_client, stream_name, dlq=name)
+    with pytest.raises(ArgumentError, match=r"^consumer: "):
+        pending_to_dataframe(streams_client, stream_name, "g", consumer=5)
+    # payload_fields: a list of paths; a str was read as one path per character.
+    for fields, match in (
+        ("ref", "expected a list of paths"),
+        ([5], "expected str paths"),
+        (["a..b"], "invalid JSON path"),
+        (3, "expected a list of paths"),
+    ):
+        with pytest.raises(ArgumentError, match=rf"^payload_fields: {match}"):
+            stream_to_dataframe(streams_client, stream_name, payload_fields=fields)
+    with pytest.raises(ArgumentError, match=r"^compression: expected a Parquet codec"):
+        export_parquet(streams_client, stream_name, path, compression="zip")
+    with pytest.raises(ArgumentError, match=r"^ids: expected a list of entry ids"):
+        export_parquet(streams_client, stream_name, path, ids=5)
+    foreign = tmp_path / "foreign.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(foreign)
+    with pytest.raises(ArgumentError, match="was not written by export_parquet"):
+        read_parquet(foreign)
 
 
 def test_payload_fields_extract_json_paths(
@@ -365,6 +426,65 @@ def test_pending_filters_and_dead_consumer(
     assert bare["event_type"].isna().all()
 
 
+def test_pending_since_until_and_limit_bound_what_xpending_reads(
+    streams_client: RedisStreamsClient, redis_client: redis.Redis, stream_name: str
+) -> None:
+    ids = _pending_setup(streams_client, stream_name)
+
+    def pending(start: str = "-", end: str = "+", count: int = 1000, **kw: object) -> list[str]:
+        rows = redis_client.xpending_range(stream_name, "g", start, end, count, **kw)
+        return [row["message_id"].decode() for row in rows]
+
+    def frame_ids(**kw: object) -> list[str]:
+        df = pending_to_dataframe(streams_client, stream_name, "g", page_size=3, **kw)
+        return df["id"].tolist()
+
+    # The pending list is in id order: since / until bound it by entry id (so by time).
+    assert frame_ids(since=ids[5], until=ids[12]) == pending(ids[5], ids[12]) == ids[5:13]
+    assert frame_ids(limit=7) == pending(count=7)
+    assert frame_ids(since=ids[3], limit=4) == pending(ids[3], count=4)
+    assert frame_ids(consumer="w2", limit=3) == pending(count=3, consumername="w2")
+    assert frame_ids(since=ids[30]) == []  # past the last pending entry
+    first_ms = int(ids[0].split("-")[0])
+    assert frame_ids(until=first_ms - 1) == []
+    assert frame_ids(since=timedelta(days=1)) == pending()
+    assert frame_ids(since=datetime.fromtimestamp(first_ms / 1000, UTC)) == pending()
+    empty = pending_to_dataframe(streams_client, stream_name, "g", limit=0)
+    assert empty.empty
+    assert "state" in empty.columns
+    assert pending_to_dataframe(streams_client, stream_name, "g", since=ids[9], until=ids[5]).empty
+    with pytest.raises(ArgumentError, match=r"^since: .* has no time zone"):
+        pending_to_dataframe(streams_client, stream_name, "g", since=datetime(2026, 1, 1))
+    with pytest.raises(ArgumentError, match=r"^until: 'zzz' is neither"):
+        pending_to_dataframe(streams_client, stream_name, "g", until="zzz")
+
+
+def test_pending_min_idle_takes_any_duration_and_refuses_bad_ones(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    _pending_setup(streams_client, stream_name)
+    everything = pending_to_dataframe(streams_client, stream_name, "g")
+    for idle in ("0s", 0, timedelta(0), "PT0S"):
+        df = pending_to_dataframe(streams_client, stream_name, "g", min_idle=idle)
+        assert df["id"].tolist() == everything["id"].tolist()
+    for idle in ("1h", 3600, timedelta(hours=1), "PT1H"):
+        assert pending_to_dataframe(streams_client, stream_name, "g", min_idle=idle).empty
+    # "abc" was multiplied by 1000 into 'abcabc...'; a negative one was let through.
+    for idle, reason in (
+        ("abc", "invalid duration 'abc'"),
+        (-1, "duration -1 is negative"),
+        (True, "invalid duration True"),
+        (datetime(2026, 1, 1), "invalid duration"),
+    ):
+        with pytest.raises(ArgumentError, match=rf"^min_idle: {reason}"):
+            pending_to_dataframe(streams_client, stream_name, "g", min_idle=idle)
+        with pytest.raises(ArgumentError, match=rf"^claim_min_idle: {reason}"):
+            pending_to_dataframe(streams_client, stream_name, "g", claim_min_idle=idle)
+    for threshold in (-1, 2.5, "3", None):
+        with pytest.raises(ArgumentError, match=r"^poison_threshold: "):
+            pending_to_dataframe(streams_client, stream_name, "g", poison_threshold=threshold)
+
+
 def test_dead_consumer_bound_is_inclusive_like_claimable() -> None:
     # A consumer idle for exactly claim_min_idle is dead, as an entry idle that long is
     # claimable (XPENDING's IDLE is inclusive). A strict bound made the README's
@@ -533,13 +653,51 @@ def test_dlq_summary_and_failures_over_time(
     by_two = dlq_summary(df, by=("error_type", "consumer"))
     assert by_two["count"].sum() == 30
     assert list(by_two.columns[:3]) == ["error_type", "consumer", "count"]
-    with pytest.raises(KeyError, match="nope"):
-        dlq_summary(df, by="nope")
-
     buckets = failures_over_time(df, "10min")
     assert buckets["failures"].tolist() == [10, 10, 10]
     split = failures_over_time(df, "10min", by="error_type")
     assert split.sum().to_dict() == {"KeyError": 20, "TimeoutError": 10}
+    # Counters are Int64 in every frame, the per-value columns of ``by`` too.
+    assert buckets["failures"].dtype == split["KeyError"].dtype == "Int64"
+    assert failures_over_time(df.iloc[:0])["failures"].dtype == "Int64"
+
+
+def test_summaries_name_a_bad_column_or_frequency_and_what_is_allowed(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    _dead_letters(streams_client, stream_name)
+    df = dlq_to_dataframe(streams_client, stream_name)
+    for by in ("bogus", ["error_type", "bogus"], [], 5, None):
+        with pytest.raises(ArgumentError, match=r"^by: no column .* its columns are \['id', "):
+            dlq_summary(df, by=by)
+    with pytest.raises(ArgumentError, match="by: no column 'bogus'"):
+        failures_over_time(df, by="bogus")
+    with pytest.raises(ArgumentError, match="time_column: no column 'bogus'"):
+        dlq_summary(df, time_column="bogus")
+    with pytest.raises(ArgumentError, match=r"time_column: column 'error' holds str, not times"):
+        failures_over_time(df, time_column="error")
+    with pytest.raises(ArgumentError, match="df: expected a DataFrame"):
+        dlq_summary([1, 2])
+    # freq: pandas decides what an alias is; its error becomes one naming the argument.
+    for freq, reason in (
+        ("bogus", r"'bogus' is not a pandas frequency \(offset alias\) such as '30s', '5min'"),
+        ("3", "'3' is not a pandas frequency"),
+        (5, "expected a pandas frequency"),
+        ("-5min", r"must be > 0, got '-5min'"),
+        ("0min", "must be > 0"),
+    ):
+        with pytest.raises(ArgumentError, match=rf"^freq: {reason}"):
+            failures_over_time(df, freq)
+    # A calendar frequency counts (its buckets have no one width, so it cannot be plotted).
+    assert failures_over_time(df, "MS")["failures"].tolist() == [30]
+    with pytest.raises(ArgumentError, match="top: must be >= 0"):
+        plot_failures(df, top=-1)
+    with pytest.raises(ArgumentError, match="freq: bars need a fixed width"):
+        plot_failures(df, "MS")
+    assert bucket_for("6h") == bucket_for(timedelta(hours=6)) == "10min"
+    for span, buckets, match in (("x", 40, "span: invalid duration"), ("1h", 0, "buckets")):
+        with pytest.raises(ArgumentError, match=match):
+            bucket_for(span, buckets)
 
 
 def test_dlq_custom_name(redis_client: redis.Redis, stream_name: str) -> None:

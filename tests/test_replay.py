@@ -506,6 +506,98 @@ def test_rejects_bad_arguments(streams_client: Client, stream_name: str) -> None
         select_dlq(object(), stream_name)  # type: ignore[arg-type]
 
 
+def test_every_argument_is_checked_before_anything_is_read_or_written(
+    streams_client: Client, stream_name: str
+) -> None:
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    ids = fill_dlq(r, dlq, [dlq_fields(i, stream_name) for i in range(3)])
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"limit": 2.5}, "limit: expected an int >= 0, got 2.5"),
+        ({"limit": "3"}, "limit: expected an int"),
+        ({"batch_size": 0}, "batch_size: must be >= 1"),
+        ({"batch_size": "3"}, "batch_size: expected an int >= 1"),
+        ({"batch_size": True}, "batch_size: expected an int"),
+        ({"rate": "5"}, "rate: expected a finite number > 0"),
+        ({"rate": float("inf")}, "rate: expected a finite number"),
+        ({"rate": float("nan")}, "rate: expected a finite number"),
+        ({"rate": -1}, "rate: must be > 0"),
+        ({"ledger_ttl": -5}, "ledger_ttl: duration -5 is negative"),
+        ({"ledger_ttl": "soon"}, "ledger_ttl: invalid duration 'soon'"),
+        ({"ledger_ttl": 0}, "ledger_ttl: must be at least 1 s"),
+        ({"ledger_ttl": True}, "ledger_ttl: invalid duration True"),
+        ({"for_group": 5}, "for_group: expected a non-empty name"),
+        ({"target": 5}, "target: expected a non-empty name"),
+        ({"dlq": 5}, "dlq: expected a non-empty name"),
+        ({"replay_id": 5}, "replay_id: 1 to 128 of the characters"),
+        ({"replay_id": "a b"}, "replay_id: 1 to 128 of the characters"),
+        ({"cancel": 5}, "cancel: expected a threading.Event"),
+        ({"selection": ids}, "selection: expected a ReplaySelection"),
+        ({"since": datetime(2026, 1, 1)}, "since: .* has no time zone"),
+    ]
+    for kwargs, message in bad:
+        for dry_run in (False, True):
+            with pytest.raises(ArgumentError, match=rf"^{message}"):
+                replay_dlq(streams_client, stream_name, dry_run=dry_run, **kwargs)
+    # Nothing was written: every entry is still in the DLQ, nothing reached the stream.
+    assert [i.decode() for i, _ in r.xrange(dlq)] == ids
+    assert r.xlen(stream_name) == 0
+    assert r.keys(f"{dlq}:*") == []
+    with pytest.raises(ArgumentError, match=r"^limit: expected an int >= 0, got 2.5"):
+        select_dlq(streams_client, stream_name, limit=2.5)
+    with pytest.raises(ArgumentError, match=r"^filters: expected a DLQFilter"):
+        select_dlq(streams_client, stream_name, "KeyError")
+    with pytest.raises(ArgumentError, match=r"^stream: expected a non-empty name"):
+        select_dlq(streams_client, None)
+
+
+def test_ledger_ttl_takes_any_duration(streams_client: Client, stream_name: str) -> None:
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    fill_dlq(r, dlq, [dlq_fields(i, stream_name) for i in range(4)])
+    for ttl, seconds in (("2h", 7200), ("PT30M", 1800), (timedelta(seconds=1.5), 2), (90, 90)):
+        report = replay_dlq(streams_client, stream_name, limit=1, ledger_ttl=ttl)
+        assert len(report.replayed) == 1
+        assert seconds - 5 <= r.ttl(ledger_key(dlq, report.replay_id)) <= seconds
+
+
+def test_report_outcome_of_an_id_it_never_held_is_not_found(
+    streams_client: Client, stream_name: str
+) -> None:
+    r = streams_client.redis
+    ids = fill_dlq(
+        r, streams_client.dlq_stream(stream_name), [dlq_fields(i, stream_name) for i in range(3)]
+    )
+    report = replay_dlq(streams_client, stream_name, limit=2)
+    assert [report.outcome(i) for i in ids[:2]] == ["replayed", "replayed"]
+    assert report.outcome(ids[0].encode()) == "replayed"  # as redis-py returns ids
+    # ids[2] exists, in the DLQ, but this run never selected it: it was "remaining".
+    for absent in (ids[2], "1-1"):
+        with pytest.raises(NotFoundError, match=rf"^DLQ entry {absent} is not in replay"):
+            report.outcome(absent)
+    for malformed in ("zzz", 5, None):
+        with pytest.raises(ArgumentError, match=r"^dlq_id: "):
+            report.outcome(malformed)
+    cancel = threading.Event()
+    cancel.set()
+    stopped = replay_dlq(streams_client, stream_name, cancel=cancel)
+    assert stopped.outcome(ids[2]) == "remaining"
+    # replay_outcome and try_handler check theirs the same way.
+    for replay_id in (5, "a b", ""):
+        with pytest.raises(ArgumentError, match=r"^replay_id: "):
+            replay_outcome(streams_client, stream_name, replay_id)
+    for targets, match in (("abc", r"^targets: expected a list"), ([5], r"^targets: expected a")):
+        with pytest.raises(ArgumentError, match=match):
+            replay_outcome(streams_client, stream_name, report.replay_id, targets=targets)
+    with pytest.raises(ArgumentError, match=r"^dlq: "):
+        replay_outcome(streams_client, stream_name, report.replay_id, dlq=5)
+    selection = select_dlq(streams_client, stream_name)
+    with pytest.raises(ArgumentError, match=r"^handler: expected a function"):
+        try_handler(5, selection)
+    with pytest.raises(ArgumentError, match=r"^selection: expected a ReplaySelection"):
+        try_handler(lambda msg: None, ids)
+
+
 def test_cluster_slots_checked_before_writing(
     streams_client: Client, stream_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

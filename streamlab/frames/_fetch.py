@@ -121,14 +121,15 @@ class Fetcher:
         start: Any,
         count: int,
         *,
+        end: Any = "+",
         consumer: str | None,
         min_idle_ms: int | None,
     ) -> list[PendingEntry]:
-        """One extended XPENDING page."""
+        """One extended XPENDING page, ``start`` to ``end`` (ids, inclusive; ``(id`` excludes)."""
         args: list[Any] = [stream, group]
         if min_idle_ms is not None:
             args += ["IDLE", min_idle_ms]
-        args += [start, "+", count]
+        args += [start, end, count]
         if consumer is not None:
             args.append(consumer)
         with translate_errors(stream, group):
@@ -136,7 +137,7 @@ class Fetcher:
                 return pending_entries(self._raw.execute_command("XPENDING", *args))
             return pending_entries(
                 self.redis.xpending_range(
-                    stream, group, start, "+", count, consumername=consumer, idle=min_idle_ms
+                    stream, group, start, end, count, consumername=consumer, idle=min_idle_ms
                 )
             )
 

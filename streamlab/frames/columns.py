@@ -38,7 +38,7 @@ _CATEGORIES = (
 )  # fmt: skip
 _COUNTERS = (
     "retry_count", "attempts", "dlq_attempts", "replay_count", _R + "replay_count",
-    "deliveries", "consumers", "pending", "entries_read", "lag", "count",
+    "deliveries", "consumers", "pending", "entries_read", "lag", "count", "failures",
 )  # fmt: skip
 _TEXTS = (
     "payload", "auth_context", "error", "dlq_error", "traceback", "dlq_traceback", "reason",

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from streamlab import _args
 from streamlab.client import ClientLike
 from streamlab.errors import ArgumentError
 from streamlab.frames._build import (
@@ -30,6 +31,7 @@ __all__ = ["RAW_TYPE", "export_parquet", "read_parquet"]
 
 RAW_TYPE = pa.map_(pa.string(), pa.binary())
 EXTRA = "_extra"
+_PROBE = pa.schema([pa.field("x", pa.int8())])
 # Schema metadata naming the columns written as JSON text (the ``payload_fields`` paths).
 META = b"streamlab.json_columns"
 
@@ -123,19 +125,15 @@ def export_parquet(
     skipped (``limit`` then caps the entries read), and ids no longer in the stream are not
     written: the file's ``id`` column says which were.
     """
-    if not isinstance(dlq, (bool, str)):
+    if not isinstance(dlq, bool | str) or dlq == "":
         raise ArgumentError(f"dlq: must be True, False or a DLQ stream name, got {dlq!r}")
+    _args.name("stream", stream)
+    chunk_rows = _args.count("chunk_rows", chunk_rows, minimum=1)
+    limit = _args.optional_count("limit", limit)
+    _check_compression(compression)
     wanted: frozenset[str] | None = None
     if ids is not None:
-        if isinstance(ids, (str, bytes)):
-            raise ArgumentError(f"ids: expected a list of entry ids, got {ids!r}")
-        parsed = sorted({parse_id(i, "ids") for i in ids})
-        wanted = frozenset(id_text(p) for p in parsed)
-        if parsed:
-            # Only the span of the ids is read; the caller's bounds still apply within it.
-            since, until = _narrowed(since, until, parsed[0], parsed[-1])
-        else:
-            limit = 0
+        wanted, since, until, limit = _wanted(ids, since, until, limit)
     source = fetcher(client)
     if dlq is False:
         builder, finish = stream_builder(payload_fields, paths_as_json=True), _same
@@ -181,12 +179,44 @@ def export_parquet(
     return written
 
 
+def _check_compression(compression: object) -> None:
+    """Refuse a codec before reading anything: pyarrow would only say so when the first chunk
+    is written, and with an `AttributeError` for a non-str. pyarrow itself judges the name,
+    on a writer to memory, so that the list of codecs is its own."""
+    if compression is None:
+        return
+    if isinstance(compression, str):
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), _PROBE, compression=compression).close()
+            return
+        except (pa.ArrowException, ValueError):
+            pass
+    raise ArgumentError(
+        f"compression: expected a Parquet codec name ('zstd', 'snappy', 'gzip', 'lz4', "
+        f"'brotli', 'none') or None, got {compression!r}"
+    )
+
+
 def _same(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
 def _text_id(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _wanted(
+    ids: Iterable[str], since: Bound | None, until: Bound | None, limit: int | None
+) -> tuple[frozenset[str], Bound | None, Bound | None, int | None]:
+    """The ids asked for, and the bounds and limit that read only their span."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise ArgumentError(f"ids: expected a list of entry ids, got {ids!r}")
+    parsed = sorted({parse_id(i, "ids") for i in ids})
+    if not parsed:
+        return frozenset(), since, until, 0
+    # Only the span of the ids is read; the caller's bounds still apply within it.
+    since, until = _narrowed(since, until, parsed[0], parsed[-1])
+    return frozenset(id_text(p) for p in parsed), since, until, limit
 
 
 def _narrowed(
@@ -213,6 +243,11 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
     dicts again.
     """
     table = pq.read_table(path)
+    if not {"_raw", EXTRA} <= set(table.column_names):
+        raise ArgumentError(
+            f"path: {os.fspath(path)!r} was not written by export_parquet (it has no _raw and "
+            f"{EXTRA} columns); read it with pd.read_parquet"
+        )
     json_columns: list[str] = json.loads((table.schema.metadata or {}).get(META, b"[]"))
     raw = table.column("_raw").to_pylist()
     extras = [None if v is None else json.loads(v) for v in table.column(EXTRA).to_pylist()]

@@ -10,10 +10,13 @@ from typing import Any
 import pandas as pd
 import redis
 
+from streamlab import _args
 from streamlab._progress import progress_bar
 from streamlab.client import ClientLike, translate_errors
 from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
 from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
+from streamlab.frames.stream import payload_paths
+from streamlab.ids import Bound, id_range
 from streamlab.keys import retry_due_key
 from streamlab.policy import RETRY_CONSUMER  # where a retry waits out its backoff
 from streamlab.records import ConsumerInfo, PendingEntry, consumer_infos, group_infos
@@ -46,6 +49,7 @@ def groups_to_dataframe(client: ClientLike, stream: str) -> pd.DataFrame:
     ``lag`` (``Int64``; Redis reports no lag when it cannot compute it, e.g. after deletions).
     A missing stream gives an empty frame; a key that is not a stream raises WrongTypeError.
     """
+    _args.name("stream", stream)
     source = fetcher(client)
     try:
         with translate_errors(stream):
@@ -78,6 +82,8 @@ def consumers_to_dataframe(client: ClientLike, stream: str, group: str) -> pd.Da
     on Redis < 7.2 and for a consumer that never read), both ``timedelta64[ms]``.
     A missing group (or stream) raises `streamlab.errors.GroupNotFoundError`.
     """
+    _args.name("stream", stream)
+    _args.name("group", group)
     rows = _consumers(fetcher(client), stream, group)
     df = pd.DataFrame({
         "group": pd.Series([group] * len(rows), dtype="category"),
@@ -89,10 +95,10 @@ def consumers_to_dataframe(client: ClientLike, stream: str, group: str) -> pd.Da
     return df
 
 
-def _millis(value: float | timedelta | None) -> int | None:
-    if value is None:
-        return None
-    return int((value.total_seconds() if isinstance(value, timedelta) else value) * 1000)
+def _millis(name: str, value: object) -> int:
+    """A duration argument (`streamlab._args.duration`: timedelta, seconds, ``"30s"``...) in
+    whole milliseconds, as XPENDING's IDLE takes it."""
+    return _args.duration(name, value) // timedelta(milliseconds=1)
 
 
 def pending_to_dataframe(
@@ -101,20 +107,24 @@ def pending_to_dataframe(
     group: str,
     *,
     consumer: str | None = None,
-    min_idle: float | timedelta | None = None,
+    min_idle: float | str | timedelta | None = None,
+    since: Bound | None = None,
+    until: Bound | None = None,
+    limit: int | None = None,
     with_entries: bool = True,
     poison_threshold: int = 3,
-    claim_min_idle: float | timedelta = timedelta(seconds=60),
+    claim_min_idle: float | str | timedelta = timedelta(seconds=60),
     payload_fields: Iterable[str] | None = None,
     progress: bool | None = None,
     page_size: int = PAGE_SIZE,
 ) -> pd.DataFrame:
     """One row per pending entry of ``group``, classified, with the entry's own fields.
 
-    Reads extended XPENDING in pages (``consumer`` and ``min_idle`` (seconds or timedelta)
-    filter on the server), XINFO CONSUMERS once, and, with ``with_entries``, the entries'
-    fields in one ranged XRANGE per page (plus one pipelined round trip for ids outside
-    that range), never one round trip per id.
+    Reads extended XPENDING in pages (``consumer`` and ``min_idle`` filter on the server;
+    durations are timedeltas, seconds or text like ``"30s"``, `streamlab.durations`), XINFO
+    CONSUMERS once, and, with ``with_entries``, the entries' fields in one ranged XRANGE per
+    page (plus one pipelined round trip for ids outside that range), never one round trip
+    per id.
 
     Columns: ``id``, ``ts``, ``consumer`` (category), ``state`` (category), ``deliveries``
     (``Int64``), ``idle`` (``timedelta64[ms]``, since last delivery), ``consumer_idle`` (the
@@ -139,23 +149,39 @@ def pending_to_dataframe(
       worker is gone and a reclaim will take the entry.
     - ``in_flight``: held by a live consumer.
 
+    The pending list is in id order: ``since`` / ``until`` bound the entries by id, so by
+    when they were added (`streamlab.ids`, as for `stream_to_dataframe`), and ``limit`` caps
+    the rows, oldest first; all three are passed to XPENDING, which reads no further.
+
     A missing group or stream raises `streamlab.errors.GroupNotFoundError`.
     """
+    _args.name("stream", stream)
+    _args.name("group", group)
+    if consumer is not None:
+        _args.name("consumer", consumer)
+    idle_ms = None if min_idle is None else _millis("min_idle", min_idle)
+    claim_ms = _millis("claim_min_idle", claim_min_idle)
+    poison_threshold = _args.count("poison_threshold", poison_threshold)
+    limit = _args.optional_count("limit", limit)
+    page_size = _args.count("page_size", page_size, minimum=1)
+    bounds = id_range(since, until)
+    paths = payload_paths(payload_fields)
     source = fetcher(client)
     owners = {c.name: c.idle_ms for c in _consumers(source, stream, group)}
-    builder = FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=payload_fields)
+    builder = FrameBuilder(renames=STREAM_ALIASES, columns=STREAM_COLUMNS, paths=paths)
     meta: dict[str, list[Any]] = {
         "consumer": [], "idle": [], "deliveries": [], "deleted": [], "due": [],
     }  # fmt: skip
-    claim_ms = _millis(claim_min_idle) or 0
     bar = progress_bar(progress, None, f"{stream} pending")
     try:
         for page in _pending_pages(
             source,
             stream,
             group,
+            bounds=bounds,
+            limit=limit,
             consumer=consumer,
-            min_idle=_millis(min_idle),
+            min_idle=idle_ms,
             page_size=page_size,
         ):
             ids = [row.id.encode() for row in page]
@@ -179,19 +205,29 @@ def _pending_pages(
     stream: str,
     group: str,
     *,
+    bounds: tuple[str, str] | None,
+    limit: int | None,
     consumer: str | None,
     min_idle: int | None,
     page_size: int,
 ) -> Iterable[list[PendingEntry]]:
-    start: Any = "-"
-    while True:
+    """Extended XPENDING pages from ``bounds[0]`` to ``bounds[1]``, at most ``limit`` rows."""
+    if bounds is None:
+        return
+    start: Any
+    start, end = bounds
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = page_size if remaining is None else min(page_size, remaining)
         page = source.xpending(
-            stream, group, start, page_size, consumer=consumer, min_idle_ms=min_idle
+            stream, group, start, size, end=end, consumer=consumer, min_idle_ms=min_idle
         )
         if not page:
             return
         yield page
-        if len(page) < page_size:
+        if remaining is not None:
+            remaining -= len(page)
+        if len(page) < size:
             return
         start = "(" + page[-1].id
 

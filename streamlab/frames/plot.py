@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from streamlab.errors import MissingDependencyError
-from streamlab.frames.summary import failures_over_time
+from streamlab import _args
+from streamlab.errors import ArgumentError, MissingDependencyError
+from streamlab.frames.summary import check_freq, failures_over_time
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,6 +48,15 @@ def plot_failures(
     Bars are a bucket wide and the axis spans the data with half a bucket each side, so one
     bucket or a few points still read as a chart. Returns the axes (``ax.figure.savefig``).
     """
+    top = _args.count("top", top)
+    if freq is not None:
+        check_freq(freq)
+        try:
+            pd.Timedelta(freq)
+        except ValueError:  # a month or a week starting on a given day has no one width
+            raise ArgumentError(
+                f"freq: bars need a fixed width such as '1D' or '7D', not {freq!r}"
+            ) from None
     plt, dates, ticker = (_matplotlib(m) for m in ("pyplot", "dates", "ticker"))
 
     table = failures_over_time(df, freq, by=by, time_column=time_column)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from streamlab import _args
 from streamlab._progress import NoProgress, progress_bar
 from streamlab.client import ClientLike, translate_errors
 from streamlab.errors import ArgumentError
@@ -15,12 +16,15 @@ from streamlab.frames._build import (
     STREAM_ALIASES,
     STREAM_COLUMNS,
     FrameBuilder,
+    parse_paths,
 )
 from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher, gc_paused
 from streamlab.ids import Bound, id_range
 from streamlab.signatures import failure_signature
 
-__all__ = ["DLQ_COLUMNS", "dlq_to_dataframe", "read_pages", "stream_to_dataframe"]
+__all__ = [
+    "DLQ_COLUMNS", "dlq_to_dataframe", "payload_paths", "read_pages", "stream_to_dataframe",
+]  # fmt: skip
 
 # The DLQ frame leads with what an investigator reads first: when, which event, which bug.
 DLQ_COLUMNS = (
@@ -55,10 +59,26 @@ def read_pages(
     page_size: int = PAGE_SIZE,
 ) -> Iterator[list[Any]]:
     """XRANGE pages of ``stream`` from ``since`` to ``until`` (`streamlab.ids`), at most
-    ``limit`` entries, ticking a progress bar when one is wanted."""
-    if limit is not None and (isinstance(limit, bool) or limit < 0):
-        raise ArgumentError(f"limit: must be an int >= 0, got {limit!r}")
+    ``limit`` entries, ticking a progress bar when one is wanted.
+
+    The arguments are checked here, before anything is read (the pages come later, lazily).
+    """
+    _args.name("stream", stream)
+    limit = _args.optional_count("limit", limit)
+    page_size = _args.count("page_size", page_size, minimum=1)
     bounds = id_range(since, until)
+    return _pages(source, stream, bounds, limit=limit, progress=progress, page_size=page_size)
+
+
+def _pages(
+    source: Fetcher,
+    stream: str,
+    bounds: tuple[str, str] | None,
+    *,
+    limit: int | None,
+    progress: bool | None,
+    page_size: int,
+) -> Iterator[list[Any]]:
     bar = progress_bar(progress, None, stream)
     try:
         if bounds is None or limit == 0:
@@ -72,6 +92,26 @@ def read_pages(
             bar.update(len(page))
     finally:
         bar.close()
+
+
+def payload_paths(payload_fields: Iterable[str] | None) -> list[str] | None:
+    """``payload_fields`` checked: None, or a list (any iterable but a str) of JSON paths."""
+    if payload_fields is None:
+        return None
+    if isinstance(payload_fields, str | bytes) or not isinstance(payload_fields, Iterable):
+        raise ArgumentError(
+            f"payload_fields: expected a list of paths like ['ref', 'sender.login'], "
+            f"got {payload_fields!r}"
+        )
+    paths = list(payload_fields)
+    for path in paths:
+        if not isinstance(path, str):
+            raise ArgumentError(f"payload_fields: expected str paths, got {path!r}")
+    try:
+        parse_paths(paths)
+    except ValueError as exc:  # the builder's own reason, under the contract's error
+        raise ArgumentError(str(exc)) from None
+    return paths
 
 
 def _fill(builder: FrameBuilder, pages: Iterable[list[Any]]) -> pd.DataFrame:
@@ -88,7 +128,7 @@ def stream_builder(
     return FrameBuilder(
         renames=STREAM_ALIASES,
         columns=STREAM_COLUMNS,
-        paths=payload_fields,
+        paths=payload_paths(payload_fields),
         paths_as_json=paths_as_json,
     )
 
@@ -173,7 +213,11 @@ def dlq_to_dataframe(
     A RedisStreamsClient's own DLQ names (``dlq_names``) are honoured.
     """
     source = fetcher(client)
-    name = dlq or source.dlq_stream(stream)
+    name = (
+        _args.name("dlq", dlq)
+        if dlq is not None
+        else source.dlq_stream(_args.name("stream", stream))
+    )
     pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
     return with_signatures(_fill(dlq_builder(payload_fields), pages))
 
@@ -185,7 +229,7 @@ def dlq_builder(
     return FrameBuilder(
         renames={**STREAM_ALIASES, **DLQ_RENAMES},
         columns=DLQ_COLUMNS,
-        paths=payload_fields,
+        paths=payload_paths(payload_fields),
         paths_as_json=paths_as_json,
     )
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
 
+from streamlab import _args
 from streamlab.client import ClientLike, RedisStreamsClient, acl_errors, as_client
-from streamlab.errors import NotFoundError
+from streamlab.errors import ArgumentError, NotFoundError
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
 from streamlab.records import PendingEntry, ReplayMarker, group_infos
 from streamlab.replay._entries import PAGE, _chunks, _Entry, _page
+from streamlab.replay.run import check_replay_id
+from streamlab.replay.selection import dlq_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,11 +70,18 @@ def replay_outcome(
     ``stream`` itself, or the ``targets`` given. ``dlq`` is the DLQ the run read (default:
     the client's routing of ``stream``).
 
-    A run of which neither trace is left (a wrong id, a run that replayed nothing, or an
-    expired ledger whose events are gone) raises `streamlab.errors.NotFoundError`.
+    A ``replay_id`` no run could have (`replay_dlq`'s rule) raises
+    `streamlab.errors.ArgumentError`. A run of which neither trace is left (a wrong id, a
+    run that replayed nothing, or an expired ledger whose events are gone) raises
+    `streamlab.errors.NotFoundError`.
     """
     c = as_client(client)
-    dlq = dlq or c.dlq_stream(stream)
+    dlq = dlq_name(c, stream, dlq)
+    check_replay_id(replay_id)
+    if targets is not None:
+        if isinstance(targets, str) or not isinstance(targets, Iterable):
+            raise ArgumentError(f"targets: expected a list of stream names, got {targets!r}")
+        targets = [_args.name("targets", t) for t in targets]
     with acl_errors():
         injected = _ledger(c.redis, ledger_key(dlq, replay_id))
         if not injected:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
 
+from streamlab import _args
 from streamlab._moves import replay_tx
 from streamlab._progress import progress_bar
 from streamlab.client import (
@@ -20,15 +22,14 @@ from streamlab.client import (
     RedisStreamsClient,
     as_client,
     permission_error,
-    seconds,
     send_packed,
 )
-from streamlab.errors import ArgumentError
+from streamlab.errors import ArgumentError, NotFoundError
 from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 from streamlab.records import MarkerStamp, valid_replay_id
 from streamlab.replay._entries import _COUNT_FIELD, _Entry
-from streamlab.replay.selection import ReplaySelection, select_dlq
+from streamlab.replay.selection import ReplaySelection, dlq_name, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES
 
 if TYPE_CHECKING:
@@ -110,7 +111,23 @@ class ReplayReport:
         return not self.failed and not self.remaining
 
     def outcome(self, dlq_id: str) -> str:
-        """``replayed``, ``skipped``, ``failed`` or ``remaining`` for a selected id."""
+        """``replayed``, ``skipped``, ``failed`` or ``remaining`` for a selected id.
+
+        An id this report does not hold raises `streamlab.errors.NotFoundError`; a string
+        that is no stream id, `streamlab.errors.ArgumentError`.
+        """
+        entry = _args.entry_id("dlq_id", dlq_id)
+        found = self._outcome(entry)
+        # Every selected id ends in one of the four: a remaining id is the only one to look
+        # up in a list, so the check costs a scan only for ids not found elsewhere.
+        if found == "remaining" and entry not in self.remaining:
+            raise NotFoundError(
+                f"DLQ entry {entry} is not in replay {self.replay_id}'s report "
+                f"({len(self.selected):,} entries selected)"
+            )
+        return found
+
+    def _outcome(self, dlq_id: str) -> str:
         if dlq_id in self.skipped:
             return "skipped"
         if dlq_id in self.failed:
@@ -150,7 +167,7 @@ class ReplayReport:
             {
                 "id": ids,
                 "outcome": pd.Categorical(
-                    [self.outcome(i) for i in ids],
+                    [self._outcome(i) for i in ids],
                     categories=["replayed", "skipped", "failed", "remaining"],
                 ),
                 "target": [self.targets.get(i) for i in ids],
@@ -419,7 +436,7 @@ def replay_dlq(
     for_group: str | FailedGroup | None = FAILED_GROUP,
     cancel: Cancel | None = None,
     replay_id: str | None = None,
-    ledger_ttl: timedelta | float | None = DEFAULT_LEDGER_TTL,
+    ledger_ttl: timedelta | float | str | None = DEFAULT_LEDGER_TTL,
     **filters: Any,
 ) -> ReplayReport:
     """Re-inject DLQ entries of ``stream`` (the source stream's name) and report what happened.
@@ -443,31 +460,41 @@ def replay_dlq(
       the report lists the rest in ``remaining``. Rerunning continues (idempotent).
     - ``replay_id``: reuse a run id (e.g. an interrupted run's) so the rerun's events join its
       ledger; default a new uuid4.
-    - ``ledger_ttl``: how long `replay_outcome` can follow this run (None: forever).
+    - ``ledger_ttl``: how long `replay_outcome` can follow this run: a timedelta, seconds
+      or text like ``"168h"`` / ``"P7D"`` (`streamlab.durations`), at least 1 s; None: forever.
+
+    A bad argument raises `streamlab.errors.ArgumentError` naming it, before anything is
+    read or written.
 
     Raises `ConfigError` before writing anything when a target cannot share the DLQ's cluster
     slot. A connection lost mid-run raises; every event is then either replayed or still in
     the DLQ, and running the replay again finishes the job.
     """
     c = as_client(client)
-    dlq = dlq or c.dlq_stream(stream)
+    dlq = dlq_name(c, stream, dlq)
+    # Every argument is checked before the selection is read and anything is written.
+    if target is not None:
+        _args.name("target", target)
+    batch_size = _args.count("batch_size", batch_size, minimum=1)
+    if rate is not None:
+        rate = _args.positive_number("rate", rate)
+    if replay_id is not None:
+        check_replay_id(replay_id)
+    ttl = _ttl(ledger_ttl)
+    if not (for_group is None or isinstance(for_group, FailedGroup)):
+        _args.name("for_group", for_group)
+    if cancel is not None and not all(
+        callable(getattr(cancel, m, None)) for m in ("is_set", "wait")
+    ):
+        raise ArgumentError(f"cancel: expected a threading.Event (is_set, wait), got {cancel!r}")
     selection = _selection(c, stream, dlq, selection, filters)
-    if batch_size < 1:
-        raise ArgumentError(f"batch_size: must be >= 1, got {batch_size}")
-    if rate is not None and rate <= 0:
-        raise ArgumentError(f"rate: must be > 0 events per second, got {rate}")
-    if replay_id is not None and not valid_replay_id(replay_id):
-        raise ArgumentError(
-            "replay_id: 1 to 128 of the characters A-Z a-z 0-9 . _ : - (a uuid4 fits)"
-        )
-    ttl = 0 if ledger_ttl is None else int(seconds(ledger_ttl) or 0)
     report = ReplayReport(
         stream, dlq, replay_id or str(uuid.uuid4()), dry_run, keep_in_dlq=keep_in_dlq
     )
     clock = time.perf_counter()
     plans = _plan(selection, report, target, for_group)
     _check_slots(c, dlq, report.replay_id, (p.target for p in plans))
-    replayer = _Replayer(c, report, ledger_ttl=max(ttl, 0))
+    replayer = _Replayer(c, report, ledger_ttl=ttl)
     bar = progress_bar(progress, len(plans), "dry run" if dry_run else "replay", unit="events")
     done = 0
     try:
@@ -496,6 +523,29 @@ def replay_dlq(
     return report
 
 
+def check_replay_id(replay_id: object) -> str:
+    """``replay_id`` if a marker can carry it; `ArgumentError` naming it otherwise."""
+    if not isinstance(replay_id, str) or not valid_replay_id(replay_id):
+        raise ArgumentError(
+            "replay_id: 1 to 128 of the characters A-Z a-z 0-9 . _ : - (a uuid4 fits), "
+            f"got {replay_id!r}"
+        )
+    return replay_id
+
+
+def _ttl(ledger_ttl: object) -> int:
+    """``ledger_ttl`` in whole seconds (EXPIRE's unit, rounded up); 0 for None (forever)."""
+    if ledger_ttl is None:
+        return 0
+    ttl = math.ceil(_args.duration("ledger_ttl", ledger_ttl).total_seconds())
+    if ttl < 1:
+        # 0 would read as "no expiry" below, the opposite of what a 0 s TTL asks for.
+        raise ArgumentError(
+            f"ledger_ttl: must be at least 1 s (None keeps the ledger forever), got {ledger_ttl!r}"
+        )
+    return ttl
+
+
 def _selection(
     c: RedisStreamsClient,
     stream: str,
@@ -511,6 +561,10 @@ def _selection(
         )
     if selection is None:
         return select_dlq(c, stream, dlq=dlq, **filters)
+    if not isinstance(selection, ReplaySelection):
+        raise ArgumentError(
+            f"selection: expected a ReplaySelection (select_dlq), got {type(selection).__name__}"
+        )
     if filters:
         raise ArgumentError("pass either a selection or filters to replay_dlq, not both")
     if selection.dlq != dlq:

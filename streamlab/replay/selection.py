@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from streamlab.client import ClientLike, as_client
+from streamlab import _args
+from streamlab.client import ClientLike, RedisStreamsClient, as_client
 from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage
 from streamlab.filters import DLQFilter
@@ -207,7 +208,10 @@ def select_dlq(
     DLQ of ``stream``. The DLQ is read in pages of 1000 (XRANGE).
     """
     c = as_client(client)
-    name = dlq or c.dlq_stream(stream)
+    name = dlq_name(c, stream, dlq)
+    if filters is not None and not isinstance(filters, DLQFilter):
+        raise ArgumentError(f"filters: expected a DLQFilter (DLQFilter.of(...)), got {filters!r}")
+    limit = _args.optional_count("limit", limit)
     flt = DLQFilter.of(
         filters,
         event_type=event_type,
@@ -219,8 +223,6 @@ def select_dlq(
         ids=ids,
         where=where,
     )
-    if limit is not None and (isinstance(limit, bool) or limit < 0):
-        raise ArgumentError(f"limit: must be an int >= 0, got {limit!r}")
     bounds = _range(since, until, flt.ids)
     chosen: list[_Entry] = []
     if limit != 0 and bounds is not None:
@@ -241,6 +243,12 @@ def select_dlq(
         stream, name, chosen, filter=flt, since=since, until=until, limit=limit,
         missing_ids=missing,
     )  # fmt: skip
+
+
+def dlq_name(c: RedisStreamsClient, stream: str, dlq: str | None) -> str:
+    """The DLQ read: ``dlq`` when given, else the client's DLQ of ``stream`` (both checked)."""
+    _args.name("stream", stream)
+    return c.dlq_stream(stream) if dlq is None else _args.name("dlq", dlq)
 
 
 def _absent(r: Any, dlq: str, ids: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage, decode_message
 from streamlab.replay.selection import ReplaySelection
 
@@ -31,6 +32,12 @@ def try_handler(
     ``error``), ``error``, ``error_type`` (NA when it went well) and ``duration``
     (``timedelta64[ms]``), as a `streamlab.frames.Table` (blanks shown blank).
     """
+    if not callable(handler):
+        raise ArgumentError(f"handler: expected a function of a StreamMessage, got {handler!r}")
+    if not isinstance(selection, ReplaySelection):
+        raise ArgumentError(
+            f"selection: expected a ReplaySelection (select_dlq), got {type(selection).__name__}"
+        )
     import pandas as pd
 
     from streamlab.frames._display import Table
