@@ -520,9 +520,11 @@ def test_bad_limits_counts_and_names_are_argument_errors_and_write_nothing(
             c.add_to_stream(stream_name, push, maxlen=value)
         with pytest.raises(ArgumentError, match=f"maxlen: must be >= 1, got {value}"):
             c.add_many(stream_name, [push], maxlen=value)
-    with pytest.raises(ArgumentError, match="stream: expected a non-empty str, got None"):
+    with pytest.raises(
+        ArgumentError, match=r"stream: expected a non-empty name \(a str\), got None"
+    ):
         c.add_to_stream(None, push)  # type: ignore[arg-type]
-    with pytest.raises(ArgumentError, match="group: expected a non-empty str"):
+    with pytest.raises(ArgumentError, match="group: expected a non-empty name"):
         c.read_from_stream(stream_name, None, "c", 1)  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="events: expected an iterable of events"):
         c.add_many(stream_name, "push")  # type: ignore[arg-type]

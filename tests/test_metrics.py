@@ -97,7 +97,7 @@ def test_watch_refuses_anything_but_a_client_and_a_stream_name(redis_url: str) -
         metrics.watch("nonsense", "s")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"not redis\.client\.Pipeline"):
         metrics.watch(redis.Redis.from_url(redis_url).pipeline(), "s")
-    with pytest.raises(ArgumentError, match="stream: expected a non-empty str"):
+    with pytest.raises(ArgumentError, match="stream: expected a non-empty name"):
         metrics.watch(redis.Redis.from_url(redis_url), None)  # type: ignore[arg-type]
     assert metrics._lag.watched == {}
 
