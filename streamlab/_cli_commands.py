@@ -16,13 +16,16 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from streamlab.filters import COLUMNS
 
-__all__ = ["add_filter_arguments", "filter_kwargs", "print_frame", "register"]
+if TYPE_CHECKING:
+    from streamlab.filters import DLQFilter
+
+__all__ = ["add_filter_arguments", "dlq_filter", "print_frame", "register"]
 
 
 def _console() -> Any:
@@ -71,7 +74,8 @@ def print_frame(df: pd.DataFrame, columns: Sequence[str], title: str | None = No
     table = Table(box=None, header_style="bold")
     cols = [c for c in columns if c in df.columns]
     for c in cols:
-        table.add_column(c, overflow="fold")
+        # An id is pasted into the next command (show, --id): never broken across lines.
+        table.add_column(c, overflow="fold", no_wrap=c == "id")
     for _, row in df[cols].iterrows():
         table.add_row(*(_cell(row[c]) for c in cols))
     _emit(table)
@@ -95,27 +99,37 @@ def dump(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+BOUND_HELP = "6h (that long ago), an ISO time with its zone, a stream id or its milliseconds"
+
+
+def add_time_bounds(p: argparse.ArgumentParser) -> None:
+    """``--since`` / ``--until``, read by `streamlab.cli.time_bound`."""
+    from streamlab.cli import _time_bound
+
+    p.add_argument("--since", type=_time_bound, metavar="WHEN", help=BOUND_HELP)
+    p.add_argument("--until", type=_time_bound, metavar="WHEN", help=BOUND_HELP)
+
+
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
-    """The filter keywords (`streamlab.filters`) as kebab-case flags, repeatable."""
-    for name in (*COLUMNS, "id"):
+    """The filter keywords (`streamlab.filters`) as kebab-case flags, repeatable, and the
+    time bounds; `dlq_filter` reads them back."""
+    from streamlab.cli import _entry_id
+
+    for name in COLUMNS:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append",
                        help="repeatable; values OR")  # fmt: skip
+    p.add_argument("--id", action="append", type=_entry_id, help="a DLQ entry id; repeatable")
     p.add_argument("--error-contains")
-    p.add_argument("--since", help="6h (that long ago), an ISO time or a stream id")
-    p.add_argument("--until", help="6h (that long ago), an ISO time or a stream id")
+    add_time_bounds(p)
 
 
-def filter_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from streamlab.cli import _when
+def dlq_filter(args: argparse.Namespace) -> DLQFilter:
+    """The `DLQFilter` of the filter flags (`add_filter_arguments`): every command that
+    selects dead letters builds it here, through `DLQFilter.of`'s checks."""
+    from streamlab.filters import DLQFilter
 
-    out: dict[str, Any] = {name: getattr(args, name) for name in COLUMNS}
-    out.update(
-        error_contains=args.error_contains,
-        ids=args.id,
-        since=_when(args.since),
-        until=_when(args.until),
-    )
-    return out
+    columns = {name: getattr(args, name) for name in COLUMNS}
+    return DLQFilter.of(**columns, error_contains=args.error_contains, ids=args.id)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -157,12 +171,10 @@ def cmd_consumers(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from streamlab.durations import parse_duration
     from streamlab.frames import pending_to_dataframe
 
-    min_idle = parse_duration(args.min_idle) if args.min_idle else None
     df = pending_to_dataframe(
-        _client(args), args.stream, args.group, consumer=args.consumer, min_idle=min_idle
+        _client(args), args.stream, args.group, consumer=args.consumer, min_idle=args.min_idle
     )
     total = len(df)
     df = df.head(args.limit)
@@ -181,12 +193,11 @@ READ_COLUMNS = ["id", "ts", "event_type", "tenant_id", "repository", "retry_coun
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from streamlab.cli import _when
     from streamlab.frames import stream_to_dataframe
 
     client = _client(args)
     df = stream_to_dataframe(
-        client, args.stream, since=_when(args.since), until=_when(args.until), limit=args.limit
+        client, args.stream, since=args.since, until=args.until, limit=args.limit
     )
     if args.json:
         dump({"stream": args.stream, "count": len(df), "entries": records(df, READ_COLUMNS)})
@@ -238,15 +249,13 @@ DLQ_COLUMNS = ["id", "failed_at", "tenant_id", "event_type", "error_signature", 
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from streamlab.filters import DLQFilter
     from streamlab.frames import dlq_summary, dlq_to_dataframe
 
+    flt = dlq_filter(args)
     client = _client(args)
-    kw = filter_kwargs(args)
-    since, until = kw.pop("since"), kw.pop("until")
-    df = dlq_to_dataframe(client, args.stream, dlq=args.dlq, since=since, until=until)
+    df = dlq_to_dataframe(client, args.stream, dlq=args.dlq, since=args.since, until=args.until)
     total = len(df)
-    selected = DLQFilter(**{k: v for k, v in kw.items() if v}).apply(df)
+    selected = flt.apply(df)
     if args.summary:
         by = args.by or "error_signature"
         if by not in selected.columns:
@@ -275,38 +284,46 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from streamlab.cli import UsageError, _when
-    from streamlab.filters import DLQFilter
+    from streamlab.cli import RunFailed, UsageError
     from streamlab.frames import dlq_to_dataframe, export_parquet, stream_to_dataframe
 
-    client = _client(args)
     target = str(args.to)
-    since, until = _when(args.since), _when(args.until)
     kinds = (".parquet", ".csv", ".jsonl")
     if not target.endswith(kinds):
         raise UsageError(f"--to {target}: the file must end with {', '.join(kinds)}")
-    kw = filter_kwargs(args)
-    kw.pop("since"), kw.pop("until")
-    filters = {k: v for k, v in kw.items() if v}
-    if filters and not args.from_dlq:
+    flt = dlq_filter(args)
+    if flt and args.dlq is None:
         raise UsageError("filters apply to the DLQ: add --dlq")
+    folder = _missing_folder(target)
+    if folder:
+        raise RunFailed(f"cannot write {target}: no folder {folder}")
+    client = _client(args)
+    # --dlq NAME, or the stream's DLQ as every command names it (--dlq alone).
+    dlq = None if args.dlq is None else client.dlq_stream(args.stream)
+    since, until, limit = args.since, args.until, args.limit
     tty = sys.stderr.isatty()
     if target.endswith(".parquet"):
         # Streamed in chunks, and read_parquet gives back the stream's (or the DLQ's) frame;
         # filtered, only the selected dead letters are written, through the same writer.
         ids = None
-        if filters:
+        if flt:
             from streamlab.replay import select_dlq
 
-            ids = select_dlq(client, args.stream, since=since, until=until, **filters).ids
-        count = export_parquet(client, args.stream, target, dlq=args.from_dlq, since=since,
-                               until=until, ids=ids, progress=tty)  # fmt: skip
+            ids = select_dlq(client, args.stream, flt, dlq=dlq, since=since, until=until,
+                             limit=limit).ids  # fmt: skip
+            limit = None  # the selection is capped: export_parquet's limit caps entries read
+        count = export_parquet(client, args.stream, target, dlq=dlq or False, since=since,
+                               until=until, limit=limit, ids=ids, progress=tty)  # fmt: skip
     else:
-        if args.from_dlq:
-            df = dlq_to_dataframe(client, args.stream, since=since, until=until, progress=tty)
-            df = DLQFilter(**filters).apply(df) if filters else df
+        if dlq is None:
+            df = stream_to_dataframe(client, args.stream, since=since, until=until, limit=limit,
+                                     progress=tty)  # fmt: skip
         else:
-            df = stream_to_dataframe(client, args.stream, since=since, until=until, progress=tty)
+            # Filtered, --limit caps the dead letters that match, not those read.
+            df = dlq_to_dataframe(client, args.stream, dlq=dlq, since=since, until=until,
+                                  limit=None if flt else limit, progress=tty)  # fmt: skip
+            if flt:
+                df = flt.apply(df).iloc[:limit]
         df = df.drop(columns=[c for c in ("_raw",) if c in df.columns])
         count = len(df)
         if target.endswith(".csv"):
@@ -314,7 +331,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             df.to_json(target, orient="records", lines=True, date_format="iso")
     if args.json:
-        dump({"stream": args.stream, "dlq": args.from_dlq, "count": count, "path": target})
+        dump({"stream": args.stream, "dlq": dlq, "count": count, "path": target})
     else:
         say(f"exported {count:,} entries to {target}")
     return 0
@@ -323,30 +340,29 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_claim(args: argparse.Namespace) -> int:
     from streamlab.cli import UsageError
     from streamlab.client import translate_errors
-    from streamlab.durations import parse_duration
+    from streamlab.records import AutoClaimPage, claimed_ids
 
     if bool(args.ids) == args.all:
         raise UsageError("give entry ids or --all (not both)")
     client = _client(args)
-    idle_ms = int(parse_duration(args.min_idle).total_seconds() * 1000)
+    idle_ms = int(args.min_idle.total_seconds() * 1000)
     claimed: list[str] = []
     with translate_errors(args.stream, args.group):
         if args.all:
             start = "0-0"
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                nxt, msgs, *_ = client.redis.xautoclaim(
+                page = AutoClaimPage.from_reply(client.redis.xautoclaim(
                     args.stream, args.group, args.consumer, idle_ms, start, count=500
-                )
-                claimed += [m[0].decode() if isinstance(m[0], bytes) else m[0] for m in msgs]
-                start = nxt.decode() if isinstance(nxt, bytes) else nxt
-                if start == "0-0":
+                ))  # fmt: skip
+                claimed += page.ids
+                start = page.next_id
+                if page.done:
                     break
         else:
-            got = client.redis.xclaim(
+            claimed = claimed_ids(client.redis.xclaim(
                 args.stream, args.group, args.consumer, idle_ms, args.ids, justid=True
-            )
-            claimed = [m.decode() if isinstance(m, bytes) else m for m in got]
+            ))  # fmt: skip
     if args.json:
         dump({"stream": args.stream, "group": args.group, "consumer": args.consumer,
               "count": len(claimed), "ids": claimed})  # fmt: skip
@@ -358,7 +374,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
 def cmd_trim(args: argparse.Namespace) -> int:
     from streamlab.cli import RunFailed, UsageError
     from streamlab.client import translate_errors
-    from streamlab.ids import bound, parse_id
+    from streamlab.ids import parse_id
     from streamlab.records import pending_entries
 
     if (args.maxlen is None) == (args.minid is None):
@@ -376,7 +392,7 @@ def cmd_trim(args: argparse.Namespace) -> int:
         else:
             first_kept = args.minid
         if not args.force and first_kept is not None:
-            cut = bound(first_kept, "--minid", upper=False)
+            cut = parse_id(first_kept)
             for group in client.get_stream_info(args.stream).groups:
                 held = pending_entries(r.xpending_range(args.stream, group.name, "-", "+", 1))
                 if held and parse_id(held[0].id) < cut:
@@ -514,16 +530,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     REGISTRY.register(Collector())
     with until_stopped() as wait:
         try:
-            start_http_server(args.port, addr=args.host)
+            httpd, _ = start_http_server(args.port, addr=args.host)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise RunFailed(f"cannot serve on {args.host} port {args.port}: {reason}") from exc
+        port = httpd.server_port  # the one picked for --port 0
         say(f"serving Prometheus metrics of {', '.join(streams)} (from {redact_url(url)})")
         if args.host in ("0.0.0.0", "::"):
-            say(f"  http://127.0.0.1:{args.port}/metrics (port {args.port} on every interface)")
+            say(f"  http://127.0.0.1:{port}/metrics (port {port} on every interface)")
         else:
             shown = f"[{args.host}]" if ":" in args.host else args.host
-            say(f"  http://{shown}:{args.port}/metrics")
+            say(f"  http://{shown}:{port}/metrics")
         say("  queue_consumer_lag, queue_consumer_pending, queue_dlq_length, queue_up")
         sys.stdout.flush()
         note("Ctrl-C stops it")
@@ -596,6 +613,12 @@ def cmd_replays(args: argparse.Namespace) -> int:
 ARCHIVE_KINDS = (".parquet", ".jsonl")
 
 
+def _missing_folder(path: str) -> str | None:
+    """The folder ``path`` would be written into, when there is no such folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return None if os.path.isdir(folder) else folder
+
+
 def _fsync_folder(path: str) -> None:
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -658,8 +681,8 @@ def _check_archive(path: str) -> None:
         raise UsageError(f"--archive {path}: the file must end with .parquet or .jsonl")
     if os.path.lexists(path):
         raise UsageError(f"--archive {path}: the file exists; refusing to overwrite an archive")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+    folder = _missing_folder(path)
+    if folder:
         raise RunFailed(f"cannot write the archive {path}: no folder {folder}; "
                         "nothing was discarded")  # fmt: skip
 
@@ -675,7 +698,8 @@ def cmd_discard(args: argparse.Namespace) -> int:
     if args.archive:
         _check_archive(args.archive)
     client = _client(args)
-    selection = select_dlq(client, args.stream, dlq=args.dlq, **filter_kwargs(args))
+    selection = select_dlq(client, args.stream, dlq_filter(args), dlq=args.dlq,
+                           since=args.since, until=args.until)  # fmt: skip
     ids = selection.ids
     dlq = selection.dlq
     if args.dry_run or not ids:
@@ -711,7 +735,15 @@ def cmd_discard(args: argparse.Namespace) -> int:
 
 def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -> None:  # noqa: PLR0915
     """Add the operator commands; ``command`` adds one with the common connection flags."""
-    from streamlab.cli import DLQ_HELP, _positive_int
+    from streamlab.cli import (
+        DLQ_HELP,
+        _duration,
+        _entry_id,
+        _min_id,
+        _non_negative_int,
+        _port,
+        _positive_int,
+    )
 
     p = command("groups", "consumer groups of a stream: lag, pending, consumers")
     p.add_argument("stream")
@@ -724,18 +756,17 @@ def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -
     p.add_argument("stream")
     p.add_argument("group")
     p.add_argument("--consumer")
-    p.add_argument("--min-idle", metavar="DUR", help="e.g. 30s, 5m")
+    p.add_argument("--min-idle", type=_duration, metavar="DUR", help="e.g. 30s, 5m")
     p.add_argument("--limit", type=_positive_int, default=100)
     p.set_defaults(func=cmd_pending)
     p = command("read", "entries of a stream")
     p.add_argument("stream")
-    p.add_argument("--since", help="6h (that long ago), an ISO time or a stream id")
-    p.add_argument("--until", help="6h (that long ago), an ISO time or a stream id")
+    add_time_bounds(p)
     p.add_argument("--limit", type=_positive_int, default=50)
     p.set_defaults(func=cmd_read)
     p = command("show", "one entry of a stream or its DLQ, payload and traceback")
     p.add_argument("stream")
-    p.add_argument("id")
+    p.add_argument("id", type=_entry_id, help="the entry's stream id (or its DLQ id)")
     p.add_argument("--dlq", help=DLQ_HELP)
     p.set_defaults(func=cmd_show)
     p = command("dlq", "dead letters (filtered), or --summary grouped by signature")
@@ -749,21 +780,23 @@ def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -
     p = command("export", "write a stream or its DLQ to .parquet, .csv or .jsonl")
     p.add_argument("stream")
     p.add_argument("--to", required=True, metavar="FILE")
-    p.add_argument("--dlq", dest="from_dlq", action="store_true", help="export the DLQ")
+    p.add_argument("--dlq", nargs="?", const="", metavar="NAME",
+                   help="export the DLQ (<stream>_dlq, or the DLQ stream NAME)")  # fmt: skip
     add_filter_arguments(p)
+    p.add_argument("--limit", type=_positive_int, help="at most this many entries")
     p.set_defaults(func=cmd_export)
     p = command("claim", "take over pending entries idle at least --min-idle")
     p.add_argument("stream")
     p.add_argument("group")
     p.add_argument("consumer")
-    p.add_argument("ids", nargs="*")
-    p.add_argument("--min-idle", required=True, metavar="DUR")
+    p.add_argument("ids", nargs="*", type=_entry_id)
+    p.add_argument("--min-idle", required=True, type=_duration, metavar="DUR")
     p.add_argument("--all", action="store_true")
     p.set_defaults(func=cmd_claim)
     p = command("trim", "remove old entries every group has been given and acked")
     p.add_argument("stream")
-    p.add_argument("--maxlen", type=int)
-    p.add_argument("--minid")
+    p.add_argument("--maxlen", type=_non_negative_int)
+    p.add_argument("--minid", type=_min_id, metavar="ID")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_trim)
     p = command("replays", "past replay runs of a stream's DLQ, from their ledgers")
@@ -780,13 +813,13 @@ def register(command: Callable[[str, str], argparse.ArgumentParser], sub: Any) -
     p.set_defaults(func=cmd_discard)
     p = command("metrics", "serve Prometheus /metrics for streams (lag, pending, DLQ)")
     p.add_argument("--stream", action="append", required=True)
-    p.add_argument("--port", type=_positive_int, default=9108)
+    p.add_argument("--port", type=_port, default=9108, help="0: any free port")
     p.add_argument(
         "--host", default="0.0.0.0", help="address to listen on (default: every interface)"
     )
     p.set_defaults(func=cmd_metrics)
     p = sub.add_parser("server", help="an embedded server in the foreground, until Ctrl-C")
-    p.add_argument("--port", type=_positive_int)
+    p.add_argument("--port", type=_port, help="default (or 0): any free port")
     p.set_defaults(func=cmd_server, url=None)
     p = sub.add_parser("completion", help="print a bash or zsh completion script")
     p.add_argument("shell", choices=sorted(COMPLETION))

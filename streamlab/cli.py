@@ -14,22 +14,26 @@ exception to its line and exit code. Passwords never appear in what the command 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, NoReturn, TypeVar
 
 import redis
 
+from streamlab._args import duration, entry_id
 from streamlab._redact import redact, redact_url
 from streamlab._signals import signals_set
 from streamlab.client import permission_error, reply_text
+from streamlab.durations import parse_duration
 from streamlab.errors import ArgumentError, ConfigError, StreamlabError
-from streamlab.filters import COLUMNS
+from streamlab.ids import bound, id_text
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "UsageError", "describe_error", "main"]
 
@@ -70,6 +74,8 @@ def _client(args: argparse.Namespace) -> Any:
     if args.tls_ca:
         if not url.startswith(("rediss://", "rediss+cluster://")):
             raise UsageError("--tls-ca needs a rediss:// URL")
+        if not os.path.isfile(args.tls_ca):
+            raise UsageError(f"--tls-ca {args.tls_ca}: no such file")
         options["ssl_ca_certs"] = args.tls_ca
     try:
         # A cluster node (--cluster, a redis+cluster:// URL, or cluster_enabled in INFO) gets a
@@ -103,22 +109,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(value: str | None) -> Any:
-    """``6h``-style durations mean "that long ago"; anything else is an ISO time or stream id.
-
-    Bare digits are a stream id's time part (milliseconds), as in `select_dlq`: a pasted
-    ``1795839300822`` must not be read as that many seconds ago.
-    """
-    if value is None or value.strip().isdigit():
-        return value
-    from streamlab.durations import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError:
-        return value
-
-
 def _confirm(prompt: str) -> bool:
     if not sys.stdin.isatty():
         raise UsageError("refusing to go on without a terminal to confirm: pass --yes")
@@ -131,11 +121,12 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Select, dry-run, confirm, replay; Ctrl-C stops between batches (exit code 130)."""
-    from streamlab._cli_commands import filter_kwargs
+    from streamlab._cli_commands import dlq_filter
     from streamlab.replay import replay_dlq, select_dlq
 
     client = _client(args)
-    selection = select_dlq(client, args.stream, **filter_kwargs(args), limit=args.limit)
+    selection = select_dlq(client, args.stream, dlq_filter(args), since=args.since,
+                           until=args.until, limit=args.limit)  # fmt: skip
     options: dict[str, Any] = {
         "target": args.target,
         "keep_in_dlq": args.keep_in_dlq,
@@ -228,24 +219,111 @@ def cmd_outcome(args: argparse.Namespace) -> int:
 DLQ_HELP = "the DLQ stream, when it is not <stream>_dlq (a configured dlq_stream)"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# -- argument types: a bad value is a usage error naming its flag, before anything is read --
 
 
-def _positive_float(text: str) -> float:
+def _whole_number(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """The argparse type of an integer flag from ``minimum`` to ``maximum`` (None: no bound)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return whole_number
+
+
+_integer = _whole_number()
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0, 2**63 - 1)  # what Redis takes as a count
+_port = _whole_number(0, 65535)  # 0: any free port
+
+
+def _positive_number(
+    minimum: float | None = None, maximum: float | None = None
+) -> Callable[[str], float]:
+    """The argparse type of a flag taking a finite number above 0, within the bounds given."""
+
+    def positive_number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text!r}")
+        return value
+
+    return positive_number
+
+
+# A slow replay waits about 1 / rate seconds between events: at most 1000 s, not 1e300 (which
+# no wait can take).
+_rate = _positive_number(minimum=0.001)
+_seconds = _positive_number(maximum=86_400.0)  # a day: longer than any reply is worth
+
+
+_T = TypeVar("_T")
+_NAME = "value"  # the argument name _checked gives a check; argparse names the flag itself
+
+
+def _checked(check: Callable[[str, str], _T]) -> Callable[[str], _T]:
+    """The argparse type of ``check(name, text)``, a check of the library's that raises
+    `ArgumentError` naming its argument (`streamlab._args`, `streamlab.ids`): its message,
+    without that name, is the usage error, which argparse prints after the flag's name."""
+
+    def convert(text: str) -> _T:
+        try:
+            return check(_NAME, text)
+        except ArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{_NAME}: ")) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def time_bound(name: str, text: str) -> str | timedelta:
+    """A ``--since`` / ``--until`` value: a duration (``6h``: that long ago), else a bound as
+    `streamlab.ids.bound` reads it (a stream id, an ISO time with its zone, milliseconds).
+
+    Bare digits are a stream id's time part (milliseconds), as in `select_dlq`: a pasted
+    ``1795839300822`` must not be read as that many seconds ago.
+    """
+    value = text.strip()
+    parsed: str | timedelta = value
+    if not value.isdigit():
+        with contextlib.suppress(ArgumentError):
+            parsed = parse_duration(value)
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-    return value
+        bound(parsed, name, upper=False)
+    except OverflowError:  # now minus the duration is before the year 1
+        raise ArgumentError(f"{name}: {value!r} reaches back before the year 1") from None
+    except ArgumentError as exc:
+        if isinstance(parsed, timedelta) or value.replace("-", "", 1).isdigit():
+            raise  # an id or milliseconds out of range: a duration is no way out
+        raise ArgumentError(f"{exc} (or a duration like 1h)") from None
+    return parsed
+
+
+def min_id(name: str, text: str) -> str:
+    """``--minid``: a stream id, or milliseconds (an id's time part) as XTRIM takes them."""
+    value = text.strip()
+    return id_text(bound(value, name, upper=False)) if value.isdigit() else entry_id(name, value)
+
+
+_duration = _checked(duration)
+_entry_id = _checked(entry_id)
+_time_bound = _checked(time_bound)
+_min_id = _checked(min_id)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,22 +336,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _replay_arguments(p: argparse.ArgumentParser) -> None:
     """The replay command's selection and run options."""
+    from streamlab._cli_commands import add_filter_arguments
+
     p.add_argument("--dlq", help=DLQ_HELP)
-    # The filter keywords of select_dlq, in kebab case (streamlab.filters).
-    for name in (*COLUMNS, "id"):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append",
-                       help="repeatable; values OR")  # fmt: skip
-    p.add_argument("--error-contains")
-    when = "an ISO time, or a DLQ stream id (or its milliseconds part)"
-    p.add_argument("--since", help=f"6h (that long ago), {when}")
-    p.add_argument("--until", help=f"6h (that long ago), {when}")
+    add_filter_arguments(p)
     p.add_argument("--limit", type=_positive_int)
     p.add_argument("--target", help="stream to inject into (default: each source stream)")
     p.add_argument("--keep-in-dlq", action="store_true")
     groups = p.add_mutually_exclusive_group()
     groups.add_argument("--for-group", help="only this group handles the replayed events")
     groups.add_argument("--all-groups", action="store_true", help="every group sees them")
-    p.add_argument("--rate", type=_positive_float, help="events per second")
+    p.add_argument("--rate", type=_rate, help="events per second (at least 0.001)")
     p.add_argument("--batch-size", type=_positive_int, default=500)
     p.add_argument("--dry-run", action="store_true", help="report only, write nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -304,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--timeout",
-            type=_positive_float,
+            type=_seconds,
             default=DEFAULT_TIMEOUT,
             metavar="SECONDS",
             help=f"connect and reply timeout (default {DEFAULT_TIMEOUT:g})",
@@ -319,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = command("demo", "the incident story: fail, dead-letter, fix, replay (embedded server)")
-    demo.add_argument("--events", type=_positive_int, default=3000)
-    demo.add_argument("--seed", type=int, default=7)
+    # At least 3: the story's audit group reads a third of them.
+    demo.add_argument("--events", type=_whole_number(3), default=3000)
+    demo.add_argument("--seed", type=_integer, default=7)
     demo.add_argument("--stream", help="with --url: the stream to write (default webhook_events)")
     demo.add_argument("--keep", action="store_true", help="keep the embedded server until Ctrl-C")
     demo.set_defaults(func=_cli_demo.cmd_demo)
@@ -366,7 +440,9 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, redis.RedisError):
         return f"{type(exc).__name__}: {text}", EXIT_ERROR
     if isinstance(exc, OSError):
-        return f"{exc.strerror or type(exc).__name__}: {exc.filename or text}", EXIT_ERROR
+        if exc.filename is None:  # the text says it all (pyarrow's repeats its strerror)
+            return text or type(exc).__name__, EXIT_ERROR
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}", EXIT_ERROR
     if isinstance(exc, EOFError):
         return "no answer to confirm on (stdin closed): pass --yes", EXIT_USAGE
     return f"unexpected {type(exc).__name__}: {text}", EXIT_ERROR

@@ -55,8 +55,16 @@ def entry_time(entry_id: str | bytes) -> datetime:
     return datetime.fromtimestamp(int(text.split("-", 1)[0]) / 1000, UTC)
 
 
-def _ms(value: datetime, name: str) -> int:
+def _ms(value: datetime, name: str, text: str | None = None) -> int:
+    """``value`` in ms since the epoch; ``text`` is what it was read from, named in the error."""
     if value.tzinfo is None or value.utcoffset() is None:
+        if text is not None:
+            fixed = text + "Z"
+            try:
+                datetime.fromisoformat(fixed)
+            except ValueError:  # a date alone takes no zone: show the whole time with one
+                fixed = value.isoformat() + "Z"
+            raise ArgumentError(f"{name}: {text!r} has no time zone; add one ({fixed!r})")
         raise ArgumentError(
             f"{name}: {value!r} has no time zone; give an aware datetime "
             "(datetime.now(UTC) - timedelta(hours=1)) or a timedelta"
@@ -95,7 +103,7 @@ def bound(value: Bound, name: str, *, upper: bool) -> StreamId:
             raise ArgumentError(
                 f"{name}: {value!r} is neither a stream id, milliseconds nor a time with a zone"
             ) from None
-        ms = _ms(when, name)
+        ms = _ms(when, name, text)
     else:
         raise ArgumentError(
             f"{name}: expected a datetime, timedelta, stream id or ms, got {type(value).__name__}"

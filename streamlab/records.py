@@ -1,13 +1,14 @@
 """Typed records: every Redis reply streamlab reads, and the records it writes beside events.
 
-The one place that knows the shape of XINFO GROUPS / CONSUMERS / STREAM and XPENDING replies
-(RESP2 or RESP3, names as bytes or text, raw or through redis-py's callbacks): consumer,
-frames, replay and CLI turn replies into `GroupInfo`, `ConsumerInfo`, `PendingEntry` and
-`StreamInfo` here and use nothing else. It also holds the wire form of a DLQ entry's failure
-record (`Failure`, the ``dlq_*`` fields), of the `ReplayMarker` stamped on a replayed event,
-and the field-name aliases other services write (``repo_name`` for ``repository``, the
-tenant inside ``auth_context``), which the decoder, the exporters and the replay selection
-all read through `FIELD_ALIASES` and `tenant_of_auth_context`.
+The one place that knows the shape of XINFO GROUPS / CONSUMERS / STREAM, XPENDING and
+XCLAIM / XAUTOCLAIM replies (RESP2 or RESP3, names as bytes or text, raw or through redis-py's
+callbacks): consumer, frames, replay and CLI turn replies into `GroupInfo`, `ConsumerInfo`,
+`PendingEntry`, `StreamInfo`, `claimed_ids` and `AutoClaimPage` here and use nothing else.
+It also holds the wire form of a DLQ entry's failure record (`Failure`, the ``dlq_*``
+fields), of the `ReplayMarker` stamped on a replayed event, and the field-name aliases other
+services write (``repo_name`` for ``repository``, the tenant inside ``auth_context``), which
+the decoder, the exporters and the replay selection all read through `FIELD_ALIASES` and
+`tenant_of_auth_context`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "FIELD_ALIASES",
     "REPLAY_FIELDS",
     "REPLAY_PREFIX",
+    "AutoClaimPage",
     "ConsumerInfo",
     "Failure",
     "GroupInfo",
@@ -36,6 +38,7 @@ __all__ = [
     "ReplayMarker",
     "StreamInfo",
     "aliases_of",
+    "claimed_ids",
     "consumer_infos",
     "format_time",
     "group_infos",
@@ -400,3 +403,41 @@ class StreamInfo:
     def last_time(self) -> datetime | None:
         """Time of the last entry, from its id."""
         return entry_time(self.last_id) if self.last_id else None
+
+
+def _entry_id(entry: Any) -> str | None:
+    # A claimed entry: an id (JUSTID), a raw ``[id, fields]`` or redis-py's ``(id, fields)``;
+    # redis-py gives ``(None, None)`` for an entry deleted before the claim (Redis < 7).
+    if isinstance(entry, list | tuple):
+        entry = entry[0]
+    return None if entry is None else str(_text(entry))
+
+
+def claimed_ids(reply: Iterable[Any]) -> list[str]:
+    """The ids of the entries an XCLAIM reply holds (with or without JUSTID, raw or through
+    redis-py), in reply order; entries deleted before the claim are left out."""
+    return [i for i in map(_entry_id, reply) if i is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class AutoClaimPage:
+    """One XAUTOCLAIM reply: the ids of the entries claimed, where the next call starts
+    (``"0-0"`` once the whole pending list was scanned: `done`) and the ids of pending
+    entries found deleted from the stream, which XAUTOCLAIM drops from the pending list
+    (Redis 7+; empty before)."""
+
+    next_id: str
+    ids: list[str]
+    deleted: list[str]
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any]) -> AutoClaimPage:
+        """A raw reply or redis-py's ``xautoclaim`` one (entries, or ids with JUSTID)."""
+        cursor, entries, *rest = reply
+        deleted = [str(_text(i)) for i in rest[0]] if rest else []
+        return cls(str(_text(cursor)), claimed_ids(entries), deleted)
+
+    @property
+    def done(self) -> bool:
+        """Whether the scan of the pending list is complete (the cursor is back at 0-0)."""
+        return self.next_id == "0-0"

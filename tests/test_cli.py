@@ -734,3 +734,211 @@ def test_discard_removes_nothing_when_the_archive_fails_part_way(
     assert streams_client.redis.xlen(dlq) == 5
     assert list(tmp_path.iterdir()) == []
     streams_client.redis.close()
+
+
+# -- the audit's defects: each bad value is one line naming its flag, and changes nothing ----
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``streamlab *args`` in this process (no interpreter start-up), as `streamlab` gives it."""
+    from streamlab.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def dead_letters(client: RedisStreamsClient, dlq: str, n: int, stream: str) -> list[str]:
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream, group="g")
+    return [
+        client.redis.xadd(dlq, {**encode_event(event), **failure.to_fields()}).decode()
+        for event in sample_events(n)
+    ]
+
+
+def test_a_bad_id_filter_is_a_usage_error_in_every_command_that_filters(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path, capsys
+) -> None:
+    # dlq used to build its DLQFilter without DLQFilter.of: `--id garbage` matched nothing, exit 0.
+    dlq = streams_client.dlq_stream(stream_name)
+    dead_letters(streams_client, dlq, 3, stream_name)
+    out = tmp_path / "x.csv"
+    for command in (
+        ("dlq", stream_name),
+        ("dlq", stream_name, "--summary"),
+        ("replay", stream_name, "--yes"),
+        ("discard", stream_name, "--yes"),
+        ("export", stream_name, "--dlq", "--to", str(out)),
+    ):
+        run = cli(capsys, *command, "--id", "garbage", "--url", redis_url)
+        line = assert_one_line_error(run, 2, "argument --id: 'garbage' is not a stream id")
+        assert "no dead letters" not in run.stdout + line
+        assert streams_client.redis.xlen(dlq) == 3
+        assert streams_client.redis.xlen(stream_name) == 0
+    assert not out.exists()
+    # A good id still selects through the same filter.
+    first = streams_client.redis.xrange(dlq, count=1)[0][0].decode()
+    doc = json.loads(cli(capsys, "dlq", stream_name, "--id", first, "--url", redis_url,
+                         "--json").stdout)  # fmt: skip
+    assert [e["id"] for e in doc["entries"]] == [first]
+
+
+def test_export_takes_dlq_name_like_the_other_commands_and_a_limit(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path, capsys
+) -> None:
+    from streamlab.frames import read_parquet
+
+    streams_client.add_many(stream_name, sample_events(5))
+    own = dead_letters(streams_client, streams_client.dlq_stream(stream_name), 4, stream_name)
+    other = dead_letters(streams_client, f"{stream_name}:failed", 6, stream_name)
+
+    def export(*args: str) -> dict:
+        run = cli(capsys, "export", stream_name, *args, "--url", redis_url, "--json")
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    csv, lines, parquet = (tmp_path / n for n in ("a.csv", "a.jsonl", "a.parquet"))
+    assert export("--dlq", f"{stream_name}:failed", "--to", str(csv))["count"] == 6
+    assert len(csv.read_text().splitlines()) == 1 + 6  # the header, then the DLQ's entries
+    # --dlq alone is the stream's own DLQ, named as every command names it.
+    doc = export("--dlq", "--to", str(lines), "--limit", "3")
+    assert (doc["dlq"], doc["count"]) == (streams_client.dlq_stream(stream_name), 3)
+    assert [json.loads(row)["id"] for row in lines.read_text().splitlines()] == own[:3]
+    doc = export("--dlq", f"{stream_name}:failed", "--to", str(parquet), "--limit", "2")
+    assert read_parquet(parquet)["id"].tolist() == other[:2]
+    assert doc["count"] == 2
+    # Filtered, --limit caps what matches; without --dlq it caps the stream's entries.
+    doc = export("--dlq", f"{stream_name}:failed", "--id", other[4], "--id", other[5],
+                 "--limit", "1", "--to", str(parquet))  # fmt: skip
+    assert read_parquet(parquet)["id"].tolist() == [other[4]]
+    assert doc["count"] == 1
+    doc = export("--dlq", "--id", own[3], "--to", str(csv), "--limit", "5")
+    assert doc["count"] == 1
+    assert export("--to", str(csv), "--limit", "2") == {
+        "stream": stream_name, "dlq": None, "count": 2, "path": str(csv)}  # fmt: skip
+    run = cli(capsys, "export", stream_name, "--to", str(csv), "--limit", "0", "--url", redis_url)
+    assert_one_line_error(run, 2, "argument --limit: must be at least 1")
+
+
+def test_out_of_range_numbers_are_usage_errors_naming_the_flag(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    streams_client.add_many(stream_name, sample_events(5))
+    for flags, *says in (
+        (("metrics", "--stream", stream_name, "--port", "99999"),
+         "argument --port: must be at most 65535, got 99999"),
+        (("server", "--port", "-1"), "argument --port: must be at least 0, got -1"),
+        (("trim", stream_name, "--maxlen", "-1"), "argument --maxlen: must be at least 0"),
+        (("trim", stream_name, "--maxlen", str(2**63)), "argument --maxlen: must be at most"),
+        (("trim", stream_name, "--minid", f"1-{2**64}"), "argument --minid: ", "out of range"),
+        (("read", stream_name, "--limit", "-3"), "argument --limit: must be at least 1"),
+        (("info", stream_name, "--timeout", "1e308"), "argument --timeout: must be at most"),
+        (("replay", stream_name, "--rate", "1e-300"), "argument --rate: must be at least"),
+        (("replay", stream_name, "--batch-size", "x"), "argument --batch-size: expected a whole"),
+        (("demo", "--events", "2"), "argument --events: must be at least 3"),
+        (("demo", "--seed", "x"), "argument --seed: expected a whole number"),
+    ):  # fmt: skip
+        run = cli(capsys, *flags, "--url", redis_url) if flags[0] != "server" else cli(
+            capsys, *flags)  # fmt: skip
+        line = assert_one_line_error(run, 2, *says)
+        assert "unexpected" not in line
+        assert "refused" not in line
+    assert streams_client.redis.xlen(stream_name) == 5  # trim removed nothing
+
+
+def test_show_names_the_entry_id_argument(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    streams_client.add_many(stream_name, sample_events(1))
+    for bad, says in (("garbage", "is not a stream id"), (f"1-{2**64}", "out of range")):
+        run = cli(capsys, "show", stream_name, bad, "--url", redis_url)
+        line = assert_one_line_error(run, 2, f"argument id: {bad!r}", says)
+        assert "since" not in line
+
+
+def test_a_time_without_a_zone_reads_as_a_cli_message(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    dlq = streams_client.dlq_stream(stream_name)
+    dead_letters(streams_client, dlq, 2, stream_name)
+    for command in (("read", stream_name), ("dlq", stream_name), ("replay", stream_name),
+                    ("discard", stream_name, "--yes")):  # fmt: skip
+        for flag in ("--since", "--until"):
+            run = cli(capsys, *command, flag, "2020-01-01T00:00", "--url", redis_url)
+            line = assert_one_line_error(
+                run, 2, f"argument {flag}: '2020-01-01T00:00' has no time zone; "
+                "add one ('2020-01-01T00:00Z') (or a duration like 1h)"
+            )  # fmt: skip
+            assert "datetime" not in line
+    assert streams_client.redis.xlen(dlq) == 2
+    for value, says in (
+        ("2020-01-01", "'2020-01-01' has no time zone; add one ('2020-01-01T00:00:00Z')"),
+        ("garbage", "'garbage' is neither a stream id, milliseconds nor a time with a zone"),
+        ("200000000h", "'200000000h' reaches back before the year 1"),
+        (str(2**64), "out of range"),
+    ):
+        run = cli(capsys, "read", stream_name, "--since", value, "--url", redis_url)
+        assert "unexpected" not in assert_one_line_error(run, 2, "argument --since: ", says)
+    # What the flags take: a duration, an aware time, an id or its milliseconds.
+    for value in ("1h", "2020-01-01T00:00Z", "0-1", "0"):
+        run = cli(capsys, "read", stream_name, "--since", value, "--url", redis_url)
+        assert run.returncode == 0, run.stderr
+
+
+def test_a_bad_min_idle_is_a_usage_error_naming_it(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.add_many(stream_name, sample_events(3))
+    streams_client.read_from_stream(stream_name, "g", "c1", 3)
+    for command in (("pending", stream_name, "g"), ("claim", stream_name, "g", "c2", "--all")):
+        run = cli(capsys, *command, "--min-idle", "nonsense", "--url", redis_url)
+        line = assert_one_line_error(run, 2, "argument --min-idle: invalid duration 'nonsense'")
+        assert "unexpected" not in line
+    pending = streams_client.redis.xpending_range(stream_name, "g", "-", "+", 10)
+    assert {p["consumer"] for p in pending} == {b"c1"}  # nothing was claimed
+
+
+def test_claim_reads_its_replies_through_the_records(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    from streamlab.records import AutoClaimPage, claimed_ids
+
+    # The reply shapes: raw RESP (bytes), redis-py's parsed entries, JUSTID ids, Redis 6.2's
+    # XAUTOCLAIM without a deleted list, an entry deleted before an XCLAIM.
+    page = AutoClaimPage.from_reply([b"5-0", [[b"1-0", [b"k", b"v"]], [b"2-0", None]], [b"3-0"]])
+    assert page == AutoClaimPage("5-0", ["1-0", "2-0"], ["3-0"])
+    assert not page.done
+    parsed = AutoClaimPage.from_reply(["0-0", [("1-0", {"k": "v"})]])
+    assert parsed == AutoClaimPage("0-0", ["1-0"], [])
+    assert AutoClaimPage.from_reply([b"0-0", [b"1-0"], []]).done
+    assert claimed_ids([b"1-0", "2-0", (b"3-0", {}), (None, None)]) == ["1-0", "2-0", "3-0"]
+
+    streams_client.ensure_group(stream_name, "g")
+    streams_client.add_many(stream_name, sample_events(4))
+    [a, b, *rest] = [m.id for m in streams_client.read_from_stream(stream_name, "g", "c1", 4)]
+    url = ("--url", redis_url, "--json")
+    run = cli(capsys, "claim", stream_name, "g", "c2", a, b, "--min-idle", "0", *url)
+    assert json.loads(run.stdout)["ids"] == [a, b]
+    every = json.loads(cli(capsys, "claim", stream_name, "g", "c3", "--all", "--min-idle", "0",
+                           *url).stdout)  # fmt: skip
+    assert every["ids"] == [a, b, *rest]
+    assert every["count"] == 4
+    run = cli(capsys, "claim", stream_name, "g", "c2", "garbage", "--min-idle", "0", *url)
+    assert_one_line_error(run, 2, "argument ids: 'garbage' is not a stream id")
+
+
+def test_other_bad_input_found_by_probing_is_one_line(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path, capsys
+) -> None:
+    streams_client.add_many(stream_name, sample_events(2))
+    missing = tmp_path / "no-such-folder"
+    for name in ("x.csv", "x.parquet"):
+        run = cli(capsys, "export", stream_name, "--to", str(missing / name), "--url", redis_url)
+        assert_one_line_error(run, 1, f"cannot write {missing / name}: no folder {missing}")
+    url = redis_url.replace("redis://", "rediss://", 1)
+    run = cli(capsys, "info", stream_name, "--url", url, "--tls-ca", str(tmp_path / "ca.pem"))
+    assert_one_line_error(run, 2, f"--tls-ca {tmp_path / 'ca.pem'}: no such file")
