@@ -81,7 +81,10 @@ def bound(value: Bound, name: str, *, upper: bool) -> StreamId:
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ArgumentError(f"{name}: a timedelta means 'that long ago'; got {value}")
-        ms = _ms(datetime.now(UTC) - value, name)
+        try:
+            ms = _ms(datetime.now(UTC) - value, name)
+        except OverflowError:  # before the year 1, so before every entry
+            ms = 0
     elif isinstance(value, datetime):
         ms = _ms(value, name)
     elif isinstance(value, int):

@@ -128,6 +128,8 @@ def test_plain_redis_client_and_bounds(
     assert len(stream_to_dataframe(redis_client, stream_name, since=first_ms)) == 30
     assert len(stream_to_dataframe(redis_client, stream_name, until=first_ms - 1)) == 0
     assert len(stream_to_dataframe(redis_client, stream_name, since=timedelta(days=1))) == 30
+    # "That long ago" before the year 1 is before every entry, not an OverflowError.
+    assert len(stream_to_dataframe(redis_client, stream_name, since=timedelta.max)) == 30
     assert len(stream_to_dataframe(redis_client, stream_name, since="2999-01-01T00:00Z")) == 0
     assert len(stream_to_dataframe(redis_client, stream_name, limit=0)) == 0
     with pytest.raises(ArgumentError, match=r"until: .* has no time zone"):
