@@ -2,7 +2,8 @@
 
 Wire format: one stream-entry field per attribute, nested values as JSON strings, times in
 RFC 3339. Decoding is tolerant: it accepts the platform's field names (``event_id``,
-``repo_name``: `streamlab.records.FIELD_ALIASES`), fills what is missing with sensible
+``repo_name``: `streamlab.records.FIELD_ALIASES`; streamlab's own name wins over an alias,
+`streamlab.records.read_name`), fills what is missing with sensible
 defaults and keeps unknown fields verbatim in ``StreamEvent.extra`` so that nothing written
 by another service is dropped. Failure records, replay markers and the replies of XINFO and
 XPENDING are in `streamlab.records`.
@@ -34,7 +35,7 @@ from pydantic import (
 
 from streamlab.errors import DecodeError, EncodeError
 from streamlab.ids import entry_time
-from streamlab.records import FIELD_ALIASES, Failure, format_time
+from streamlab.records import FIELD_ALIASES, Failure, format_time, read_name, tenant_of
 
 __all__ = [
     "MAX_DEPTH",
@@ -143,9 +144,12 @@ class StreamEvent(BaseModel):
 
     @model_validator(mode="after")
     def _tenant_from_auth(self) -> Self:
-        """An event without a tenant takes its auth context's, as decoding an entry does."""
-        if not self.tenant_id and self.auth_context is not None and self.auth_context.tenant_id:
-            self.tenant_id = self.auth_context.tenant_id
+        """An event without a tenant takes its auth context's (`streamlab.records.tenant_of`), as
+        decoding an entry does."""
+        if not self.tenant_id and self.auth_context is not None:
+            tenant = tenant_of(None, self.auth_context)
+            if tenant:  # assigned only when filled: an assignment marks the field as set
+                self.tenant_id = tenant
         return self
 
     @field_validator("timestamp", mode="after")
@@ -308,11 +312,12 @@ def decode_event(
             extra[key] = _keep(value)
             continue
         if name in data:
-            if key != name:  # a second name for a value already read
+            # A second name for one field: the one `read_name` reads wins (streamlab's own
+            # name over an alias, whatever the order); the other is kept as an unknown field
+            # (aliased fields are text, still raw here).
+            if read_name(name, (key, wire[name])) != key:
                 extra[key] = _keep(value)
                 continue
-            # streamlab's own name wins over an alias read before it (aliases are text
-            # fields, still raw here), which is kept as an unknown field, whatever the order.
             extra[wire[name]] = _keep(data[name])
         wire[name] = key
         if name == "payload":
@@ -356,10 +361,11 @@ def _own_data(
 ) -> dict[str, Any]:
     """What the event validator takes for an entry of the own layout (values in `_OWN`'s
     order), its JSON fields and time decoded, its tenant taken from the auth context as the
-    model's ``_tenant_from_auth`` takes it (so that `_own_validate` may skip that hook)."""
+    model's ``_tenant_from_auth`` takes it (`tenant_of`; so that `_own_validate` may skip that
+    hook)."""
     ident, event_type, repository, tenant_id, _, _, _, retries = values
-    if not tenant_id and auth_context is not None and auth_context.tenant_id:
-        tenant_id = auth_context.tenant_id
+    if not tenant_id and auth_context is not None:  # most events have a tenant: no call
+        tenant_id = tenant_of(None, auth_context)
     return {
         "id": ident,
         "event_type": event_type,

@@ -6,9 +6,10 @@ callbacks): consumer, frames, replay and CLI turn replies into `GroupInfo`, `Con
 `PendingEntry`, `StreamInfo`, `claimed_ids` and `AutoClaimPage` here and use nothing else.
 It also holds the wire form of a DLQ entry's failure record (`Failure`, the ``dlq_*``
 fields), of the `ReplayMarker` stamped on a replayed event, and the field-name aliases other
-services write (``repo_name`` for ``repository``, the tenant inside ``auth_context``), which
-the decoder, the exporters and the replay selection all read through `FIELD_ALIASES` and
-`tenant_of_auth_context`.
+services write (``repo_name`` for ``repository``, the tenant inside ``auth_context``) and the
+rules for reading them, which the decoder, the exporters and the replay selection all follow:
+`FIELD_ALIASES` and `read_name` (streamlab's own name wins over an alias), `tenant_of` (the
+tenant field, else the one inside ``auth_context``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import re
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import AwareDatetime, BaseModel, Field
 
 from streamlab.ids import entry_time
 
 __all__ = [
+    "AUTH_CONTEXT_FIELD",
+    "AUTH_TENANT_KEY",
     "DLQ_FIELDS",
     "FIELD_ALIASES",
     "REPLAY_FIELDS",
@@ -44,6 +47,9 @@ __all__ = [
     "group_infos",
     "last_generated_id",
     "pending_entries",
+    "read_key",
+    "read_name",
+    "tenant_of",
     "tenant_of_auth_context",
     "valid_replay_id",
 ]
@@ -71,22 +77,72 @@ REPLAY_FIELDS = tuple(
 )
 
 
-# Platform services write these names; streamlab reads them as its own.
+# Platform services write these names; streamlab reads them as its own. The rule every reader
+# follows (`decode_event`, the frames, the replay selection and its filters): when an entry has a
+# field under more than one of its names, the first of `aliases_of` is read (streamlab's own
+# name, then the aliases in the order listed here), whatever the entry's order, and the others
+# are kept as fields of their own (`StreamEvent.extra`; a frame column under their own name).
 FIELD_ALIASES = {
     "event_id": "id",
     "repo_name": "repository",
     "repo": "repository",
     "tenant": "tenant_id",
 }
+# The tenant rule (`tenant_of`): the tenant field, else this key of this JSON field.
+AUTH_CONTEXT_FIELD = "auth_context"
+AUTH_TENANT_KEY = "tenant_id"
 
 
 def aliases_of(name: str) -> tuple[str, ...]:
-    """``name`` and the other names its field is written under, streamlab's own first."""
+    """``name`` and the other names its field is written under, in the order of precedence:
+    streamlab's own first, then the aliases as `FIELD_ALIASES` lists them."""
     return (name, *(alias for alias, own in FIELD_ALIASES.items() if own == name))
 
 
+_NAMES = {own: aliases_of(own) for own in FIELD_ALIASES.values()}
+_KEYS = {own: tuple(name.encode() for name in names) for own, names in _NAMES.items()}
+
+
+def read_name(own: str, names: Container[str]) -> str | None:
+    """The name field ``own`` is read from in an entry whose field names are ``names``: the
+    first of `aliases_of` (``own``'s) among them, or None when it has none of them."""
+    for name in _NAMES.get(own) or (own,):
+        if name in names:
+            return name
+    return None
+
+
+def read_key(own: str, keys: Container[bytes]) -> bytes | None:
+    """`read_name` for an entry whose field names are bytes (a raw reply's)."""
+    for key in _KEYS.get(own) or (own.encode(),):
+        if key in keys:
+            return key
+    return None
+
+
+class _HasTenant(Protocol):  # a decoded auth context (`streamlab.events.AuthContext`)
+    @property
+    def tenant_id(self) -> str: ...
+
+
+def tenant_of(tenant: str | None, auth_context: _HasTenant | bytes | str | None) -> str:
+    """The tenant an entry is read with: its tenant field (``tenant``: the value `read_name`
+    picks for ``tenant_id``) unless that is missing (None) or empty, else the
+    `AUTH_TENANT_KEY` inside its `AUTH_CONTEXT_FIELD` (decoded, or its raw JSON:
+    `tenant_of_auth_context`); '' when neither has one. The event model, the decoder, the frames
+    and the replay selection all take the tenant this way."""
+    if tenant:
+        return tenant
+    if auth_context is None:
+        return ""
+    if isinstance(auth_context, bytes | str):
+        return tenant_of_auth_context(auth_context) or ""
+    value = getattr(auth_context, AUTH_TENANT_KEY, None)
+    return value if isinstance(value, str) else ""
+
+
 def tenant_of_auth_context(raw: bytes | str | None) -> str | None:
-    """The ``tenant_id`` inside an ``auth_context`` JSON value, where an entry without a
+    """The `AUTH_TENANT_KEY` inside an ``auth_context`` JSON value, where an entry without a
     tenant field carries it (platform events); None when there is none or it does not parse."""
     if not raw:
         return None
@@ -94,7 +150,7 @@ def tenant_of_auth_context(raw: bytes | str | None) -> str | None:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    tenant = value.get("tenant_id") if isinstance(value, dict) else None
+    tenant = value.get(AUTH_TENANT_KEY) if isinstance(value, dict) else None
     return tenant if isinstance(tenant, str) and tenant else None
 
 

@@ -16,7 +16,7 @@ from streamlab.events import (
 )
 from streamlab.ids import entry_time
 from streamlab.keys import check_same_slot, dlq_key
-from streamlab.records import Failure
+from streamlab.records import FIELD_ALIASES, Failure, read_key, read_name, tenant_of
 from streamlab.samples import platform_entries, sample_events
 
 
@@ -207,6 +207,46 @@ def test_streamlab_s_own_name_wins_over_an_alias_in_any_order(fields: dict[str, 
     assert event.repository == "own"
     assert event.extra == {"repo_name": "alias"}
     assert decode_event(raw(encode_event(event))) == event
+
+
+@pytest.mark.parametrize(("alias", "own"), FIELD_ALIASES.items())
+def test_every_alias_loses_to_the_own_name_and_is_kept(alias: str, own: str) -> None:
+    for fields in ({alias: "alias", own: "own"}, {own: "own", alias: "alias"}):
+        event = decode_event(raw({"event_type": "t", **fields}), entry_id="1-0")
+        assert getattr(event, own) == "own"
+        assert event.extra == {alias: "alias"}
+    alone = decode_event(raw({"event_type": "t", alias: "alias"}), entry_id="1-0")
+    assert (getattr(alone, own), alone.extra) == ("alias", {})
+
+
+def test_the_precedence_rule_is_the_order_of_aliases_of() -> None:
+    names = ("repo", "repo_name", "repository")
+    assert read_name("repository", names) == "repository"
+    assert read_name("repository", names[:2]) == read_name("repository", names[1::-1])
+    assert read_name("repository", ["repo", "repo_name"]) == "repo_name"  # listed first
+    assert read_name("repository", {"event_type"}) is None
+    assert read_name("event_type", {"event_type"}) == "event_type"  # a name without aliases
+    assert read_key("id", {b"event_id": b"1", b"id": b"2"}) == b"id"
+    assert read_key("tenant_id", {b"tenant": b"t"}) == b"tenant"
+    # Two aliases of one field: the one listed first, whatever the entry's order.
+    for fields in ({"repo": "b", "repo_name": "a"}, {"repo_name": "a", "repo": "b"}):
+        event = decode_event(raw({"event_type": "t", **fields}))
+        assert (event.repository, event.extra) == ("a", {"repo": "b"})
+
+
+def test_the_tenant_rule() -> None:
+    auth = '{"tenant_id": "in-auth"}'
+    assert tenant_of("own", auth) == "own"
+    assert tenant_of("", auth) == tenant_of(None, auth.encode()) == "in-auth"
+    assert tenant_of(None, AuthContext(tenant_id="in-auth")) == "in-auth"
+    assert tenant_of(None, None) == tenant_of("", "{oops") == ""
+    assert tenant_of("", '{"tenant_id": 3}') == tenant_of("", "{}") == ""
+    # An empty tenant field counts as none; an alias that lost is never read.
+    fields = {"event_type": "t", "tenant_id": "", "tenant": "alias", "auth_context": auth}
+    assert decode_event(raw(fields)).tenant_id == "in-auth"
+    # The model fills the tenant only when it has one to fill (an assignment marks it set).
+    unfilled = StreamEvent(event_type="t", auth_context=AuthContext())
+    assert "tenant_id" not in unfilled.model_fields_set
 
 
 def test_extra_fields_cannot_shadow_attributes() -> None:

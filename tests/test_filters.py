@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from streamlab.client import RedisStreamsClient
-from streamlab.errors import ArgumentError
+from streamlab.consumer import Consumer, ConsumerConfig
+from streamlab.errors import ArgumentError, Reject
+from streamlab.events import StreamMessage, decode_event
 from streamlab.filters import KEYWORDS, DLQFilter
-from streamlab.frames import dlq_to_dataframe
+from streamlab.frames import dlq_to_dataframe, stream_to_dataframe
 from streamlab.incident import seed_incident
+from streamlab.records import FIELD_ALIASES
 from streamlab.replay import select_dlq
 
 CASES: list[dict[str, Any]] = [
@@ -91,3 +97,101 @@ def test_select_dlq_reads_a_named_dlq(streams_client: RedisStreamsClient, stream
     sel = select_dlq(streams_client, stream_name, dlq=other)
     assert len(sel) == 1
     assert sel.dlq == other
+
+
+# -- one alias rule: streamlab's own name wins over an alias, everywhere ------------------------
+
+# An own name's frame column (`id` is the stream id: the event id is `event_id`) and the filter
+# keyword that matches it (None: no keyword, only `where`).
+_COLUMN = {"id": "event_id", "repository": "repository", "tenant_id": "tenant_id"}
+_KEYWORD = {"id": None, "repository": "repository", "tenant_id": "tenant_id"}
+
+
+def _reject(msg: StreamMessage) -> None:
+    raise Reject("dead-lettered for the test")
+
+
+def _dead_letter(client: RedisStreamsClient, stream: str, entries: list[dict[str, str]]) -> None:
+    for fields in entries:
+        client.redis.xadd(stream, fields)
+    config = ConsumerConfig(stream=stream, group="g", claim_min_idle=timedelta(seconds=5))
+    Consumer(client, config).run(_reject, burst=True, handle_signals=False)
+
+
+def _text(value: Any) -> str | None:
+    """A frame cell or an event attribute as comparable text ('' and NA are both None)."""
+    return None if value is None or pd.isna(value) or value == "" else value
+
+
+def _assert_all_agree(
+    client: RedisStreamsClient, stream: str, own: str, expected: list[str | None]
+) -> None:
+    """decode_event, both frames, the selection's frame and every filter read field ``own``
+    of each entry (dead-lettered in order) as ``expected`` says."""
+    attribute, column, keyword = own, _COLUMN[own], _KEYWORD[own]
+    source = client.redis.xrange(stream)
+    dlq_name = client.dlq_stream(stream)
+    dead = client.redis.xrange(dlq_name)
+    assert len(source) == len(dead) == len(expected)
+
+    decoded = [_text(getattr(decode_event(f, entry_id=i.decode()), attribute)) for i, f in dead]
+    frame = dlq_to_dataframe(client, stream)
+    selection = select_dlq(client, stream)
+    assert decoded == expected, "decode_event"
+    assert [_text(v) for v in frame[column].astype(object)] == expected, "dlq_to_dataframe"
+    assert [_text(v) for v in selection.to_dataframe()[column].astype(object)] == expected
+    assert [_text(getattr(m.event, attribute)) for m in selection] == expected, "select_dlq"
+    # The source stream's frame too (the same builder, without the failure fields).
+    stream_frame = stream_to_dataframe(client, stream)
+    assert [_text(v) for v in stream_frame[column].astype(object)] == expected
+
+    ids = frame["id"].tolist()
+    for value in sorted({v for v in expected if v is not None}):
+        wanted = [i for i, v in zip(ids, expected, strict=True) if v == value]
+        filters: list[dict[str, Any]] = [{"where": lambda e, v=value: getattr(e, attribute) == v}]
+        if keyword is not None:
+            filters.append({keyword: value})
+        for keywords in filters:
+            assert select_dlq(client, stream, **keywords).ids == wanted, (keywords, value)
+            assert DLQFilter.of(**keywords).apply(frame)["id"].tolist() == wanted, keywords
+
+
+@pytest.mark.parametrize(("alias", "own"), FIELD_ALIASES.items())
+def test_decoders_and_filters_agree_on_an_own_name_next_to_its_alias(
+    streams_client: RedisStreamsClient, stream_name: str, alias: str, own: str
+) -> None:
+    auth = json.dumps({"tenant_id": "in-auth"})
+    entries = [
+        {"event_type": "t", alias: "via-alias", own: "via-own"},  # the alias written first
+        {"event_type": "t", own: "via-own", alias: "via-alias"},  # the own name first
+        {"event_type": "t", alias: "alias-only"},
+        {"event_type": "t", own: "", alias: "via-alias", "auth_context": auth},  # own, empty
+        {"event_type": "t", own: "own-only", "auth_context": auth},
+    ]
+    _dead_letter(streams_client, stream_name, entries)
+    # An empty own name still wins; a tenant then comes from auth_context, never the alias.
+    empty = "in-auth" if own == "tenant_id" else None
+    expected = ["via-own", "via-own", "alias-only", empty, "own-only"]
+    _assert_all_agree(streams_client, stream_name, own, expected)
+
+    # The alias that lost is kept under its own name: in the event's extra, in a frame column.
+    frame = dlq_to_dataframe(streams_client, stream_name)
+    kept = f"{alias}_field" if alias in _COLUMN.values() else alias  # `event_id` is taken
+    assert frame[kept].tolist()[:2] == ["via-alias", "via-alias"]
+    assert f"{own}_field" not in frame.columns
+    for message in list(select_dlq(streams_client, stream_name))[:2]:
+        assert message.event is not None
+        assert message.event.extra[alias] == "via-alias"
+
+
+def test_two_aliases_of_one_field_are_read_in_the_table_s_order(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    first, second = (a for a, own in FIELD_ALIASES.items() if own == "repository")
+    entries = [
+        {"event_type": "t", second: "second", first: "first"},
+        {"event_type": "t", first: "first", second: "second"},
+        {"event_type": "t", second: "second", first: "first", "repository": "own"},
+    ]
+    _dead_letter(streams_client, stream_name, entries)
+    _assert_all_agree(streams_client, stream_name, "repository", ["first", "first", "own"])

@@ -22,7 +22,7 @@ from streamlab.errors import (
     MissingDependencyError,
     WrongTypeError,
 )
-from streamlab.events import encode_event
+from streamlab.events import decode_event, encode_event
 from streamlab.frames import (
     PENDING_STATES,
     bucket_for,
@@ -302,10 +302,43 @@ def test_mixed_fields_and_name_collisions(redis_client: redis.Redis, stream_name
     assert pd.isna(df["event_type"][1])
     assert df["color"].tolist()[0] == "red"
     assert pd.isna(df["color"][1])
-    assert df["event_id"][1] == "e-1"
-    assert df["id_field"][1] == "other"
+    # streamlab's own `id` wins over the alias `event_id`, as decode_event reads it.
+    assert df["event_id"][1] == "other"
+    assert df["event_id_field"][1] == "e-1"
+    assert "id_field" not in df.columns
     assert df["ts_field"][1] == "x"
     assert (df["k"][2], df["k_field"][2]) == ("1", "2")
+
+
+def test_a_page_of_one_layout_with_own_names_and_aliases_reads_as_decode_event_does(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    # One layout for the whole page (the transposed, vectorised path), aliases first.
+    for i in range(50):
+        redis_client.xadd(
+            stream_name,
+            {
+                "event_type": "t",
+                "event_id": f"alias-{i}",
+                "repo_name": "alias/repo",
+                "tenant": "alias-tenant",
+                "id": f"own-{i}",
+                "repository": "own/repo",
+                "tenant_id": "" if i % 2 else "own-tenant",
+                "auth_context": json.dumps({"tenant_id": "auth-tenant"}),
+            },
+        )
+    df = stream_to_dataframe(redis_client, stream_name)
+    events = [decode_event(f, entry_id=i.decode()) for i, f in redis_client.xrange(stream_name)]
+    assert df["event_id"].tolist() == [e.id for e in events]
+    assert df["repository"].astype(str).tolist() == [e.repository for e in events]
+    assert df["tenant_id"].astype(str).tolist() == [e.tenant_id for e in events]
+    assert set(df["tenant_id"]) == {"own-tenant", "auth-tenant"}
+    # The aliases keep their own names, as in the events' extra.
+    assert df["event_id_field"].tolist() == [e.extra["event_id"] for e in events]
+    assert df["repo_name"].tolist() == [e.extra["repo_name"] for e in events]
+    assert df["tenant"].tolist() == [e.extra["tenant"] for e in events]
+    assert not {"id_field", "repository_field", "tenant_id_field"} & set(df.columns)
 
 
 def test_decode_responses_client_refused(redis_url: str, stream_name: str) -> None:

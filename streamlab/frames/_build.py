@@ -22,7 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamlab.frames.columns import TIME, dtype_of
-from streamlab.records import DLQ_FIELDS, FIELD_ALIASES, REPLAY_FIELDS, tenant_of_auth_context
+from streamlab.records import (
+    AUTH_CONTEXT_FIELD,
+    DLQ_FIELDS,
+    FIELD_ALIASES,
+    REPLAY_FIELDS,
+    read_name,
+    tenant_of,
+)
 
 __all__ = [
     "DLQ_RENAMES",
@@ -39,7 +46,8 @@ TS_MS = pa.timestamp("ms", tz="UTC")
 TS_US = pa.timestamp("us", tz="UTC")
 
 # The decoder's aliases, except that the event id is `event_id` whatever the writer called it:
-# `id` is the stream id column.
+# `id` is the stream id column. Of several names of one field, only the one the decoder reads
+# (`read_name`) is renamed; the others keep their own names (`FrameBuilder._column_names`).
 STREAM_ALIASES = {
     name: "event_id" if own == "id" else own for name, own in {"id": "id", **FIELD_ALIASES}.items()
 }
@@ -244,11 +252,20 @@ class FrameBuilder:
         texts = [k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k for k in keys]
         chosen: list[str | None] = [None] * len(texts)
         taken: set[str] = set()
+        present = frozenset(texts)
         # Renamed fields first, so that `dlq_group` gets `group` even when the original event
-        # had a field `group` too (that one becomes `group_field`).
+        # had a field `group` too (that one becomes `group_field`). Of the names of one field,
+        # the one decoding reads (`read_name`: streamlab's own over an alias) is renamed, the
+        # others keep their own names, as they are kept in `StreamEvent.extra` (`repo_name`
+        # next to `repository`; `event_id` next to `id` becomes `event_id_field`). Decided once
+        # per layout: the columns stay vectorised.
         for i, text in enumerate(texts):
             target = self.renames.get(text)
-            if target is not None and target not in taken:
+            if (
+                target is not None
+                and target not in taken
+                and read_name(FIELD_ALIASES.get(text, text), present) == text
+            ):
                 chosen[i] = target
                 taken.add(target)
         for i, text in enumerate(texts):
@@ -283,14 +300,15 @@ class FrameBuilder:
         return dict(by_name)
 
     def _fill_tenant(self, raw: dict[str, Sequence[Any]], n: int) -> None:
-        # Platform entries carry the tenant only inside auth_context, as decode_event reads it.
-        auth = raw.get("auth_context")
+        # Platform entries carry the tenant only inside auth_context: `tenant_of`, the rule
+        # decode_event follows, on the rows without a tenant (none: the page is left alone).
+        auth = raw.get(AUTH_CONTEXT_FIELD)
         tenants = raw.get("tenant_id")
         if auth is None or (tenants is not None and all(tenants)):
             return
         filled = list(tenants) if tenants is not None else [None] * n
         for row, (tenant, context) in enumerate(zip(filled, auth, strict=True)):
-            if not tenant and (value := tenant_of_auth_context(context)):
+            if not tenant and (value := tenant_of(None, context)):
                 filled[row] = value.encode()
         raw["tenant_id"] = filled
 

@@ -158,8 +158,11 @@ def stream_to_dataframe(
 
     Names: the platform's ``event_id`` and streamlab's ``id`` field are both ``event_id``
     (``id`` is the stream id); ``repo_name``/``repo`` are ``repository``; a missing
-    ``tenant_id`` is read from ``auth_context``. A field whose name is taken keeps its own
-    name with a ``_field`` suffix (``id_field`` for an ``id`` next to an ``event_id``).
+    ``tenant_id`` is read from ``auth_context``. An entry with both names of a field is read as
+    `decode_event` reads it: streamlab's own name wins (`streamlab.records.read_name`) and the
+    alias keeps its own name (a ``repo_name`` column next to ``repository``). A field whose
+    name is taken keeps its own name with a ``_field`` suffix (``event_id_field`` for an
+    ``event_id`` next to an ``id``; ``ts_field`` for a field ``ts``).
 
     Types, by column name as in every frame (`streamlab.frames.columns`): times
     (``timestamp``, ``failed_at``...) are ``datetime64[ms, UTC]``; counters (``retry_count``,

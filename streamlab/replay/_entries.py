@@ -8,7 +8,13 @@ from typing import Any, Final
 
 from streamlab.client import translate_errors
 from streamlab.events import StreamEvent, StreamMessage, decode_message
-from streamlab.records import DLQ_FIELDS, REPLAY_FIELDS, aliases_of, tenant_of_auth_context
+from streamlab.records import (
+    AUTH_CONTEXT_FIELD,
+    DLQ_FIELDS,
+    REPLAY_FIELDS,
+    read_key,
+    tenant_of,
+)
 from streamlab.signatures import failure_signature
 
 PAGE: Final = 1000
@@ -18,8 +24,7 @@ _DLQ_B = frozenset(name.encode() for name in DLQ_FIELDS)
 # producer named ``replay_group`` and the like are its own data and are kept.
 _DROP = _DLQ_B | frozenset(name.encode() for name in REPLAY_FIELDS)
 _COUNT_FIELD: Final = REPLAY_FIELDS[2].encode()  # how often the event was replayed before
-_REPO_KEYS = tuple(name.encode() for name in aliases_of("repository"))
-_TENANT_KEYS = tuple(name.encode() for name in aliases_of("tenant_id"))
+_AUTH_KEY: Final = AUTH_CONTEXT_FIELD.encode()
 
 
 # -- DLQ entries -------------------------------------------------------------------------------
@@ -38,12 +43,11 @@ class _Entry:
         value = self.raw.get(name)
         return "" if value is None else value.decode("utf-8", "replace")
 
-    def first(self, names: Sequence[bytes]) -> str:
-        # Mirrors decode_event: of several aliases, the first one in entry order wins.
-        for key, value in self.raw.items():
-            if key in names:
-                return value.decode("utf-8", "replace")
-        return ""
+    def field(self, own: str) -> str:
+        """Field ``own`` (``"repository"``, ``"id"``...) under the name decoding reads it from
+        (`streamlab.records.read_key`: streamlab's own name over an alias); '' when absent."""
+        key = read_key(own, self.raw)
+        return "" if key is None else self.text(key)
 
     @property
     def event_type(self) -> str:
@@ -51,14 +55,12 @@ class _Entry:
 
     @property
     def repository(self) -> str:
-        return self.first(_REPO_KEYS)
+        return self.field("repository")
 
     @property
     def tenant(self) -> str:
-        # As decode_event reads it: the tenant field, else the one inside auth_context.
-        return (
-            self.first(_TENANT_KEYS) or tenant_of_auth_context(self.raw.get(b"auth_context")) or ""
-        )
+        # As decode_event reads it (`tenant_of`): the tenant field, else auth_context's.
+        return tenant_of(self.field("tenant_id"), self.raw.get(_AUTH_KEY))
 
     def column(self, name: str) -> str:
         """The value the DLQ frame's column ``name`` has for this entry (`DLQFilter`)."""
