@@ -305,8 +305,6 @@ def time_bound(name: str, text: str) -> str | timedelta:
             parsed = parse_duration(value)
     try:
         bound(parsed, name, upper=False)
-    except OverflowError:  # now minus the duration is before the year 1
-        raise ArgumentError(f"{name}: {value!r} reaches back before the year 1") from None
     except ArgumentError as exc:
         if isinstance(parsed, timedelta) or value.replace("-", "", 1).isdigit():
             raise  # an id or milliseconds out of range: a duration is no way out
