@@ -40,6 +40,7 @@ from typing import Any
 import redis
 
 from streamlab.events import StreamMessage
+from streamlab.records import claimed_ids
 
 __all__ = ["Interrupted", "Reason", "Watchdog"]
 
@@ -268,7 +269,7 @@ class Watchdog:
                 continue
             renewed = time.monotonic()
             self.renewals += 1
-            kept_ids = {k.decode() for k in kept}
+            kept_ids = set(claimed_ids(kept))
             for entry_id in ids:
                 if entry_id in kept_ids:
                     self._stamps[entry_id] = renewed

@@ -64,7 +64,7 @@ from streamlab.policy import (
     sort_claimed,
     sort_parked,
 )
-from streamlab.records import PendingEntry, pending_entries
+from streamlab.records import PendingEntry, claimed_ids, pending_entries
 from streamlab.scripts import LUA_MAX_VALUES
 
 __all__ = ["Consumer", "ConsumerConfig", "Handler", "RunStats", "default_consumer_name"]
@@ -427,7 +427,7 @@ class Consumer:
         with translate_errors(cfg.stream, cfg.group):
             replies = pipe.execute()
         entries: list[Any] = replies[-1] if ids else []
-        still_waiting = {i.decode() for reply in replies[: len(parked.again)] for i in reply}
+        still_waiting = {i for reply in replies[: len(parked.again)] for i in claimed_ids(reply)}
         if parked.soonest is not None:
             self._retry_due = min(self._retry_due, time.monotonic() + parked.soonest)
         batch = [
