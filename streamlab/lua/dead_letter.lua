@@ -36,10 +36,7 @@ end
 -- Scripts are not rolled back, and an ACL is checked per call: a user allowed XADD but not
 -- XACK would leave the entry both in the DLQ and pending. Check both writes first, and
 -- refuse with nothing written (the trim after them is allowed to fail).
-local function refuse(command)
-  return redis.error_reply("NOPERM this user has no permissions to run the '" .. command ..
-    "' command")
-end
+--!include refuse
 if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
   return refuse('xadd')
 end

@@ -52,10 +52,7 @@ end
 -- Scripts are not rolled back, and an ACL is checked per call: a user allowed XADD but not
 -- XDEL would leave the event both replayed and in the DLQ. Check every write first (the dry
 -- run too, so that it reports what the real run would do), and refuse with nothing written.
-local function refuse(command)
-  return redis.error_reply("NOPERM this user has no permissions to run the '" .. command ..
-    "' command")
-end
+--!include refuse
 if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
   return refuse('xadd')
 end
