@@ -1021,3 +1021,33 @@ def test_decode_errors_read_in_each_entrys_field_order_across_pages(
     assert df["_decode_error"][2].split("; ")[1] == "retry_count: not an integer"
     assert df["retry_count"].isna().tolist() == [False, True, True]
     assert df["_raw"][2] == {"event_type": b"\xfe", "retry_count": b"y"}
+
+
+@pytest.mark.parametrize("limit", [None, 1, 3, 4, 5, 8, 10, 11])
+def test_paged_reads_stop_at_the_limit_across_page_boundaries(
+    streams_client: RedisStreamsClient,
+    redis_client: redis.Redis,
+    stream_name: str,
+    limit: int | None,
+) -> None:
+    """One paging rule (`frames._fetch.paged`) for XRANGE, overlapped or not, and XPENDING:
+    pages of 4 over 10 entries give the first ``limit`` rows, each once, in order."""
+    from streamlab.frames._fetch import fetcher
+
+    ids = [redis_client.xadd(stream_name, {"event_type": "push"}).decode() for _ in range(10)]
+    redis_client.xgroup_create(stream_name, "g", id="0")
+    redis_client.xreadgroup("g", "w", {stream_name: ">"})
+    want = ids[:limit]
+    source = fetcher(streams_client)
+
+    def flat(pages: object) -> list[str]:
+        return [bytes(entry[0]).decode() for page in pages for entry in page]  # type: ignore[attr-defined]
+
+    assert flat(source.pages(stream_name, limit=limit, page_size=4)) == want  # overlapped
+    assert flat(source._pages_sequential(stream_name, "-", "+", limit, 4)) == want  # cluster's
+    assert (
+        stream_to_dataframe(streams_client, stream_name, limit=limit, page_size=4)["id"].tolist()
+        == want
+    )
+    pending = pending_to_dataframe(streams_client, stream_name, "g", limit=limit, page_size=4)
+    assert pending["id"].tolist() == want

@@ -12,18 +12,64 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence, Sized
+from typing import Any, TypeVar
 
 from streamlab.client import ClientLike, as_client, flat_fields, replies_as_sent, translate_errors
 from streamlab.ids import parse_id
 from streamlab.records import PendingEntry, pending_entries
 
-__all__ = ["Fetcher", "FlatEntry", "fetcher", "gc_paused"]
+__all__ = ["Fetcher", "FlatEntry", "Pager", "fetcher", "gc_paused", "paged"]
 
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
 FlatEntry = Sequence[Any]
 PAGE_SIZE = 2_000
+_Row = TypeVar("_Row")
+
+
+class Pager:
+    """The paging rule of every paged read: pages of ``page_size`` rows, at most ``limit``
+    (None: no cap) in all; a page shorter than asked for is the last."""
+
+    def __init__(self, limit: int | None, page_size: int) -> None:
+        self.remaining = limit
+        self.page_size = page_size
+
+    def size(self) -> int:
+        """How many rows to ask for next (0: the cap is reached)."""
+        return self.page_size if self.remaining is None else min(self.page_size, self.remaining)
+
+    def took(self, page: Sized, size: int) -> bool:
+        """Count a page of ``size`` asked for; whether another page follows."""
+        if self.remaining is not None:
+            self.remaining -= len(page)
+        return len(page) == size and (self.remaining is None or self.remaining > 0)
+
+
+def paged(
+    fetch: Callable[[Any, int], list[_Row]],
+    start: Any,
+    limit: int | None,
+    page_size: int,
+    after: Callable[[_Row], Any],
+) -> Iterator[list[_Row]]:
+    """The pages of ``fetch(start, count)``, each next one from ``after(last row)`` (an
+    exclusive ``(id``: rows added or removed meanwhile never make a page repeat or skip one)."""
+    pager = Pager(limit, page_size)
+    size = pager.size()
+    while size > 0:
+        page = fetch(start, size)
+        if page:
+            yield page
+        if not pager.took(page, size):
+            return
+        start, size = after(page[-1]), pager.size()
+
+
+def _after(entry: FlatEntry) -> bytes:
+    """Where the XRANGE page after ``entry`` starts."""
+    last = entry[0]
+    return b"(" + (last if isinstance(last, bytes) else str(last).encode())
 
 
 class Fetcher:
@@ -67,22 +113,18 @@ class Fetcher:
         clean = False
         try:
             with translate_errors(stream):
-                remaining = limit
-                size = page_size if remaining is None else min(page_size, remaining)
+                pager = Pager(limit, page_size)
+                size = pager.size()
                 if size <= 0:
                     clean = True
                     return
                 conn.send_command("XRANGE", stream, start, end, "COUNT", size)
                 while True:
                     page = list(conn.read_response())
-                    if remaining is not None:
-                        remaining -= len(page)
-                    more = len(page) == size and (remaining is None or remaining > 0)
+                    more = pager.took(page, size)
                     if more:
-                        last = page[-1][0]
-                        lo = b"(" + (last if isinstance(last, bytes) else str(last).encode())
-                        size = page_size if remaining is None else min(page_size, remaining)
-                        conn.send_command("XRANGE", stream, lo, end, "COUNT", size)
+                        size = pager.size()
+                        conn.send_command("XRANGE", stream, _after(page[-1]), end, "COUNT", size)
                     else:
                         clean = True
                     if page:
@@ -99,20 +141,10 @@ class Fetcher:
     def _pages_sequential(
         self, stream: str, start: str, end: str, limit: int | None, page_size: int
     ) -> Iterator[list[FlatEntry]]:
-        lo: str | bytes = start
-        remaining = limit
-        while remaining is None or remaining > 0:
-            size = page_size if remaining is None else min(page_size, remaining)
-            page = self.xrange(stream, lo, end, size)
-            if not page:
-                return
-            yield page
-            if remaining is not None:
-                remaining -= len(page)
-            if len(page) < size:
-                return
-            last = page[-1][0]
-            lo = b"(" + (last if isinstance(last, bytes) else str(last).encode())
+        def page(lo: Any, size: int) -> list[FlatEntry]:
+            return self.xrange(stream, lo, end, size)
+
+        return paged(page, start, limit, page_size, _after)
 
     def xpending(
         self,

@@ -14,7 +14,7 @@ from streamlab import _args
 from streamlab._progress import progress_bar
 from streamlab.client import ClientLike, translate_errors
 from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
-from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
+from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher, paged
 from streamlab.frames.stream import payload_paths
 from streamlab.ids import Bound, id_range
 from streamlab.keys import retry_due_key
@@ -214,22 +214,14 @@ def _pending_pages(
     """Extended XPENDING pages from ``bounds[0]`` to ``bounds[1]``, at most ``limit`` rows."""
     if bounds is None:
         return
-    start: Any
     start, end = bounds
-    remaining = limit
-    while remaining is None or remaining > 0:
-        size = page_size if remaining is None else min(page_size, remaining)
-        page = source.xpending(
-            stream, group, start, size, end=end, consumer=consumer, min_idle_ms=min_idle
+
+    def page(lo: Any, size: int) -> list[PendingEntry]:
+        return source.xpending(
+            stream, group, lo, size, end=end, consumer=consumer, min_idle_ms=min_idle
         )
-        if not page:
-            return
-        yield page
-        if remaining is not None:
-            remaining -= len(page)
-        if len(page) < size:
-            return
-        start = "(" + page[-1].id
+
+    yield from paged(page, start, limit, page_size, lambda row: "(" + row.id)
 
 
 def _due_times(
