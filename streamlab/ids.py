@@ -11,17 +11,23 @@ A stream id is ``<milliseconds>-<sequence>``. Every function that reads a range 
 - an RFC 3339 / ISO 8601 time with its zone, ``"2026-11-30T14:00:00Z"``.
 
 Both bounds are inclusive.
+
+Every paged read (XRANGE, XPENDING) pages through `paged`: each page starts after the last id
+of the one before, and a page shorter than asked for is the last.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sized
 from datetime import UTC, datetime, timedelta
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from streamlab.errors import ArgumentError
 
-__all__ = ["MAX_ID", "Bound", "bound", "entry_time", "id_range", "id_text", "parse_id"]
+__all__ = [
+    "MAX_ID", "Bound", "Pager", "bound", "entry_time", "id_range", "id_text", "paged", "parse_id",
+]  # fmt: skip
 
 # A stream id may come as redis-py returns it (bytes).
 Bound: TypeAlias = datetime | timedelta | str | bytes | int
@@ -123,3 +129,47 @@ def id_range(
     if lo > hi:
         return None
     return id_text(lo), id_text(hi)
+
+
+# -- paged reads -------------------------------------------------------------------------
+
+_Row = TypeVar("_Row")
+
+
+class Pager:
+    """The paging rule of every paged read: pages of ``page_size`` rows, at most ``limit``
+    (None: no cap) in all; a page shorter than asked for is the last."""
+
+    def __init__(self, limit: int | None, page_size: int) -> None:
+        self.remaining = limit
+        self.page_size = page_size
+
+    def size(self) -> int:
+        """How many rows to ask for next (0: the cap is reached)."""
+        return self.page_size if self.remaining is None else min(self.page_size, self.remaining)
+
+    def took(self, page: Sized, size: int) -> bool:
+        """Count a page of ``size`` asked for; whether another page follows."""
+        if self.remaining is not None:
+            self.remaining -= len(page)
+        return len(page) == size and (self.remaining is None or self.remaining > 0)
+
+
+def paged(
+    fetch: Callable[[Any, int], list[_Row]],
+    start: Any,
+    limit: int | None,
+    page_size: int,
+    after: Callable[[_Row], Any],
+) -> Iterator[list[_Row]]:
+    """The pages of ``fetch(start, count)``, each next one from ``after(last row)`` (an
+    exclusive ``(id``: rows added or removed meanwhile never make a page repeat or skip one)."""
+    pager = Pager(limit, page_size)
+    size = pager.size()
+    while size > 0:
+        page = fetch(start, size)
+        if page:
+            yield page
+        if not pager.took(page, size):
+            return
+        start, size = after(page[-1]), pager.size()

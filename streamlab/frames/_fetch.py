@@ -12,58 +12,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from collections.abc import Callable, Iterator, Sequence, Sized
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from streamlab.client import ClientLike, as_client, flat_fields, replies_as_sent, translate_errors
-from streamlab.ids import parse_id
+from streamlab.ids import Pager, paged, parse_id
 from streamlab.records import PendingEntry, pending_entries
 
-__all__ = ["Fetcher", "FlatEntry", "Pager", "fetcher", "gc_paused", "paged"]
+__all__ = ["Fetcher", "FlatEntry", "fetcher", "gc_paused"]
 
 # One raw entry: ``[id, [name, value, ...]]`` (bytes), as hiredis parses it.
 FlatEntry = Sequence[Any]
 PAGE_SIZE = 2_000
-_Row = TypeVar("_Row")
-
-
-class Pager:
-    """The paging rule of every paged read: pages of ``page_size`` rows, at most ``limit``
-    (None: no cap) in all; a page shorter than asked for is the last."""
-
-    def __init__(self, limit: int | None, page_size: int) -> None:
-        self.remaining = limit
-        self.page_size = page_size
-
-    def size(self) -> int:
-        """How many rows to ask for next (0: the cap is reached)."""
-        return self.page_size if self.remaining is None else min(self.page_size, self.remaining)
-
-    def took(self, page: Sized, size: int) -> bool:
-        """Count a page of ``size`` asked for; whether another page follows."""
-        if self.remaining is not None:
-            self.remaining -= len(page)
-        return len(page) == size and (self.remaining is None or self.remaining > 0)
-
-
-def paged(
-    fetch: Callable[[Any, int], list[_Row]],
-    start: Any,
-    limit: int | None,
-    page_size: int,
-    after: Callable[[_Row], Any],
-) -> Iterator[list[_Row]]:
-    """The pages of ``fetch(start, count)``, each next one from ``after(last row)`` (an
-    exclusive ``(id``: rows added or removed meanwhile never make a page repeat or skip one)."""
-    pager = Pager(limit, page_size)
-    size = pager.size()
-    while size > 0:
-        page = fetch(start, size)
-        if page:
-            yield page
-        if not pager.took(page, size):
-            return
-        start, size = after(page[-1]), pager.size()
 
 
 def _after(entry: FlatEntry) -> bytes:

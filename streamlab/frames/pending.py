@@ -14,9 +14,9 @@ from streamlab import _args
 from streamlab._progress import progress_bar
 from streamlab.client import ClientLike, translate_errors
 from streamlab.frames._build import STREAM_ALIASES, STREAM_COLUMNS, FrameBuilder
-from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher, paged
+from streamlab.frames._fetch import PAGE_SIZE, Fetcher, fetcher
 from streamlab.frames.stream import payload_paths
-from streamlab.ids import Bound, id_range
+from streamlab.ids import Bound, id_range, paged
 from streamlab.keys import retry_due_key
 from streamlab.policy import RETRY_CONSUMER  # where a retry waits out its backoff
 from streamlab.records import ConsumerInfo, PendingEntry, consumer_infos, group_infos

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from streamlab.client import translate_errors
 from streamlab.events import StreamEvent, StreamMessage, decode_message
+from streamlab.ids import paged
 from streamlab.records import (
     AUTH_CONTEXT_FIELD,
     DLQ_FIELDS,
@@ -104,14 +105,14 @@ class _Entry:
 
 
 def _page(r: Any, key: str, start: str, end: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
-    """Entries of ``key`` from ``start`` to ``end``, paged (COUNT 1000, exclusive restart)."""
-    while True:
+    """Entries of ``key`` from ``start`` to ``end``, in pages of `PAGE`."""
+
+    def fetch(lo: str, size: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
         with translate_errors(key):
-            batch = r.xrange(key, start, end, count=PAGE)
+            return r.xrange(key, lo, end, count=size)  # type: ignore[no-any-return]
+
+    for batch in paged(fetch, start, None, PAGE, lambda entry: "(" + entry[0].decode()):
         yield from batch
-        if len(batch) < PAGE:
-            return
-        start = "(" + batch[-1][0].decode()
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
