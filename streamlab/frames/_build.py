@@ -51,7 +51,7 @@ TS_US = pa.timestamp("us", tz="UTC")
 
 # The decoder's aliases, except that the event id is `event_id` whatever the writer called it:
 # `id` is the stream id column. Of several names of one field, only the one the decoder reads
-# (`read_name`) is renamed; the others keep their own names (`FrameBuilder._column_names`).
+# (`read_name`) is renamed; the others keep their own names (`column_names`).
 STREAM_ALIASES = {
     name: "event_id" if own == "id" else own for name, own in {"id": "id", **FIELD_ALIASES}.items()
 }
