@@ -441,7 +441,8 @@ class RedisStreamsClient:
 
     ``metrics`` receives produced counts. ``dlq_names`` maps a stream to a DLQ name other than
     the default ``<stream>_dlq``: the DLQ routing, fixed when the client is built (read-only
-    afterwards) and followed by every `Consumer`, reader and replay on this client.
+    afterwards) and followed by every `Consumer`, reader and replay on this client; each
+    stream and DLQ in it is a non-empty str, as every argument naming a stream.
     ``stream_maxlen`` maps a stream to the length producers cap it at when a call gives no
     ``maxlen`` (the seed's ``max_length``).
     """
@@ -931,15 +932,16 @@ def _type_name(value: object) -> str:
 
 
 def _dlq_names(names: Mapping[str, str] | None) -> dict[str, str]:
-    """``dlq_names`` as a dict, each name a non-empty str (`ArgumentError` otherwise)."""
+    """``dlq_names`` as a dict, each stream and DLQ a name as every other argument naming a
+    stream must be (`_args.name`; `ArgumentError` otherwise)."""
     if names is None:
         return {}
     if not isinstance(names, Mapping):
         raise ArgumentError(f"dlq_names: expected a mapping of stream to DLQ, got {names!r}")
-    for stream, dlq in names.items():
-        if not isinstance(dlq, str) or not dlq:
-            raise ArgumentError(f"dlq_names[{stream!r}]: expected a stream name, got {dlq!r}")
-    return dict(names)
+    return {
+        _args.name("dlq_names", stream): _args.name(f"dlq_names[{stream!r}]", dlq)
+        for stream, dlq in names.items()
+    }
 
 
 def _entry_ids(name: str, ids: Sequence[str]) -> list[str]:

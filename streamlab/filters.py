@@ -5,7 +5,10 @@ The keywords are the DLQ frame's column names (`streamlab.frames.dlq_to_datafram
 one value or a list of values; plus ``error_contains`` (a case-insensitive substring of the
 error), ``ids`` (DLQ entry ids: a list, or a pandas Series / Index such as a filtered frame's
 ``id`` column) and ``where`` (a predicate on the decoded `StreamEvent`). Every keyword given
-must match (AND); a list matches any of its values (OR).
+must match (AND); a list matches any of its values (OR). On a frame, ``where`` sees the event
+decoded from the row turned back into the entry's fields (`streamlab.frames._build.entry_fields`):
+the one the raw entry decodes to, but for what a frame does not keep (finer than millisecond
+times, empty values of streamlab's own fields, which it holds as null).
 
 `select_dlq`, `replay_dlq`, `streamlab.widgets.DLQBrowser` and the CLI (``--event-type``,
 ``--tenant-id``... repeatable) take these keywords; `DLQFilter.apply` runs the same filter on a
@@ -189,35 +192,45 @@ class DLQFilter:
         return df[keep]
 
 
-# Frame columns that are not event fields.
-_NOT_FIELDS = frozenset(
-    {"id", "ts", "error_signature", "_decode_error", "_raw", "failed_at", "error_type", "error"}
-    | {"attempts", "source_stream", "source_id", "group", "consumer", "traceback"}
-)
+# DLQ frame columns that hold no entry field: what the frame derives (the signature, the
+# ``payload.<path>`` columns); the builder's own (``id``, ``ts``...) `entry_fields` leaves out.
+_DERIVED = "error_signature"
+_PATH_PREFIX = "payload."
 
 
 def _where_mask(flt: DLQFilter, df: pd.DataFrame) -> pd.Series:
-    """``where`` on each row's event, decoded from the row's columns as the entry's fields."""
+    """``where`` on each row's event, decoded from the entry the row's columns hold: the
+    fields under the names the DLQ entry had (`streamlab.frames._build.entry_fields`, the
+    inverse of the frame's naming), so that the event is the one `matches` decodes from the
+    raw entry (times to the millisecond a frame keeps)."""
     import pandas as pd
 
     from streamlab.errors import DecodeError
     from streamlab.events import decode_event
+    from streamlab.frames._build import DLQ_FRAME_RENAMES, entry_fields
     from streamlab.records import format_time
 
-    names = [c for c in df.columns if c not in _NOT_FIELDS and not c.startswith("payload.")]
+    names = [c for c in df.columns if c != _DERIVED and not c.startswith(_PATH_PREFIX)]
+    raws = df["_raw"].tolist() if "_raw" in df.columns else [None] * len(df)
+    layouts: dict[tuple[str, ...], dict[str, str]] = {}
     out: dict[Any, bool] = {}
-    for index, row in zip(df.index, df[names].itertuples(index=False, name=None), strict=True):
+    for index, entry_id, raw, row in zip(
+        df.index, df["id"].astype(str).tolist(), raws, df[names].itertuples(index=False, name=None),
+        strict=True,
+    ):  # fmt: skip
+        # The exact bytes of fields that did not decode (their column is null).
+        exact: dict[str, bytes] = raw if isinstance(raw, dict) else {}
+        values = {name: value for name, value in zip(names, row, strict=True) if not pd.isna(value)}
+        present = (*values, *(name for name in exact if name not in values))
+        layout = layouts.get(present)
+        if layout is None:
+            layout = layouts[present] = entry_fields(present, DLQ_FRAME_RENAMES)
         fields: dict[str, str | bytes] = {}
-        for name, value in zip(names, row, strict=True):
-            if pd.isna(value):
-                continue
-            key = "id" if name == "event_id" else name
-            fields[key] = format_time(value) if isinstance(value, pd.Timestamp) else str(value)
-        raw = df.at[index, "_raw"] if "_raw" in df.columns else None
-        fields.update(
-            raw if isinstance(raw, dict) else {}
-        )  # the exact bytes of fields that did not decode
-        entry_id = str(df.at[index, "id"])
+        for field, column in layout.items():
+            value = exact.get(column, values.get(column, ""))  # no value: an empty one
+            if isinstance(value, pd.Timestamp):
+                value = format_time(value)
+            fields[field] = value if isinstance(value, bytes) else str(value)
         try:
             event = decode_event(fields, entry_id=entry_id)
         except DecodeError:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -47,7 +47,6 @@ __all__ = [
     "group_infos",
     "last_generated_id",
     "pending_entries",
-    "read_key",
     "read_name",
     "tenant_of",
     "tenant_of_auth_context",
@@ -99,24 +98,25 @@ def aliases_of(name: str) -> tuple[str, ...]:
     return (name, *(alias for alias, own in FIELD_ALIASES.items() if own == name))
 
 
-_NAMES = {own: aliases_of(own) for own in FIELD_ALIASES.values()}
-_KEYS = {own: tuple(name.encode() for name in names) for own, names in _NAMES.items()}
+# Field names are text in a decoded entry and bytes in a raw reply: the precedence of each,
+# in both forms, so that `read_name` reads either without converting a name per call.
+_N = TypeVar("_N", str, bytes)
+_OWN_NAMES = frozenset(FIELD_ALIASES.values())
+_PRECEDENCE: dict[str | bytes, tuple[str, ...] | tuple[bytes, ...]] = {
+    **{own: aliases_of(own) for own in _OWN_NAMES},
+    **{own.encode(): tuple(n.encode() for n in aliases_of(own)) for own in _OWN_NAMES},
+}
 
 
-def read_name(own: str, names: Container[str]) -> str | None:
+def read_name(own: _N, names: Container[_N]) -> _N | None:
     """The name field ``own`` is read from in an entry whose field names are ``names``: the
-    first of `aliases_of` (``own``'s) among them, or None when it has none of them."""
-    for name in _NAMES.get(own) or (own,):
+    first of `aliases_of` (``own``'s) among them, or None when it has none of them. Names are
+    text, or bytes for a raw reply's fields (``read_name(b"repository", raw)``)."""
+    # The table holds each name's precedence in the name's own type (text or bytes).
+    precedence: tuple[_N, ...] = _PRECEDENCE.get(own) or (own,)  # type: ignore[assignment]
+    for name in precedence:
         if name in names:
             return name
-    return None
-
-
-def read_key(own: str, keys: Container[bytes]) -> bytes | None:
-    """`read_name` for an entry whose field names are bytes (a raw reply's)."""
-    for key in _KEYS.get(own) or (own.encode(),):
-        if key in keys:
-            return key
     return None
 
 

@@ -459,8 +459,17 @@ def test_client_options_and_urls_are_checked_when_the_client_is_built(redis_url:
         RedisStreamsClient(r, stream_maxlen={"s": 0})
     with pytest.raises(ArgumentError, match="stream_maxlen: expected a mapping"):
         RedisStreamsClient(r, stream_maxlen=10)  # type: ignore[arg-type]
-    with pytest.raises(ArgumentError, match=r"dlq_names\['s'\]: expected a stream name"):
+    # The one rule and wording of every stream name (`_args.name`), for a DLQ and its stream.
+    with pytest.raises(
+        ArgumentError, match=r"^dlq_names\['s'\]: expected a non-empty name \(a str\), got None$"
+    ):
         RedisStreamsClient(r, dlq_names={"s": None})  # type: ignore[dict-item]
+    with pytest.raises(ArgumentError, match=r"^dlq_names\['s'\]: expected a non-empty name"):
+        RedisStreamsClient(r, dlq_names={"s": ""})
+    with pytest.raises(
+        ArgumentError, match=r"^dlq_names: expected a non-empty name \(a str\), got 5$"
+    ):
+        RedisStreamsClient(r, dlq_names={5: "s_dead"})  # type: ignore[dict-item]
     with pytest.raises(ArgumentError, match="url: Redis URL must specify"):
         RedisStreamsClient.from_url("localhost:6379")
     with pytest.raises(TypeError, match="url must be a str"):

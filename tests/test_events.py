@@ -16,7 +16,7 @@ from streamlab.events import (
 )
 from streamlab.ids import entry_time
 from streamlab.keys import check_same_slot, dlq_key
-from streamlab.records import FIELD_ALIASES, Failure, read_key, read_name, tenant_of
+from streamlab.records import FIELD_ALIASES, Failure, read_name, tenant_of
 from streamlab.samples import platform_entries, sample_events
 
 
@@ -226,8 +226,12 @@ def test_the_precedence_rule_is_the_order_of_aliases_of() -> None:
     assert read_name("repository", ["repo", "repo_name"]) == "repo_name"  # listed first
     assert read_name("repository", {"event_type"}) is None
     assert read_name("event_type", {"event_type"}) == "event_type"  # a name without aliases
-    assert read_key("id", {b"event_id": b"1", b"id": b"2"}) == b"id"
-    assert read_key("tenant_id", {b"tenant": b"t"}) == b"tenant"
+    # The same rule on a raw reply's names (bytes).
+    assert read_name(b"id", {b"event_id": b"1", b"id": b"2"}) == b"id"
+    assert read_name(b"tenant_id", {b"tenant": b"t"}) == b"tenant"
+    assert read_name(b"repository", [b"repo", b"repo_name"]) == b"repo_name"
+    assert read_name(b"event_type", {b"event_type": b"t"}) == b"event_type"
+    assert read_name(b"repository", {"repository"}) is None  # a text name is no raw one
     # Two aliases of one field: the one listed first, whatever the entry's order.
     for fields in ({"repo": "b", "repo_name": "a"}, {"repo_name": "a", "repo": "b"}):
         event = decode_event(raw({"event_type": "t", **fields}))

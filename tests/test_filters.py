@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from streamlab.client import RedisStreamsClient
 from streamlab.consumer import Consumer, ConsumerConfig
 from streamlab.errors import ArgumentError, Reject
-from streamlab.events import StreamMessage, decode_event
+from streamlab.events import StreamEvent, StreamMessage, decode_event
 from streamlab.filters import KEYWORDS, DLQFilter
 from streamlab.frames import dlq_to_dataframe, stream_to_dataframe
 from streamlab.incident import seed_incident
@@ -195,3 +196,92 @@ def test_two_aliases_of_one_field_are_read_in_the_table_s_order(
     ]
     _dead_letter(streams_client, stream_name, entries)
     _assert_all_agree(streams_client, stream_name, "repository", ["first", "first", "own"])
+
+
+# -- `where` on a frame row sees the event the raw entry decodes to -----------------------------
+
+_FAILURE = {
+    "dlq_error": "boom",
+    "dlq_error_type": "ValueError",
+    # Not empty: a frame holds an empty value as null, as if the field were absent.
+    "dlq_traceback": "Traceback (most recent call last): ...",
+    "dlq_attempts": "3",
+    "dlq_source_stream": "s",
+    "dlq_source_id": "1-0",
+    "dlq_group": "g",
+    "dlq_consumer": "c",
+    # Times to the millisecond: a frame keeps no finer ones.
+    "dlq_failed_at": "2024-05-01T12:00:00.123000Z",
+}
+_AUTH = json.dumps({"tenant_id": "in-auth"})
+# Entries whose fields lose their names in the frame: to an alias, a rename, a reserved column.
+_RENAMED: list[dict[str, str]] = [
+    {"id": "own-id", "event_id": "alias-id"},
+    {"event_id": "alias-id", "id": "own-id"},
+    {"id": "", "event_id": "alias-id"},  # the own name, empty, still wins
+    {"event_id": "alias-only"},
+    {"repository": "acme/own", "repo_name": "acme/alias"},
+    {"repository": "", "repo_name": "acme/alias"},
+    {"repo_name": "acme/alias", "repo": "acme/second"},
+    {"repo_name": "", "repo": "acme/second"},
+    {"tenant_id": "", "tenant": "t-alias", "auth_context": _AUTH},
+    {"tenant": "t-alias"},
+    # `ts` is the frame's own; `group`, `error`... the failure's: these become `*_field`.
+    {"ts": "event-ts", "group": "event-group", "error": "event-error", "attempts": "x"},
+    {"note_field": "a field of that name", "repository_field": "one too", "repository": "r"},
+    {"timestamp": "2024-05-01T11:00:00.456000Z", "retry_count": "2", "payload": '{"a": 1}'},
+]
+
+
+def _seen(events: list[StreamEvent]) -> Callable[[StreamEvent], bool]:
+    def where(event: StreamEvent) -> bool:
+        events.append(event)
+        return True
+
+    return where
+
+
+def test_where_sees_the_same_event_in_a_frame_row_as_in_the_raw_entry(
+    streams_client: RedisStreamsClient, stream_name: str
+) -> None:
+    dlq = streams_client.dlq_stream(stream_name)
+    for fields in _RENAMED:
+        streams_client.redis.xadd(dlq, {"event_type": "t", **fields, **_FAILURE})
+    frame = dlq_to_dataframe(streams_client, stream_name)
+    assert {"event_id_field", "ts_field", "group_field", "error_field"} <= set(frame.columns)
+
+    raw: list[StreamEvent] = []
+    rows: list[StreamEvent] = []
+    assert len(select_dlq(streams_client, stream_name, where=_seen(raw))) == len(_RENAMED)
+    assert len(DLQFilter.of(where=_seen(rows)).apply(frame)) == len(_RENAMED)
+    assert len(raw) == len(rows) == len(_RENAMED)
+    for i, (from_row, from_entry) in enumerate(zip(rows, raw, strict=True)):
+        assert from_row == from_entry, (i, _RENAMED[i])
+    assert raw[0].extra["event_id"] == "alias-id"
+    assert raw[10].extra["group"] == "event-group"
+    assert raw[10].extra["dlq_group"] == "g"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda e: "event_id" in e.extra,
+        lambda e: e.id in ("alias-only", ""),
+        lambda e: e.repository == "acme/alias",
+        lambda e: e.extra.get("repo_name") == "acme/alias",
+        lambda e: "repo" in e.extra,
+        lambda e: e.tenant_id == "t-alias",
+        lambda e: e.extra.get("ts") == "event-ts" and e.extra.get("error") == "event-error",
+        lambda e: "note_field" in e.extra and "repository_field" in e.extra,
+        lambda e: e.extra.get("dlq_group") == "g" and "group" not in e.extra,
+    ],
+)
+def test_where_selects_the_same_ids_from_a_frame_as_from_the_entries(
+    streams_client: RedisStreamsClient, stream_name: str, where: Callable[[StreamEvent], bool]
+) -> None:
+    # Dead-lettered by a real consumer (its own failure record, times to the microsecond).
+    _dead_letter(streams_client, stream_name, [{"event_type": "t", **f} for f in _RENAMED])
+    frame = dlq_to_dataframe(streams_client, stream_name)
+    selected = select_dlq(streams_client, stream_name, where=where).ids
+    assert 0 < len(selected) < len(frame)
+    assert DLQFilter.of(where=where).apply(frame)["id"].tolist() == selected

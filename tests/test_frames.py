@@ -37,6 +37,7 @@ from streamlab.frames import (
     read_parquet,
     stream_to_dataframe,
 )
+from streamlab.frames._build import DLQ_FRAME_RENAMES, column_names, entry_fields
 from streamlab.frames.pending import _pending_columns
 from streamlab.records import Failure
 from streamlab.samples import platform_entries, sample_events
@@ -1051,3 +1052,28 @@ def test_paged_reads_stop_at_the_limit_across_page_boundaries(
     )
     pending = pending_to_dataframe(streams_client, stream_name, "g", limit=limit, page_size=4)
     assert pending["id"].tolist() == want
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["id", "event_id", "event_type"],
+        ["event_id", "id"],
+        ["repository", "repo_name", "repo"],
+        ["repo_name", "repo"],
+        ["tenant", "tenant_id"],
+        ["ts", "group", "error", "dlq_group", "dlq_error"],
+        ["note_field", "repository_field", "repository"],  # fields of these names
+        ["repository_field"],
+    ],
+)
+def test_entry_fields_turn_a_dlq_frame_s_columns_back_into_the_entry_s_fields(
+    fields: list[str],
+) -> None:
+    columns = column_names(fields, DLQ_FRAME_RENAMES)
+    back = entry_fields(columns, DLQ_FRAME_RENAMES)
+    assert sorted(back.values()) == sorted(columns)
+    # A renamed field comes back under the name decoding reads it from: the same event.
+    assert decode_event(dict.fromkeys(back, "v") | {"event_type": "t"}).extra.keys() == (
+        decode_event(dict.fromkeys(fields, "v") | {"event_type": "t"}).extra.keys()
+    )

@@ -32,10 +32,14 @@ from streamlab.records import (
 )
 
 __all__ = [
+    "DLQ_FRAME_RENAMES",
     "DLQ_RENAMES",
+    "FIELD_SUFFIX",
     "STREAM_ALIASES",
     "STREAM_COLUMNS",
     "FrameBuilder",
+    "column_names",
+    "entry_fields",
     "ids_to_times",
     "json_array",
     "path_array",
@@ -47,7 +51,7 @@ TS_US = pa.timestamp("us", tz="UTC")
 
 # The decoder's aliases, except that the event id is `event_id` whatever the writer called it:
 # `id` is the stream id column. Of several names of one field, only the one the decoder reads
-# (`read_name`) is renamed; the others keep their own names (`FrameBuilder._column_names`).
+# (`read_name`) is renamed; the others keep their own names (`column_names`).
 STREAM_ALIASES = {
     name: "event_id" if own == "id" else own for name, own in {"id": "id", **FIELD_ALIASES}.items()
 }
@@ -181,6 +185,76 @@ def json_array(values: list[Any]) -> pa.Array:
     )
 
 
+FIELD_SUFFIX = "_field"
+DLQ_FRAME_RENAMES = {**STREAM_ALIASES, **DLQ_RENAMES}
+"""The renames of a DLQ frame (`streamlab.frames.dlq_to_dataframe`)."""
+
+
+def column_names(fields: Sequence[str], renames: Mapping[str, str]) -> list[str]:
+    """The frame column of each of an entry's fields (names as text, in the entry's order), as
+    a `FrameBuilder` with ``renames`` names them.
+
+    Renamed fields first, so that ``dlq_group`` gets ``group`` even when the original event
+    had a field ``group`` too (that one becomes ``group_field``). Of the names of one field,
+    the one decoding reads (`read_name`: streamlab's own over an alias) is renamed, the others
+    keep their own names, as they are kept in `StreamEvent.extra` (``repo_name`` next to
+    ``repository``; ``event_id`` next to ``id`` becomes ``event_id_field``). A name that is
+    `RESERVED` or taken keeps itself with `FIELD_SUFFIX`; one field twice in an entry (XADD
+    allows it) is numbered. `entry_fields` is the inverse.
+    """
+    chosen: list[str | None] = [None] * len(fields)
+    taken: set[str] = set()
+    present = frozenset(fields)
+    for i, text in enumerate(fields):
+        target = renames.get(text)
+        if (
+            target is not None
+            and target not in taken
+            and read_name(FIELD_ALIASES.get(text, text), present) == text
+        ):
+            chosen[i] = target
+            taken.add(target)
+    for i, text in enumerate(fields):
+        if chosen[i] is None:
+            name = f"{text}{FIELD_SUFFIX}" if text in RESERVED or text in taken else text
+            base, n = name, 2
+            while name in taken:
+                name, n = f"{base}_{n}", n + 1
+            chosen[i] = name
+            taken.add(name)
+    return [name for name in chosen if name is not None]
+
+
+def entry_fields(columns: Iterable[str], renames: Mapping[str, str]) -> dict[str, str]:
+    """The fields of the entry behind a frame row, each mapped to the column holding it: the
+    inverse of `column_names`, for a row whose columns with a value are ``columns`` (of a
+    `FrameBuilder` with ``renames``), to rebuild the entry (`DLQFilter`'s ``where``).
+
+    A renamed column gives the name decoding reads (``id`` for ``event_id``, ``dlq_error`` for
+    ``error``), a suffixed one its field's own name (``event_id`` for ``event_id_field``). A
+    field kept under its own name beside the one decoding reads shows that one was there:
+    when its column has no value, the value was empty (a frame holds it as null) and the field
+    is still listed, under that column. `RESERVED` columns are the builder's, not fields. Each
+    guess is checked with `column_names`; a column it does not give back is its own field. A
+    row can read two ways only when an entry has a field named like a suffixed column
+    (``event_id_field`` without ``id``): it is read as the suffixed field.
+    """
+    own = {column: FIELD_ALIASES.get(name, name) for name, column in renames.items()}
+    given = [column for column in columns if column not in RESERVED]
+    fields = {own.get(column, column): column for column in given}
+    for column in given:  # a suffix guessed off, unless that name is some column's field
+        stem = column.removesuffix(FIELD_SUFFIX)
+        if stem != column and stem not in fields:
+            del fields[column]
+            fields[stem] = column
+    for field, column in list(fields.items()):
+        winner = renames.get(field)
+        if winner is not None and winner != column and winner not in given:
+            fields.setdefault(own[winner], winner)
+    named = dict(zip(fields, column_names(list(fields), renames), strict=True))
+    return {field if named[field] == column else column: column for field, column in fields.items()}
+
+
 class FrameBuilder:
     """Accumulates pages of raw entries; `frame` returns them as one typed DataFrame.
 
@@ -246,38 +320,13 @@ class FrameBuilder:
         self.rows += n
 
     def _column_names(self, keys: tuple[bytes, ...]) -> list[str]:
+        # Decided once per layout: the columns stay vectorised.
         names = self._names.get(keys)
-        if names is not None:
-            return names
-        texts = [k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k for k in keys]
-        chosen: list[str | None] = [None] * len(texts)
-        taken: set[str] = set()
-        present = frozenset(texts)
-        # Renamed fields first, so that `dlq_group` gets `group` even when the original event
-        # had a field `group` too (that one becomes `group_field`). Of the names of one field,
-        # the one decoding reads (`read_name`: streamlab's own over an alias) is renamed, the
-        # others keep their own names, as they are kept in `StreamEvent.extra` (`repo_name`
-        # next to `repository`; `event_id` next to `id` becomes `event_id_field`). Decided once
-        # per layout: the columns stay vectorised.
-        for i, text in enumerate(texts):
-            target = self.renames.get(text)
-            if (
-                target is not None
-                and target not in taken
-                and read_name(FIELD_ALIASES.get(text, text), present) == text
-            ):
-                chosen[i] = target
-                taken.add(target)
-        for i, text in enumerate(texts):
-            if chosen[i] is None:
-                name = f"{text}_field" if text in RESERVED or text in taken else text
-                base, n = name, 2
-                while name in taken:  # the same field twice in one entry (XADD allows it)
-                    name, n = f"{base}_{n}", n + 1
-                chosen[i] = name
-                taken.add(name)
-        names = [name for name in chosen if name is not None]
-        self._names[keys] = names
+        if names is None:
+            texts = [
+                k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k for k in keys
+            ]
+            names = self._names[keys] = column_names(texts, self.renames)
         return names
 
     def _split(self, flats: Sequence[Sequence[Any]], n: int) -> dict[str, Sequence[Any]]:

@@ -12,7 +12,7 @@ from streamlab._progress import NoProgress, progress_bar
 from streamlab.client import ClientLike, translate_errors
 from streamlab.errors import ArgumentError
 from streamlab.frames._build import (
-    DLQ_RENAMES,
+    DLQ_FRAME_RENAMES,
     STREAM_ALIASES,
     STREAM_COLUMNS,
     FrameBuilder,
@@ -230,7 +230,7 @@ def dlq_builder(
 ) -> FrameBuilder:
     """The builder behind `dlq_to_dataframe` (also used by `export_parquet`)."""
     return FrameBuilder(
-        renames={**STREAM_ALIASES, **DLQ_RENAMES},
+        renames=DLQ_FRAME_RENAMES,
         columns=DLQ_COLUMNS,
         paths=payload_paths(payload_fields),
         paths_as_json=paths_as_json,

@@ -13,7 +13,7 @@ from streamlab.records import (
     AUTH_CONTEXT_FIELD,
     DLQ_FIELDS,
     REPLAY_FIELDS,
-    read_key,
+    read_name,
     tenant_of,
 )
 from streamlab.signatures import failure_signature
@@ -44,10 +44,10 @@ class _Entry:
         value = self.raw.get(name)
         return "" if value is None else value.decode("utf-8", "replace")
 
-    def field(self, own: str) -> str:
-        """Field ``own`` (``"repository"``, ``"id"``...) under the name decoding reads it from
-        (`streamlab.records.read_key`: streamlab's own name over an alias); '' when absent."""
-        key = read_key(own, self.raw)
+    def field(self, own: bytes) -> str:
+        """Field ``own`` (``b"repository"``, ``b"id"``...) under the name decoding reads it from
+        (`streamlab.records.read_name`: streamlab's own name over an alias); '' when absent."""
+        key = read_name(own, self.raw)
         return "" if key is None else self.text(key)
 
     @property
@@ -56,12 +56,12 @@ class _Entry:
 
     @property
     def repository(self) -> str:
-        return self.field("repository")
+        return self.field(b"repository")
 
     @property
     def tenant(self) -> str:
         # As decode_event reads it (`tenant_of`): the tenant field, else auth_context's.
-        return tenant_of(self.field("tenant_id"), self.raw.get(_AUTH_KEY))
+        return tenant_of(self.field(b"tenant_id"), self.raw.get(_AUTH_KEY))
 
     def column(self, name: str) -> str:
         """The value the DLQ frame's column ``name`` has for this entry (`DLQFilter`)."""

@@ -118,7 +118,7 @@ class ReplaySelection:
             {
                 "id": ids,
                 "ts": [parse_id(i)[0] for i in ids],
-                "event_id": [e.field("id") for e in es],
+                "event_id": [e.field(b"id") for e in es],
                 "event_type": [e.event_type for e in es],
                 "tenant_id": [e.tenant for e in es],
                 "repository": [e.repository for e in es],
