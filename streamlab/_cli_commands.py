@@ -171,13 +171,22 @@ def cmd_consumers(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from streamlab.frames import pending_to_dataframe
+    """Read only the ``--limit`` rows shown; the total comes from XPENDING's summary form.
 
-    df = pending_to_dataframe(
-        _client(args), args.stream, args.group, consumer=args.consumer, min_idle=args.min_idle
-    )
-    total = len(df)
-    df = df.head(args.limit)
+    The summary cannot count entries idle at least ``--min-idle``: the total is then unknown
+    (JSON ``null``) rather than a count of something else."""
+    from streamlab.client import translate_errors
+    from streamlab.frames import pending_to_dataframe
+    from streamlab.records import PendingSummary
+
+    client = _client(args)
+    df = pending_to_dataframe(client, args.stream, args.group, consumer=args.consumer,
+                              min_idle=args.min_idle, limit=args.limit)  # fmt: skip
+    total: int | None = None
+    if args.min_idle is None:
+        with translate_errors(args.stream, args.group):
+            summary = PendingSummary.from_reply(client.redis.xpending(args.stream, args.group))
+        total = summary.count if args.consumer is None else summary.held_by(args.consumer)
     cols = ["id", "consumer", "state", "idle", "deliveries", "event_type", "tenant_id"]
     if args.json:
         dump({"stream": args.stream, "group": args.group, "count": len(df), "total": total,
@@ -185,7 +194,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
     elif df.empty:
         say(f"{args.stream} {args.group}: nothing pending")
     else:
-        print_frame(df, cols, title=f"{args.stream} {args.group}: showing {len(df)} of {total}")
+        of = "" if total is None else f" of {total}"
+        print_frame(df, cols, title=f"{args.stream} {args.group}: showing {len(df)}{of}")
     return 0
 
 

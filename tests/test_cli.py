@@ -902,6 +902,64 @@ def test_a_bad_min_idle_is_a_usage_error_naming_it(
     assert {p["consumer"] for p in pending} == {b"c1"}  # nothing was claimed
 
 
+def test_pending_reads_only_the_rows_it_shows_and_totals_from_the_summary(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    from streamlab.client import replies_as_sent
+    from streamlab.records import PendingSummary
+
+    r = streams_client.redis
+    streams_client.ensure_group(stream_name, "g")
+    ids = streams_client.add_many(stream_name, sample_events(2100))  # more than a page (2000)
+    r.xreadgroup("g", "c1", {stream_name: ">"}, count=2096)
+    r.xreadgroup("g", "c2", {stream_name: ">"}, count=4)
+    # Idle ten minutes, without waiting: XCLAIM to their own owner with IDLE (JUSTID keeps the
+    # delivery count).
+    r.xclaim(stream_name, "g", "c1", 0, [ids[1], ids[3]], idle=600_000, justid=True)
+    r.xclaim(stream_name, "g", "c2", 0, [ids[2097]], idle=600_000, justid=True)
+
+    # The summary's two shapes: redis-py's dict and the raw reply.
+    summary = PendingSummary.from_reply(r.xpending(stream_name, "g"))
+    assert summary == PendingSummary(2100, ids[0], ids[-1], {"c1": 2096, "c2": 4})
+    raw = replies_as_sent(r, "XPENDING").execute_command("XPENDING", stream_name, "g")
+    assert PendingSummary.from_reply(raw) == summary
+    assert (summary.held_by("c2"), summary.held_by("nobody")) == (4, 0)
+
+    def pending(*flags: str) -> dict:
+        run = cli(capsys, "pending", stream_name, "g", *flags, "--url", redis_url, "--json")
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    def shown(doc: dict) -> list[str]:
+        return [p["id"] for p in doc["pending"]]
+
+    r.config_resetstat()
+    doc = pending("--limit", "3")
+    assert (doc["count"], doc["total"], shown(doc)) == (3, 2100, ids[:3])
+    # One XPENDING page of 3 rows and the summary, one XRANGE for their fields: not the whole
+    # pending list (two pages, an XRANGE each).
+    stats = r.info("commandstats")
+    assert (stats["cmdstat_xpending"]["calls"], stats["cmdstat_xrange"]["calls"]) == (2, 1)
+    text = cli(capsys, "pending", stream_name, "g", "--limit", "3", "--url", redis_url).stdout
+    assert f"{stream_name} g: showing 3 of 2100" in text
+
+    doc = pending("--consumer", "c2", "--limit", "2")
+    assert (doc["count"], doc["total"], shown(doc)) == (2, 4, ids[2096:2098])
+    assert {p["consumer"] for p in doc["pending"]} == {"c2"}
+    assert pending("--consumer", "nobody")["total"] == 0
+
+    # XPENDING's summary cannot count what is idle long enough: the total is unknown.
+    doc = pending("--min-idle", "5m", "--limit", "1")
+    assert (doc["count"], doc["total"], shown(doc)) == (1, None, [ids[1]])
+    doc = pending("--min-idle", "5m")
+    assert (doc["total"], shown(doc)) == (None, [ids[1], ids[3], ids[2097]])
+    doc = pending("--min-idle", "5m", "--consumer", "c2")
+    assert (doc["total"], shown(doc)) == (None, [ids[2097]])
+    run = cli(capsys, "pending", stream_name, "g", "--min-idle", "5m", "--limit", "2",
+              "--url", redis_url)  # fmt: skip
+    assert run.stdout.splitlines()[0] == f"{stream_name} g: showing 2"
+
+
 def test_claim_reads_its_replies_through_the_records(
     streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
 ) -> None:
