@@ -8,8 +8,9 @@ error), ``ids`` (DLQ entry ids: a list, or a pandas Series / Index such as a fil
 must match (AND); a list matches any of its values (OR).
 
 `select_dlq`, `replay_dlq`, `streamlab.widgets.DLQBrowser` and the CLI (``--event-type``,
-``--tenant-id``... repeatable) take these keywords; `DLQFilter.apply` runs the same filter on a
-DLQ frame, `DLQFilter.matches` on a raw DLQ entry, and both agree.
+``--tenant-id``... repeatable) take these keywords, `export_parquet` a `DLQFilter`;
+`DLQFilter.apply` runs the same filter on a DLQ frame, `DLQFilter.matches` on a raw DLQ
+entry, and both agree.
 """
 
 from __future__ import annotations
