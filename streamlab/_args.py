@@ -22,12 +22,16 @@ __all__ = [
 ]
 
 
-def count(name: str, value: object, *, minimum: int = 0) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``."""
+def count(name: str, value: object, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum`` and, when given, at most
+    ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentError(f"{name}: expected an int >= {minimum}, got {value!r}")
+        most = "" if maximum is None else f" and <= {maximum}"
+        raise ArgumentError(f"{name}: expected an int >= {minimum}{most}, got {value!r}")
     if value < minimum:
         raise ArgumentError(f"{name}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ArgumentError(f"{name}: must be <= {maximum}, got {value}")
     return value
 
 
@@ -70,10 +74,17 @@ def name(arg: str, value: object) -> str:
     return value
 
 
-def positive_number(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite real number (not a bool) greater than 0."""
+def positive_number(
+    name: str, value: object, *, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) greater than 0, and
+    within ``minimum`` and ``maximum`` when they are given."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ArgumentError(f"{name}: expected a finite number > 0, got {value!r}")
     if value <= 0:
         raise ArgumentError(f"{name}: must be > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ArgumentError(f"{name}: must be >= {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ArgumentError(f"{name}: must be <= {maximum:g}, got {value!r}")
     return float(value)

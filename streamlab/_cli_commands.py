@@ -171,13 +171,22 @@ def cmd_consumers(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from streamlab.frames import pending_to_dataframe
+    """Read only the ``--limit`` rows shown; the total comes from XPENDING's summary form.
 
-    df = pending_to_dataframe(
-        _client(args), args.stream, args.group, consumer=args.consumer, min_idle=args.min_idle
-    )
-    total = len(df)
-    df = df.head(args.limit)
+    The summary cannot count entries idle at least ``--min-idle``: the total is then unknown
+    (JSON ``null``) rather than a count of something else."""
+    from streamlab.client import translate_errors
+    from streamlab.frames import pending_to_dataframe
+    from streamlab.records import PendingSummary
+
+    client = _client(args)
+    df = pending_to_dataframe(client, args.stream, args.group, consumer=args.consumer,
+                              min_idle=args.min_idle, limit=args.limit)  # fmt: skip
+    total: int | None = None
+    if args.min_idle is None:
+        with translate_errors(args.stream, args.group):
+            summary = PendingSummary.from_reply(client.redis.xpending(args.stream, args.group))
+        total = summary.count if args.consumer is None else summary.held_by(args.consumer)
     cols = ["id", "consumer", "state", "idle", "deliveries", "event_type", "tenant_id"]
     if args.json:
         dump({"stream": args.stream, "group": args.group, "count": len(df), "total": total,
@@ -185,7 +194,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
     elif df.empty:
         say(f"{args.stream} {args.group}: nothing pending")
     else:
-        print_frame(df, cols, title=f"{args.stream} {args.group}: showing {len(df)} of {total}")
+        of = "" if total is None else f" of {total}"
+        print_frame(df, cols, title=f"{args.stream} {args.group}: showing {len(df)}{of}")
     return 0
 
 
@@ -304,16 +314,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     tty = sys.stderr.isatty()
     if target.endswith(".parquet"):
         # Streamed in chunks, and read_parquet gives back the stream's (or the DLQ's) frame;
-        # filtered, only the selected dead letters are written, through the same writer.
-        ids = None
-        if flt:
-            from streamlab.replay import select_dlq
-
-            ids = select_dlq(client, args.stream, flt, dlq=dlq, since=since, until=until,
-                             limit=limit).ids  # fmt: skip
-            limit = None  # the selection is capped: export_parquet's limit caps entries read
+        # filtered, the writer keeps the matching dead letters of the one read (--limit caps
+        # those), not a selection read first and then read again.
         count = export_parquet(client, args.stream, target, dlq=dlq or False, since=since,
-                               until=until, limit=limit, ids=ids, progress=tty)  # fmt: skip
+                               until=until, limit=limit, filters=flt or None,
+                               progress=tty)  # fmt: skip
     else:
         if dlq is None:
             df = stream_to_dataframe(client, args.stream, since=since, until=until, limit=limit,
@@ -690,7 +695,13 @@ def _check_archive(path: str) -> None:
 def cmd_discard(args: argparse.Namespace) -> int:
     """Archive (when asked) then XDEL the selected dead letters. The archive is complete on
     disk (written, fsynced, renamed into place) before anything is deleted, and only the ids
-    read back from it are deleted: a failure part-way leaves every entry in one place."""
+    read back from it are deleted: a failure part-way leaves every entry in one place.
+
+    The archive is the selected entries read again, by the exporters, not written from the
+    selection: the selection holds redis-py's field dicts, in which a field name repeated in
+    one entry (XADD allows it) keeps only its last value, and the exporters read the raw reply,
+    which keeps every field. An entry gone since it was selected (replayed while the prompt
+    waited, say) is then in neither the archive nor the deletion."""
     from streamlab.cli import _confirm
     from streamlab.client import translate_errors
     from streamlab.replay import select_dlq

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 import signal
 import sys
@@ -27,7 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 import redis
 
-from streamlab._args import duration, entry_id
+from streamlab._args import count, duration, entry_id, positive_number
 from streamlab._redact import redact, redact_url
 from streamlab._signals import signals_set
 from streamlab.client import permission_error, reply_text
@@ -222,56 +221,6 @@ DLQ_HELP = "the DLQ stream, when it is not <stream>_dlq (a configured dlq_stream
 # -- argument types: a bad value is a usage error naming its flag, before anything is read --
 
 
-def _whole_number(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
-    """The argparse type of an integer flag from ``minimum`` to ``maximum`` (None: no bound)."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
-        return value
-
-    return whole_number
-
-
-_integer = _whole_number()
-_positive_int = _whole_number(1)
-_non_negative_int = _whole_number(0, 2**63 - 1)  # what Redis takes as a count
-_port = _whole_number(0, 65535)  # 0: any free port
-
-
-def _positive_number(
-    minimum: float | None = None, maximum: float | None = None
-) -> Callable[[str], float]:
-    """The argparse type of a flag taking a finite number above 0, within the bounds given."""
-
-    def positive_number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text!r}")
-        return value
-
-    return positive_number
-
-
-# A slow replay waits about 1 / rate seconds between events: at most 1000 s, not 1e300 (which
-# no wait can take).
-_rate = _positive_number(minimum=0.001)
-_seconds = _positive_number(maximum=86_400.0)  # a day: longer than any reply is worth
-
-
 _T = TypeVar("_T")
 _NAME = "value"  # the argument name _checked gives a check; argparse names the flag itself
 
@@ -289,6 +238,54 @@ def _checked(check: Callable[[str, str], _T]) -> Callable[[str], _T]:
 
     convert.__name__ = check.__name__
     return convert
+
+
+def _whole(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ArgumentError(f"{name}: expected a whole number, got {text!r}") from None
+
+
+def _real(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ArgumentError(f"{name}: expected a number, got {text!r}") from None
+
+
+def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """The argparse type of an integer flag from ``minimum`` to ``maximum`` (None: no bound),
+    as `streamlab._args.count` checks them."""
+
+    def whole_number(name: str, text: str) -> int:
+        return count(name, _whole(name, text), minimum=minimum, maximum=maximum)
+
+    return _checked(whole_number)
+
+
+_integer = _checked(_whole)
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0, 2**63 - 1)  # what Redis takes as a count
+_port = _whole_number(0, 65535)  # 0: any free port
+
+
+def _positive_number(
+    minimum: float | None = None, maximum: float | None = None
+) -> Callable[[str], float]:
+    """The argparse type of a flag taking a finite number above 0, within the bounds given,
+    as `streamlab._args.positive_number` checks them."""
+
+    def number(name: str, text: str) -> float:
+        return positive_number(name, _real(name, text), minimum=minimum, maximum=maximum)
+
+    return _checked(number)
+
+
+# A slow replay waits about 1 / rate seconds between events: at most 1000 s, not 1e300 (which
+# no wait can take).
+_rate = _positive_number(minimum=0.001)
+_seconds = _positive_number(maximum=86_400.0)  # a day: longer than any reply is worth
 
 
 def time_bound(name: str, text: str) -> str | timedelta:

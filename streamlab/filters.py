@@ -11,8 +11,9 @@ the one the raw entry decodes to, but for what a frame does not keep (finer than
 times, empty values of streamlab's own fields, which it holds as null).
 
 `select_dlq`, `replay_dlq`, `streamlab.widgets.DLQBrowser` and the CLI (``--event-type``,
-``--tenant-id``... repeatable) take these keywords; `DLQFilter.apply` runs the same filter on a
-DLQ frame, `DLQFilter.matches` on a raw DLQ entry, and both agree.
+``--tenant-id``... repeatable) take these keywords, `export_parquet` a `DLQFilter`;
+`DLQFilter.apply` runs the same filter on a DLQ frame, `DLQFilter.matches` on a raw DLQ
+entry, and both agree.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Typed records: every Redis reply streamlab reads, and the records it writes beside events.
 
-The one place that knows the shape of XINFO GROUPS / CONSUMERS / STREAM, XPENDING and
-XCLAIM / XAUTOCLAIM replies (RESP2 or RESP3, names as bytes or text, raw or through redis-py's
-callbacks): consumer, frames, replay and CLI turn replies into `GroupInfo`, `ConsumerInfo`,
-`PendingEntry`, `StreamInfo`, `claimed_ids` and `AutoClaimPage` here and use nothing else.
+The one place that knows the shape of XINFO GROUPS / CONSUMERS / STREAM, XPENDING (summary and
+extended) and XCLAIM / XAUTOCLAIM replies (RESP2 or RESP3, names as bytes or text, raw or
+through redis-py's callbacks): consumer, frames, replay and CLI turn replies into `GroupInfo`,
+`ConsumerInfo`, `PendingEntry`, `PendingSummary`, `StreamInfo`, `claimed_ids` and
+`AutoClaimPage` here and use nothing else.
 It also holds the wire form of a DLQ entry's failure record (`Failure`, the ``dlq_*``
 fields), of the `ReplayMarker` stamped on a replayed event, and the field-name aliases other
 services write (``repo_name`` for ``repository``, the tenant inside ``auth_context``) and the
@@ -38,6 +39,7 @@ __all__ = [
     "GroupInfo",
     "MarkerStamp",
     "PendingEntry",
+    "PendingSummary",
     "ReplayMarker",
     "StreamInfo",
     "aliases_of",
@@ -433,6 +435,39 @@ class PendingEntry:
 def pending_entries(reply: Iterable[Any]) -> list[PendingEntry]:
     """Every row of an extended XPENDING reply (raw or from ``xpending_range``)."""
     return [PendingEntry.from_reply(row) for row in reply]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """The summary form of XPENDING (``XPENDING stream group``): how many entries the group
+    has pending, the smallest and largest pending id (None when nothing is pending) and how
+    many each consumer holds (only consumers holding some are listed)."""
+
+    count: int
+    min_id: str | None
+    max_id: str | None
+    consumers: dict[str, int]
+
+    @classmethod
+    def from_reply(cls, reply: Mapping[str, Any] | Sequence[Any]) -> PendingSummary:
+        """A raw reply ``[count, min, max, [[consumer, count], ...]]`` or redis-py's
+        ``xpending`` dict (``pending``, ``min``, ``max``, ``consumers``)."""
+        if isinstance(reply, Mapping):
+            count, low, high = reply["pending"], reply["min"], reply["max"]
+            held = [(c["name"], c["pending"]) for c in reply["consumers"] or ()]
+        else:
+            count, low, high, rows = reply
+            held = [(name, n) for name, n in rows or ()]
+        return cls(
+            int(count),
+            None if low is None else str(_text(low)),
+            None if high is None else str(_text(high)),
+            {str(_text(name)): int(n) for name, n in held},
+        )
+
+    def held_by(self, consumer: str) -> int:
+        """How many entries ``consumer`` holds pending (0 for one the group does not know)."""
+        return self.consumers.get(consumer, 0)
 
 
 def last_generated_id(reply: Mapping[Any, Any] | Sequence[Any]) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from streamlab._redact import redact, redact_url
@@ -290,12 +291,12 @@ def test_missing_stream_or_group_and_wrong_key_types_are_one_line_errors(
 
 def test_usage_errors_are_one_line_and_exit_2(redis_url: str) -> None:
     for flags, says in (
-        (("replay", "s", "--rate", "nan", "--yes"), "--rate: must be a finite number above 0"),
-        (("replay", "s", "--rate", "inf", "--yes"), "--rate: must be a finite number above 0"),
-        (("replay", "s", "--rate", "-3", "--yes"), "--rate"),
-        (("pending", "s", "g", "--limit", "0"), "--limit: must be at least 1"),
-        (("dlq", "s", "--limit", "0"), "--limit: must be at least 1"),
-        (("dlq", "s", "--limit", "many"), "--limit: expected a whole number"),
+        (("replay", "s", "--rate", "nan", "--yes"), "--rate: expected a finite number > 0"),
+        (("replay", "s", "--rate", "inf", "--yes"), "--rate: expected a finite number > 0"),
+        (("replay", "s", "--rate", "-3", "--yes"), "--rate: must be > 0, got -3.0"),
+        (("pending", "s", "g", "--limit", "0"), "--limit: must be >= 1, got 0"),
+        (("dlq", "s", "--limit", "0"), "--limit: must be >= 1"),
+        (("dlq", "s", "--limit", "many"), "--limit: expected a whole number, got 'many'"),
         (("replay", "s", "--batch-size", "0", "--yes"), "--batch-size"),
         (("info",), "the following arguments are required: stream"),
         (("nosuchcommand",), "invalid choice"),
@@ -820,7 +821,67 @@ def test_export_takes_dlq_name_like_the_other_commands_and_a_limit(
     assert export("--to", str(csv), "--limit", "2") == {
         "stream": stream_name, "dlq": None, "count": 2, "path": str(csv)}  # fmt: skip
     run = cli(capsys, "export", stream_name, "--to", str(csv), "--limit", "0", "--url", redis_url)
-    assert_one_line_error(run, 2, "argument --limit: must be at least 1")
+    assert_one_line_error(run, 2, "argument --limit: must be >= 1, got 0")
+
+
+def test_export_of_a_filtered_dlq_reads_it_once_and_writes_the_selection(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path, capsys
+) -> None:
+    from streamlab.filters import DLQFilter
+    from streamlab.frames import dlq_to_dataframe, read_parquet
+    from streamlab.replay import select_dlq
+
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    for i, event in enumerate(sample_events(40)):
+        failure = Failure(error="boom", error_type=("KeyError", "ValueError")[i % 2],
+                          source_stream=stream_name)  # fmt: skip
+        r.xadd(dlq, {**encode_event(event), **failure.to_fields()})
+    flt = DLQFilter.of(error_type="ValueError")
+    chosen = select_dlq(streams_client, stream_name, flt, limit=6).ids
+    frame = dlq_to_dataframe(streams_client, stream_name)
+    parquet, csv, lines = (tmp_path / n for n in ("v.parquet", "v.csv", "v.jsonl"))
+    r.config_resetstat()
+    run = cli(capsys, "export", stream_name, "--dlq", "--error-type", "ValueError", "--limit",
+              "6", "--to", str(parquet), "--url", redis_url, "--json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    # One XRANGE of the DLQ (40 entries, one page): no selection read first and read again.
+    assert r.info("commandstats")["cmdstat_xrange"]["calls"] == 1
+    assert json.loads(run.stdout)["count"] == 6
+    back = read_parquet(parquet)
+    assert back["id"].tolist() == chosen
+    expected = flt.apply(frame).head(6).reset_index(drop=True)
+    pd.testing.assert_frame_equal(back, expected, check_categorical=False)
+    # Every format writes the same dead letters.
+    for path in (csv, lines):
+        run = cli(capsys, "export", stream_name, "--dlq", "--error-type", "ValueError",
+                  "--limit", "6", "--to", str(path), "--url", redis_url)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    assert pd.read_csv(csv)["id"].tolist() == chosen
+    assert pd.read_json(lines, lines=True, dtype={"id": str})["id"].tolist() == chosen
+
+
+def test_discard_archives_every_field_of_an_entry_even_a_repeated_one(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, tmp_path, capsys
+) -> None:
+    # Why discard reads the DLQ again to archive: its selection holds redis-py's field dicts,
+    # where a repeated field name (XADD allows it) keeps one value; the exporters read the
+    # raw reply and keep both. Archiving from the selection would delete the other value.
+    from streamlab.frames import read_parquet
+
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    failure = Failure(error="boom", error_type="KeyError", source_stream=stream_name)
+    flat = [x for pair in failure.to_fields().items() for x in pair]
+    entry = r.execute_command("XADD", dlq, "*", "note", "first", "note", "second", *flat)
+    archive = tmp_path / "kept.parquet"
+    run = cli(capsys, "discard", stream_name, "--archive", str(archive), "--yes",
+              "--url", redis_url)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert r.xlen(dlq) == 0
+    back = read_parquet(archive)
+    assert back["id"].tolist() == [entry.decode()]
+    assert back[["note", "note_field"]].values.tolist() == [["first", "second"]]
 
 
 def test_out_of_range_numbers_are_usage_errors_naming_the_flag(
@@ -829,16 +890,19 @@ def test_out_of_range_numbers_are_usage_errors_naming_the_flag(
     streams_client.add_many(stream_name, sample_events(5))
     for flags, *says in (
         (("metrics", "--stream", stream_name, "--port", "99999"),
-         "argument --port: must be at most 65535, got 99999"),
-        (("server", "--port", "-1"), "argument --port: must be at least 0, got -1"),
-        (("trim", stream_name, "--maxlen", "-1"), "argument --maxlen: must be at least 0"),
-        (("trim", stream_name, "--maxlen", str(2**63)), "argument --maxlen: must be at most"),
+         "argument --port: must be <= 65535, got 99999"),
+        (("server", "--port", "-1"), "argument --port: must be >= 0, got -1"),
+        (("trim", stream_name, "--maxlen", "-1"), "argument --maxlen: must be >= 0"),
+        (("trim", stream_name, "--maxlen", str(2**63)),
+         f"argument --maxlen: must be <= {2**63 - 1}, got {2**63}"),
         (("trim", stream_name, "--minid", f"1-{2**64}"), "argument --minid: ", "out of range"),
-        (("read", stream_name, "--limit", "-3"), "argument --limit: must be at least 1"),
-        (("info", stream_name, "--timeout", "1e308"), "argument --timeout: must be at most"),
-        (("replay", stream_name, "--rate", "1e-300"), "argument --rate: must be at least"),
+        (("read", stream_name, "--limit", "-3"), "argument --limit: must be >= 1, got -3"),
+        (("info", stream_name, "--timeout", "1e308"),
+         "argument --timeout: must be <= 86400, got 1e+308"),
+        (("replay", stream_name, "--rate", "1e-300"),
+         "argument --rate: must be >= 0.001, got 1e-300"),
         (("replay", stream_name, "--batch-size", "x"), "argument --batch-size: expected a whole"),
-        (("demo", "--events", "2"), "argument --events: must be at least 3"),
+        (("demo", "--events", "2"), "argument --events: must be >= 3, got 2"),
         (("demo", "--seed", "x"), "argument --seed: expected a whole number"),
     ):  # fmt: skip
         run = cli(capsys, *flags, "--url", redis_url) if flags[0] != "server" else cli(
@@ -900,6 +964,64 @@ def test_a_bad_min_idle_is_a_usage_error_naming_it(
         assert "unexpected" not in line
     pending = streams_client.redis.xpending_range(stream_name, "g", "-", "+", 10)
     assert {p["consumer"] for p in pending} == {b"c1"}  # nothing was claimed
+
+
+def test_pending_reads_only_the_rows_it_shows_and_totals_from_the_summary(
+    streams_client: RedisStreamsClient, stream_name: str, redis_url: str, capsys
+) -> None:
+    from streamlab.client import replies_as_sent
+    from streamlab.records import PendingSummary
+
+    r = streams_client.redis
+    streams_client.ensure_group(stream_name, "g")
+    ids = streams_client.add_many(stream_name, sample_events(2100))  # more than a page (2000)
+    r.xreadgroup("g", "c1", {stream_name: ">"}, count=2096)
+    r.xreadgroup("g", "c2", {stream_name: ">"}, count=4)
+    # Idle ten minutes, without waiting: XCLAIM to their own owner with IDLE (JUSTID keeps the
+    # delivery count).
+    r.xclaim(stream_name, "g", "c1", 0, [ids[1], ids[3]], idle=600_000, justid=True)
+    r.xclaim(stream_name, "g", "c2", 0, [ids[2097]], idle=600_000, justid=True)
+
+    # The summary's two shapes: redis-py's dict and the raw reply.
+    summary = PendingSummary.from_reply(r.xpending(stream_name, "g"))
+    assert summary == PendingSummary(2100, ids[0], ids[-1], {"c1": 2096, "c2": 4})
+    raw = replies_as_sent(r, "XPENDING").execute_command("XPENDING", stream_name, "g")
+    assert PendingSummary.from_reply(raw) == summary
+    assert (summary.held_by("c2"), summary.held_by("nobody")) == (4, 0)
+
+    def pending(*flags: str) -> dict:
+        run = cli(capsys, "pending", stream_name, "g", *flags, "--url", redis_url, "--json")
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    def shown(doc: dict) -> list[str]:
+        return [p["id"] for p in doc["pending"]]
+
+    r.config_resetstat()
+    doc = pending("--limit", "3")
+    assert (doc["count"], doc["total"], shown(doc)) == (3, 2100, ids[:3])
+    # One XPENDING page of 3 rows and the summary, one XRANGE for their fields: not the whole
+    # pending list (two pages, an XRANGE each).
+    stats = r.info("commandstats")
+    assert (stats["cmdstat_xpending"]["calls"], stats["cmdstat_xrange"]["calls"]) == (2, 1)
+    text = cli(capsys, "pending", stream_name, "g", "--limit", "3", "--url", redis_url).stdout
+    assert f"{stream_name} g: showing 3 of 2100" in text
+
+    doc = pending("--consumer", "c2", "--limit", "2")
+    assert (doc["count"], doc["total"], shown(doc)) == (2, 4, ids[2096:2098])
+    assert {p["consumer"] for p in doc["pending"]} == {"c2"}
+    assert pending("--consumer", "nobody")["total"] == 0
+
+    # XPENDING's summary cannot count what is idle long enough: the total is unknown.
+    doc = pending("--min-idle", "5m", "--limit", "1")
+    assert (doc["count"], doc["total"], shown(doc)) == (1, None, [ids[1]])
+    doc = pending("--min-idle", "5m")
+    assert (doc["total"], shown(doc)) == (None, [ids[1], ids[3], ids[2097]])
+    doc = pending("--min-idle", "5m", "--consumer", "c2")
+    assert (doc["total"], shown(doc)) == (None, [ids[2097]])
+    run = cli(capsys, "pending", stream_name, "g", "--min-idle", "5m", "--limit", "2",
+              "--url", redis_url)  # fmt: skip
+    assert run.stdout.splitlines()[0] == f"{stream_name} g: showing 2"
 
 
 def test_claim_reads_its_replies_through_the_records(

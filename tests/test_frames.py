@@ -837,6 +837,47 @@ def test_parquet_export_of_chosen_ids(
         export_parquet(redis_client, stream_name, path, ids=ids[0])
 
 
+def test_parquet_export_filtered_in_the_one_read(
+    streams_client: RedisStreamsClient, stream_name: str, tmp_path: Path
+) -> None:
+    from streamlab.filters import DLQFilter
+    from streamlab.replay import select_dlq
+
+    r = streams_client.redis
+    dlq = streams_client.dlq_stream(stream_name)
+    for i, event in enumerate(sample_events(30)):
+        kind = "KeyError" if i % 3 else "ValueError"
+        failure = Failure(error=f"boom {i}", error_type=kind, source_stream=stream_name)
+        r.xadd(dlq, {**encode_event(event), **failure.to_fields(), **({"late": "x"} if i > 20
+                                                                     else {})})  # fmt: skip
+    whole = dlq_to_dataframe(streams_client, stream_name)
+    flt = DLQFilter.of(error_type="KeyError")
+    path = tmp_path / "some.parquet"
+    # Chunks of 4: the filter runs per chunk, the schema still comes from a chunk with rows.
+    assert export_parquet(streams_client, stream_name, path, dlq=True, filters=flt,
+                          chunk_rows=4) == 20  # fmt: skip
+    pd.testing.assert_frame_equal(
+        read_parquet(path), flt.apply(whole).reset_index(drop=True), check_categorical=False
+    )
+    # The limit caps the matches written, as select_dlq's caps what it selects.
+    n = export_parquet(streams_client, stream_name, path, dlq=True, filters=flt, limit=7)
+    assert read_parquet(path)["id"].tolist() == select_dlq(streams_client, stream_name, flt,
+                                                           limit=7).ids  # fmt: skip
+    assert n == 7
+    # The filter's ids narrow the read; no match is an empty file with the DLQ's columns.
+    some = whole["id"].tolist()[1:4]
+    flt_ids = DLQFilter.of(ids=some, error_type="KeyError")
+    assert export_parquet(streams_client, stream_name, path, dlq=True, filters=flt_ids) == 2
+    assert read_parquet(path)["id"].tolist() == some[:2]  # the third is a ValueError
+    none = DLQFilter.of(error_type="NoSuchError")
+    assert export_parquet(streams_client, stream_name, path, dlq=True, filters=none) == 0
+    assert list(read_parquet(path).columns) == list(whole.columns)
+    with pytest.raises(ArgumentError, match="filters: they select dead letters"):
+        export_parquet(streams_client, stream_name, path, filters=flt)
+    with pytest.raises(ArgumentError, match="filters: expected a DLQFilter"):
+        export_parquet(streams_client, stream_name, path, dlq=True, filters="KeyError")  # type: ignore[arg-type]
+
+
 def test_progress_bar(
     redis_client: redis.Redis,
     stream_name: str,

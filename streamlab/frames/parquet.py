@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -26,6 +26,9 @@ from streamlab.frames._build import (
 from streamlab.frames._fetch import PAGE_SIZE, fetcher, gc_paused
 from streamlab.frames.stream import dlq_builder, read_pages, stream_builder, with_signatures
 from streamlab.ids import Bound, StreamId, bound, id_text, parse_id
+
+if TYPE_CHECKING:
+    from streamlab.filters import DLQFilter
 
 __all__ = ["RAW_TYPE", "export_parquet", "read_parquet"]
 
@@ -99,6 +102,7 @@ def export_parquet(
     until: Bound | None = None,
     limit: int | None = None,
     ids: Iterable[str] | None = None,
+    filters: DLQFilter | None = None,
     payload_fields: Iterable[str] | None = None,
     chunk_rows: int = 100_000,
     compression: str = "zstd",
@@ -124,6 +128,11 @@ def export_parquet(
     `select_dlq`'s ``ids``): the range read is narrowed to their span, other entries in it are
     skipped (``limit`` then caps the entries read), and ids no longer in the stream are not
     written: the file's ``id`` column says which were.
+
+    ``filters`` (a `DLQFilter`, with ``dlq``) writes only the dead letters it matches (as
+    `DLQFilter.apply` on each chunk; its ``ids`` narrow the range read as ``ids`` does), in
+    the one read: ``limit`` then caps the dead letters written, as `select_dlq`'s caps those
+    selected, and reading stops at the page where that many matched.
     """
     if not isinstance(dlq, bool | str) or dlq == "":
         raise ArgumentError(f"dlq: must be True, False or a DLQ stream name, got {dlq!r}")
@@ -131,9 +140,10 @@ def export_parquet(
     chunk_rows = _args.count("chunk_rows", chunk_rows, minimum=1)
     limit = _args.optional_count("limit", limit)
     _check_compression(compression)
-    wanted: frozenset[str] | None = None
-    if ids is not None:
-        wanted, since, until, limit = _wanted(ids, since, until, limit)
+    # ``matches``: with a filter, the cap on the rows written (``limit`` then caps no read).
+    wanted, filters, matches, since, until, limit = _to_write(
+        ids, filters, dlq, since=since, until=until, limit=limit
+    )
     source = fetcher(client)
     if dlq is False:
         builder, finish = stream_builder(payload_fields, paths_as_json=True), _same
@@ -145,9 +155,14 @@ def export_parquet(
     schema = pa.schema([])
     written = 0
 
-    def flush() -> None:
+    def flush(last: bool = False) -> None:
         nonlocal writer, written, schema
         frame = finish(builder.frame())
+        if filters is not None:
+            frame = _matching(frame, filters, None if matches is None else matches - written)
+            # The schema comes from the first chunk written: one with rows, unless none has.
+            if frame.empty and not (last and writer is None):
+                return
         if writer is None:
             schema = _schema(frame, json_columns)
             writer = pq.ParquetWriter(path, schema, compression=compression)
@@ -169,14 +184,65 @@ def export_parquet(
                     builder.add([entry[0] for entry in page], [entry[1] or () for entry in page])
             if page is None:
                 break
-            if builder.rows >= chunk_rows:
+            # With a cap on matches each page is filtered as it comes, so that reading stops
+            # where that many matched.
+            if builder.rows >= chunk_rows or (matches is not None and builder.rows):
                 flush()
+                if matches is not None and written >= matches:
+                    break
         if builder.rows or writer is None:
-            flush()
+            flush(last=True)
     finally:
         if writer is not None:
             writer.close()
     return written
+
+
+def _dlq_filter(filters: object, dlq: bool | str) -> DLQFilter | None:
+    """``filters`` checked: a `DLQFilter` of the DLQ's entries, None when it filters nothing."""
+    from streamlab.filters import DLQFilter
+
+    if filters is None:
+        return None
+    if not isinstance(filters, DLQFilter):
+        raise ArgumentError(f"filters: expected a DLQFilter (DLQFilter.of(...)), got {filters!r}")
+    if dlq is False:
+        raise ArgumentError("filters: they select dead letters; pass dlq=True (or its name)")
+    return filters or None
+
+
+def _to_write(
+    ids: Iterable[str] | None,
+    filters: object,
+    dlq: bool | str,
+    *,
+    since: Bound | None,
+    until: Bound | None,
+    limit: int | None,
+) -> tuple[frozenset[str] | None, DLQFilter | None, int | None, Bound | None, Bound | None,
+           int | None]:  # fmt: skip
+    """What `export_parquet` writes: the ids asked for, the filter and the cap on the matches
+    it writes, and the bounds and limit of the one read (the span of the ids, if any)."""
+    wanted = None
+    if ids is not None:
+        wanted, since, until, limit = _wanted(ids, since, until, limit)
+    flt = _dlq_filter(filters, dlq)
+    if flt is None:
+        return wanted, None, None, since, until, limit
+    read = 0 if limit == 0 else None
+    if flt.ids is not None:
+        _, since, until, read = _wanted(flt.ids, since, until, read)
+    return wanted, flt, limit, since, until, read
+
+
+def _matching(frame: pd.DataFrame, filters: DLQFilter, cap: int | None) -> pd.DataFrame:
+    """The rows of a DLQ chunk ``filters`` keeps (at most ``cap``), indexed from 0 as a chunk
+    is, their categories only the values they hold (as a chunk of just them would have)."""
+    kept = filters.apply(frame).iloc[:cap].reset_index(drop=True)
+    for name in kept.columns:
+        if isinstance(kept[name].dtype, pd.CategoricalDtype):
+            kept[name] = kept[name].cat.remove_unused_categories()
+    return kept
 
 
 def _check_compression(compression: object) -> None:
