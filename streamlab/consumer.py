@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from streamlab import _args
-from streamlab._config_model import ConfigModel
+from streamlab._config_model import ConfigModel, Count
 from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
@@ -155,7 +155,8 @@ class ConsumerConfig(ConfigModel):
     limit: a handler blocked in C code outside the main thread stops only when it returns.
     Durations are `Duration`s (a `timedelta`, ``"5s"``, seconds or ISO 8601); each one but
     ``claim_min_idle`` and ``shutdown_grace`` must be greater than 0. ``dlq_stream`` must
-    differ from ``stream`` and ``group_start_id`` is ``$``, ``0`` or a stream id. A bad value
+    differ from ``stream`` and ``group_start_id`` is ``$``, ``0`` or a stream id. Counts
+    (``batch_size``, ``max_retries``, ...) are whole numbers, never a bool. A bad value
     raises `ConfigError` naming the field.
     ``delete_idle_consumers``: consumers of the group holding no pending entry and idle
     (no read or claim) for longer than this are deleted, checked and deleted in one atomic
@@ -170,22 +171,22 @@ class ConsumerConfig(ConfigModel):
     group: str = Field(min_length=1, validation_alias=AliasChoices("group", "consumer_group"))
     consumer: str = Field(default_factory=default_consumer_name, min_length=1)
     block_duration: Duration = timedelta(seconds=5)
-    batch_size: int = Field(default=10, ge=1)
-    max_retries: int = Field(default=3, ge=0)
+    batch_size: Count = Field(default=10, ge=1)
+    max_retries: Count = Field(default=3, ge=0)
     backoff: Backoff = Field(default_factory=Backoff)
     claim_min_idle: Duration = timedelta(seconds=60)
     claim_interval: PositiveDuration = timedelta(milliseconds=100)
     dlq_stream: str = Field(
         default_factory=lambda data: dlq_key(data.get("stream") or ""), min_length=1
     )
-    dlq_maxlen: int | None = Field(default=None, ge=1)
+    dlq_maxlen: Count | None = Field(default=None, ge=1)
     dlq_retention: PositiveDuration | None = None
-    stream_maxlen: int | None = Field(
+    stream_maxlen: Count | None = Field(
         default=None, ge=1, validation_alias=AliasChoices("stream_maxlen", "max_length")
     )
     group_start_id: str = "0"
     create_group: bool = True
-    traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
+    traceback_limit: Count = Field(default=TRACEBACK_LIMIT, ge=0)
     handler_timeout: PositiveDuration | None = None
     shutdown_grace: Duration = timedelta(seconds=10)
     delete_idle_consumers: PositiveDuration | None = timedelta(hours=1)
