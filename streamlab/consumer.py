@@ -46,7 +46,7 @@ from streamlab.client import (
 from streamlab.durations import Duration, PositiveDuration, format_duration
 from streamlab.errors import ArgumentError, ConfigError, GroupNotFoundError, NotFoundError
 from streamlab.events import StreamMessage, decode_entries, decode_message
-from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
+from streamlab.keys import check_same_slot, check_start_id, is_cluster, retry_due_key
 from streamlab.metrics import Metrics
 from streamlab.policy import (
     RETRY_CONSUMER,
@@ -142,8 +142,10 @@ class ConsumerConfig(ConfigModel):
     waiting retry is looked at once per ``claim_min_idle``. ``dlq_retention`` trims DLQ entries
     older than it (MINID) whenever a message is dead-lettered. The DLQ is where the client
     routes the stream's dead letters (`RedisStreamsClient.dlq_stream`: its ``dlq_names``, else
-    ``<stream>_dlq``); ``dlq_stream``, when given, must name the same stream (`ConfigError`
-    otherwise), so that readers and replay never look elsewhere than where dead letters go.
+    ``<stream>_dlq``): ``dlq_stream`` None (the default) means that routing, and a `Consumer`'s
+    own ``config`` names the stream it resolved to. A ``dlq_stream`` given must name the same
+    stream (`ConfigError` otherwise), so that readers and replay never look elsewhere than
+    where dead letters go.
     ``stream_maxlen`` is for producers writing to this stream
     (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's ``stream_maxlen``;
     `StreamlabSettings.client` fills that in from the settings).
@@ -176,9 +178,9 @@ class ConsumerConfig(ConfigModel):
     backoff: Backoff = Field(default_factory=Backoff)
     claim_min_idle: Duration = timedelta(seconds=60)
     claim_interval: PositiveDuration = timedelta(milliseconds=100)
-    dlq_stream: str = Field(
-        default_factory=lambda data: dlq_key(data.get("stream") or ""), min_length=1
-    )
+    # None: where the client routes the stream; a config cannot know that client, and a
+    # guessed default would name a stream the consumer may never write.
+    dlq_stream: str | None = Field(default=None, min_length=1)
     dlq_maxlen: Count | None = Field(default=None, ge=1)
     dlq_retention: PositiveDuration | None = None
     stream_maxlen: Count | None = Field(
@@ -209,8 +211,8 @@ class ConsumerConfig(ConfigModel):
 
     @field_validator("dlq_stream")
     @classmethod
-    def _not_the_stream(cls, value: str, info: ValidationInfo) -> str:
-        if value == info.data.get("stream"):
+    def _not_the_stream(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("stream"):
             raise ValueError(
                 f"the DLQ {value!r} is the stream itself, so every dead letter would be read "
                 "again and dead-lettered again; name another stream"
@@ -267,10 +269,15 @@ class Consumer:
             raise TypeError(f"config must be a ConsumerConfig, not {type(config).__name__}")
         if metrics is not None and not isinstance(metrics, Metrics):
             raise TypeError(f"metrics must be a streamlab Metrics, not {type(metrics).__name__}")
-        self.config = config
+        self.dlq_stream = self._routed_dlq(config)
+        # The config this consumer holds names the DLQ it really writes.
+        self.config = (
+            config
+            if config.dlq_stream == self.dlq_stream
+            else config.model_copy(update={"dlq_stream": self.dlq_stream})
+        )
         self.redis = self.client.redis
         self.metrics: Metrics = metrics or self.client.metrics
-        self.dlq_stream = self._routed_dlq(config)
         # Due times of this group's waiting retries (see `streamlab.policy`).
         self._due_key = retry_due_key(config.stream, config.group)
         if is_cluster(self.redis):
@@ -301,14 +308,14 @@ class Consumer:
     def _routed_dlq(self, config: ConsumerConfig) -> str:
         """The client's DLQ for the stream: the routing is the client's, set when it was
         built, so that `read_dlq`, the exporters and replay read where this consumer writes.
-        A config naming another DLQ is a mistake, said at once."""
+        A config naming another DLQ is a mistake, said at once; one naming none takes it."""
         routed = self.client.dlq_stream(config.stream)
         if routed == config.stream:
             raise ConfigError(
                 f"stream {config.stream!r}: the client's dlq_names name the stream itself as "
                 "its DLQ, so every dead letter would be read again; name another stream"
             )
-        if "dlq_stream" in config.model_fields_set and config.dlq_stream != routed:
+        if config.dlq_stream is not None and config.dlq_stream != routed:
             raise ConfigError(
                 f"stream {config.stream!r}: ConsumerConfig.dlq_stream is {config.dlq_stream!r} "
                 f"but the client sends its dead letters to {routed!r}; build the client with "

@@ -579,14 +579,24 @@ def test_consumer_config_defaults() -> None:
     assert config.dlq_retention == timedelta(days=7)
 
 
-def test_consumer_config_dlq_name_fallbacks() -> None:
+def test_consumer_config_dlq_name_fallbacks(redis_url: str) -> None:
     streams = {"a": {"consumer_group": "g"}, "b": {"consumer_group": "g", "dlq_stream": "b_dead"}}
-    settings = load_settings(streams=streams)
-    assert settings.consumer_config("a").dlq_stream == "a_dlq"
+    settings = load_settings(redis={"url": redis_url}, streams=streams)
+    # Named nowhere: as in Python, None (where the client routes), resolved by the consumer.
+    assert settings.consumer_config("a").dlq_stream is None
     assert settings.consumer_config("b").dlq_stream == "b_dead"
-    shared = load_settings(streams=streams, dlq={"stream_name": "all_dlq"})
-    assert shared.consumer_config("a").dlq_stream == "all_dlq"
+    shared = load_settings(redis={"url": redis_url}, streams=streams, dlq={"stream_name": "all"})
+    assert shared.consumer_config("a").dlq_stream == "all"
     assert shared.consumer_config("b").dlq_stream == "b_dead"
+    for loaded, a_dlq in ((settings, "a_dlq"), (shared, "all")):
+        client = loaded.client()
+        try:
+            for name, dlq in (("a", a_dlq), ("b", "b_dead")):
+                assert loaded.dlq_stream(name) == client.dlq_stream(name) == dlq
+                consumer = Consumer(client, loaded.consumer_config(name))
+                assert consumer.config.dlq_stream == consumer.dlq_stream == dlq
+        finally:
+            client.redis.close()
 
 
 def test_consumer_config_passes_optional_keys_only_when_set() -> None:
