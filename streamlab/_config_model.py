@@ -4,17 +4,37 @@ pydantic raises `ValidationError` from the constructor and from ``model_validate
 built on `ConfigModel` raises `ConfigError` naming every bad field from all of them, and a
 nested one's errors appear under its parent's field (see `streamlab.errors.flatten_errors`).
 Light on purpose (pydantic only): `ConsumerConfig` and `Backoff` use it.
+
+Its number types, `Count` and `Number`, are every int and float field of the settings: a
+bool is neither, from any source.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from streamlab.errors import ConfigError
 
-__all__ = ["ConfigErrors", "ConfigModel", "as_config_error"]
+__all__ = ["ConfigErrors", "ConfigModel", "Count", "Number", "as_config_error"]
+
+
+def _not_a_bool(value: object) -> object:
+    # pydantic's lax int and float take True as 1, so `max_retries: true` passed in Python and
+    # YAML while the environment's text "true" is no number: refuse a bool from every source.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r} (a bool is not a number)")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+"""An int setting (``batch_size``, ``max_retries``, ...): an int, a whole float or a string
+holding one (``"3"``, as the environment gives it); never a bool."""
+
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+"""A float setting (``backoff.multiplier``, ``backoff.jitter``): a number or a string holding
+one; never a bool."""
 
 
 def as_config_error(exc: ValidationError, what: str) -> ConfigError:

@@ -12,7 +12,7 @@ from typing import Self
 from pydantic import Field, model_validator
 
 from streamlab import _args
-from streamlab._config_model import ConfigModel
+from streamlab._config_model import ConfigModel, Number
 from streamlab.durations import Duration, format_duration
 
 __all__ = ["Backoff", "compute_backoff"]
@@ -30,10 +30,10 @@ class Backoff(ConfigModel):
     """
 
     initial: Duration = timedelta(seconds=1)
-    multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
+    multiplier: Number = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     max: Duration = timedelta(seconds=60)
     first_immediate: bool = True
-    jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+    jitter: Number = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

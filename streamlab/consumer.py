@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from streamlab import _args
-from streamlab._config_model import ConfigModel
+from streamlab._config_model import ConfigModel, Count
 from streamlab._lease import Interrupted, Reason, Watchdog
 from streamlab._moves import dead_letter_tx
 from streamlab._signals import signals_set
@@ -46,7 +46,7 @@ from streamlab.client import (
 from streamlab.durations import Duration, PositiveDuration, format_duration
 from streamlab.errors import ArgumentError, ConfigError, GroupNotFoundError, NotFoundError
 from streamlab.events import StreamMessage, decode_entries, decode_message
-from streamlab.keys import check_same_slot, check_start_id, dlq_key, is_cluster, retry_due_key
+from streamlab.keys import check_same_slot, check_start_id, is_cluster, retry_due_key
 from streamlab.metrics import Metrics
 from streamlab.policy import (
     RETRY_CONSUMER,
@@ -142,8 +142,10 @@ class ConsumerConfig(ConfigModel):
     waiting retry is looked at once per ``claim_min_idle``. ``dlq_retention`` trims DLQ entries
     older than it (MINID) whenever a message is dead-lettered. The DLQ is where the client
     routes the stream's dead letters (`RedisStreamsClient.dlq_stream`: its ``dlq_names``, else
-    ``<stream>_dlq``); ``dlq_stream``, when given, must name the same stream (`ConfigError`
-    otherwise), so that readers and replay never look elsewhere than where dead letters go.
+    ``<stream>_dlq``): ``dlq_stream`` None (the default) means that routing, and a `Consumer`'s
+    own ``config`` names the stream it resolved to. A ``dlq_stream`` given must name the same
+    stream (`ConfigError` otherwise), so that readers and replay never look elsewhere than
+    where dead letters go.
     ``stream_maxlen`` is for producers writing to this stream
     (``add_to_stream(..., maxlen=config.stream_maxlen)``, or the client's ``stream_maxlen``;
     `StreamlabSettings.client` fills that in from the settings).
@@ -155,7 +157,8 @@ class ConsumerConfig(ConfigModel):
     limit: a handler blocked in C code outside the main thread stops only when it returns.
     Durations are `Duration`s (a `timedelta`, ``"5s"``, seconds or ISO 8601); each one but
     ``claim_min_idle`` and ``shutdown_grace`` must be greater than 0. ``dlq_stream`` must
-    differ from ``stream`` and ``group_start_id`` is ``$``, ``0`` or a stream id. A bad value
+    differ from ``stream`` and ``group_start_id`` is ``$``, ``0`` or a stream id. Counts
+    (``batch_size``, ``max_retries``, ...) are whole numbers, never a bool. A bad value
     raises `ConfigError` naming the field.
     ``delete_idle_consumers``: consumers of the group holding no pending entry and idle
     (no read or claim) for longer than this are deleted, checked and deleted in one atomic
@@ -170,22 +173,22 @@ class ConsumerConfig(ConfigModel):
     group: str = Field(min_length=1, validation_alias=AliasChoices("group", "consumer_group"))
     consumer: str = Field(default_factory=default_consumer_name, min_length=1)
     block_duration: Duration = timedelta(seconds=5)
-    batch_size: int = Field(default=10, ge=1)
-    max_retries: int = Field(default=3, ge=0)
+    batch_size: Count = Field(default=10, ge=1)
+    max_retries: Count = Field(default=3, ge=0)
     backoff: Backoff = Field(default_factory=Backoff)
     claim_min_idle: Duration = timedelta(seconds=60)
     claim_interval: PositiveDuration = timedelta(milliseconds=100)
-    dlq_stream: str = Field(
-        default_factory=lambda data: dlq_key(data.get("stream") or ""), min_length=1
-    )
-    dlq_maxlen: int | None = Field(default=None, ge=1)
+    # None: where the client routes the stream; a config cannot know that client, and a
+    # guessed default would name a stream the consumer may never write.
+    dlq_stream: str | None = Field(default=None, min_length=1)
+    dlq_maxlen: Count | None = Field(default=None, ge=1)
     dlq_retention: PositiveDuration | None = None
-    stream_maxlen: int | None = Field(
+    stream_maxlen: Count | None = Field(
         default=None, ge=1, validation_alias=AliasChoices("stream_maxlen", "max_length")
     )
     group_start_id: str = "0"
     create_group: bool = True
-    traceback_limit: int = Field(default=TRACEBACK_LIMIT, ge=0)
+    traceback_limit: Count = Field(default=TRACEBACK_LIMIT, ge=0)
     handler_timeout: PositiveDuration | None = None
     shutdown_grace: Duration = timedelta(seconds=10)
     delete_idle_consumers: PositiveDuration | None = timedelta(hours=1)
@@ -208,8 +211,8 @@ class ConsumerConfig(ConfigModel):
 
     @field_validator("dlq_stream")
     @classmethod
-    def _not_the_stream(cls, value: str, info: ValidationInfo) -> str:
-        if value == info.data.get("stream"):
+    def _not_the_stream(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("stream"):
             raise ValueError(
                 f"the DLQ {value!r} is the stream itself, so every dead letter would be read "
                 "again and dead-lettered again; name another stream"
@@ -266,10 +269,15 @@ class Consumer:
             raise TypeError(f"config must be a ConsumerConfig, not {type(config).__name__}")
         if metrics is not None and not isinstance(metrics, Metrics):
             raise TypeError(f"metrics must be a streamlab Metrics, not {type(metrics).__name__}")
-        self.config = config
+        self.dlq_stream = self._routed_dlq(config)
+        # The config this consumer holds names the DLQ it really writes.
+        self.config = (
+            config
+            if config.dlq_stream == self.dlq_stream
+            else config.model_copy(update={"dlq_stream": self.dlq_stream})
+        )
         self.redis = self.client.redis
         self.metrics: Metrics = metrics or self.client.metrics
-        self.dlq_stream = self._routed_dlq(config)
         # Due times of this group's waiting retries (see `streamlab.policy`).
         self._due_key = retry_due_key(config.stream, config.group)
         if is_cluster(self.redis):
@@ -300,14 +308,14 @@ class Consumer:
     def _routed_dlq(self, config: ConsumerConfig) -> str:
         """The client's DLQ for the stream: the routing is the client's, set when it was
         built, so that `read_dlq`, the exporters and replay read where this consumer writes.
-        A config naming another DLQ is a mistake, said at once."""
+        A config naming another DLQ is a mistake, said at once; one naming none takes it."""
         routed = self.client.dlq_stream(config.stream)
         if routed == config.stream:
             raise ConfigError(
                 f"stream {config.stream!r}: the client's dlq_names name the stream itself as "
                 "its DLQ, so every dead letter would be read again; name another stream"
             )
-        if "dlq_stream" in config.model_fields_set and config.dlq_stream != routed:
+        if config.dlq_stream is not None and config.dlq_stream != routed:
             raise ConfigError(
                 f"stream {config.stream!r}: ConsumerConfig.dlq_stream is {config.dlq_stream!r} "
                 f"but the client sends its dead letters to {routed!r}; build the client with "

@@ -579,14 +579,24 @@ def test_consumer_config_defaults() -> None:
     assert config.dlq_retention == timedelta(days=7)
 
 
-def test_consumer_config_dlq_name_fallbacks() -> None:
+def test_consumer_config_dlq_name_fallbacks(redis_url: str) -> None:
     streams = {"a": {"consumer_group": "g"}, "b": {"consumer_group": "g", "dlq_stream": "b_dead"}}
-    settings = load_settings(streams=streams)
-    assert settings.consumer_config("a").dlq_stream == "a_dlq"
+    settings = load_settings(redis={"url": redis_url}, streams=streams)
+    # Named nowhere: as in Python, None (where the client routes), resolved by the consumer.
+    assert settings.consumer_config("a").dlq_stream is None
     assert settings.consumer_config("b").dlq_stream == "b_dead"
-    shared = load_settings(streams=streams, dlq={"stream_name": "all_dlq"})
-    assert shared.consumer_config("a").dlq_stream == "all_dlq"
+    shared = load_settings(redis={"url": redis_url}, streams=streams, dlq={"stream_name": "all"})
+    assert shared.consumer_config("a").dlq_stream == "all"
     assert shared.consumer_config("b").dlq_stream == "b_dead"
+    for loaded, a_dlq in ((settings, "a_dlq"), (shared, "all")):
+        client = loaded.client()
+        try:
+            for name, dlq in (("a", a_dlq), ("b", "b_dead")):
+                assert loaded.dlq_stream(name) == client.dlq_stream(name) == dlq
+                consumer = Consumer(client, loaded.consumer_config(name))
+                assert consumer.config.dlq_stream == consumer.dlq_stream == dlq
+        finally:
+            client.redis.close()
 
 
 def test_consumer_config_passes_optional_keys_only_when_set() -> None:
@@ -859,6 +869,38 @@ SAME_FROM_EVERY_SOURCE: list[tuple[dict[str, object], bool]] = [
     ({"backoff": {"first_immediate": False}}, True),
     ({"backoff": {"first_immediate": "sometimes"}}, False),
     ({"backoff": {"initial": "31d", "max": "31d"}}, False),  # past the 30-day cap
+    ({"block_duration": True}, False),
+    ({"create_group": "false"}, True),
+]
+
+# Every int field of the section: a bool is no count (pydantic's lax int took True as 1 from
+# Python and YAML, while the environment's "true" was refused); a whole number is one however
+# it is written. 7 is no field's default, so an accepted value is visible.
+COUNT_FIELDS = ("batch_size", "max_retries", "dlq_maxlen", "max_length", "traceback_limit")
+COUNT_VALUES: list[tuple[object, bool]] = [
+    (7, True),
+    (7.0, True),
+    ("7", True),
+    ("7.0", True),
+    (True, False),
+    (False, False),
+    ("true", False),
+    (7.5, False),
+    ("7.5", False),
+    ("seven", False),
+]
+SAME_FROM_EVERY_SOURCE += [
+    ({key: value}, accepted) for key in COUNT_FIELDS for value, accepted in COUNT_VALUES
+]
+# The float fields of the backoff: a bool is no number either.
+SAME_FROM_EVERY_SOURCE += [
+    ({"backoff": {"multiplier": 3}}, True),
+    ({"backoff": {"multiplier": "3"}}, True),
+    ({"backoff": {"multiplier": "1.5"}}, True),
+    ({"backoff": {"multiplier": True}}, False),
+    ({"backoff": {"jitter": "0.5"}}, True),
+    ({"backoff": {"jitter": True}}, False),
+    ({"backoff": {"jitter": False}}, False),
 ]
 
 
@@ -917,6 +959,47 @@ def test_a_value_is_accepted_or_refused_the_same_from_python_yaml_and_env(
         message = str(info.value)
         named = _leaf_keys(section) | ({"backoff"} if "backoff" in section else set())
         assert any(key in message for key in named), f"{build.__name__}: {message}"
+
+
+# ((section, key), value, accepted) for the settings-only sections, whose Python model is
+# `RedisSettings` or `DLQSettings`.
+SETTINGS_NUMBERS: list[tuple[tuple[str, str], object, bool]] = [
+    (field, value, accepted)
+    for field in (("redis", "db"), ("dlq", "max_length"))
+    for value, accepted in COUNT_VALUES
+]
+
+
+@pytest.mark.parametrize(("field", "value", "accepted"), SETTINGS_NUMBERS, ids=repr)
+def test_a_settings_number_is_accepted_or_refused_the_same_from_python_yaml_and_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    field: tuple[str, str],
+    value: object,
+    accepted: bool,
+) -> None:
+    section, key = field
+    model = {"redis": RedisSettings, "dlq": DLQSettings}[section]
+
+    def from_python() -> object:
+        return model(**{key: value})
+
+    def from_yaml() -> object:
+        path = write(tmp_path, yaml.safe_dump({section: {key: value}}))
+        return getattr(load_settings(path), section)
+
+    def from_env() -> object:
+        with monkeypatch.context() as env:
+            env.setenv(f"STREAMLAB_{section.upper()}__{key.upper()}", _env_text(value))
+            return getattr(load_settings(), section)
+
+    if accepted:
+        assert from_python() == from_yaml() == from_env() == model(**{key: 7})
+        return
+    for build in (from_python, from_yaml, from_env):
+        with pytest.raises(ConfigError, match=key) as info:
+            build()
+        assert not isinstance(info.value, ValidationError)
 
 
 @pytest.mark.parametrize(

@@ -246,7 +246,8 @@ def test_poison_message_lands_in_the_dlq_once_with_its_failure_record(
         traceback_limit=300,
     )
     before = datetime.now(UTC)
-    stats = Consumer(streams_client, cfg).run(poison_handler, burst=True, handle_signals=False)
+    consumer = Consumer(streams_client, cfg)
+    stats = consumer.run(poison_handler, burst=True, handle_signals=False)
 
     assert (stats.acked, stats.failed, stats.retried, stats.dead_lettered) == (5, 3, 2, 1)
     assert stats.errors == {"ValueError": 3}
@@ -264,7 +265,7 @@ def test_poison_message_lands_in_the_dlq_once_with_its_failure_record(
     assert (failure.group, failure.consumer) == ("g", "c1")
     assert before <= failure.failed_at <= datetime.now(UTC)
     # The original fields, byte for byte, next to the dlq_* fields.
-    [(_, raw)] = r.xrange(cfg.dlq_stream, dead.id, dead.id)
+    [(_, raw)] = r.xrange(consumer.config.dlq_stream, dead.id, dead.id)
     assert {k: v for k, v in raw.items() if k.decode() not in DLQ_FIELDS} == original
     assert {k.decode() for k in raw} - {k.decode() for k in original} == set(DLQ_FIELDS)
     assert pending_count(r, stream_name, "g") == 0
@@ -426,6 +427,35 @@ def test_the_dlq_is_the_clients_routing_and_a_consumer_never_changes_it(
         client.dlq_names[stream_name] = "x"  # type: ignore[index]
 
 
+def test_the_config_a_consumer_holds_names_the_dlq_it_writes(
+    redis_client: redis.Redis, stream_name: str
+) -> None:
+    elsewhere = f"{stream_name}:elsewhere"
+    client = RedisStreamsClient(redis_client, dlq_names={stream_name: elsewhere})
+    [entry] = add(client, stream_name, 1)
+    default = config(stream_name)
+    assert default.dlq_stream is None, "a config alone cannot know its client's routing"
+
+    consumer = Consumer(client, default)
+    assert consumer.config.dlq_stream == consumer.dlq_stream == elsewhere
+    assert consumer.config == default.model_copy(update={"dlq_stream": elsewhere})
+
+    def reject(msg: StreamMessage) -> None:
+        raise Reject("bad")
+
+    assert consumer.run(reject, burst=True, handle_signals=False).dead_lettered == 1
+    [(_, fields)] = redis_client.xrange(consumer.config.dlq_stream)
+    assert (fields[b"dlq_source_id"].decode(), fields[b"dlq_error"]) == (entry, b"bad")
+    assert not redis_client.exists(f"{stream_name}_dlq")
+    # Both configs survive a round trip (a worker given them as JSON): the default one still
+    # means "where the client routes", the held one still agrees with the client.
+    for held in (default, consumer.config):
+        copy = ConsumerConfig.model_validate_json(held.model_dump_json())
+        assert Consumer(client, copy).config.dlq_stream == elsewhere
+    with pytest.raises(ConfigError, match="elsewhere"):
+        Consumer(RedisStreamsClient(redis_client), consumer.config)
+
+
 def test_the_dead_letter_log_names_the_dlq_the_entry_went_to(
     redis_client: redis.Redis, stream_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -457,11 +487,10 @@ def test_dlq_retention_trims_entries_older_than_it(
     r = streams_client.redis
     cfg = config(stream_name, dlq_retention=timedelta(hours=1))
     week_ago = int((datetime.now(UTC) - timedelta(days=7)).timestamp() * 1000)
-    r.xadd(cfg.dlq_stream, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id=f"{week_ago}-0")
+    dlq = streams_client.dlq_stream(stream_name)
+    r.xadd(dlq, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id=f"{week_ago}-0")
     recent = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
-    recent_id = r.xadd(
-        cfg.dlq_stream, {"dlq_error": b"recent", "dlq_error_type": b"Old"}, id=recent
-    )
+    recent_id = r.xadd(dlq, {"dlq_error": b"recent", "dlq_error_type": b"Old"}, id=recent)
     add(streams_client, stream_name, 1)
 
     def reject(msg: StreamMessage) -> None:
@@ -486,12 +515,13 @@ def test_dlq_maxlen_bounds_the_dlq(streams_client: RedisStreamsClient, stream_na
         raise Reject("no")
 
     cfg = config(stream_name, dlq_maxlen=maxlen, batch_size=50)
-    stats = Consumer(streams_client, cfg).run(reject, burst=True, handle_signals=False)
+    consumer = Consumer(streams_client, cfg)
+    stats = consumer.run(reject, burst=True, handle_signals=False)
     assert stats.dead_lettered == total
-    length = streams_client.redis.xlen(cfg.dlq_stream)
+    length = streams_client.redis.xlen(consumer.dlq_stream)
     assert maxlen <= length <= maxlen + node
     # What is kept is the newest.
-    [last] = streams_client.redis.xrevrange(cfg.dlq_stream, count=1)
+    [last] = streams_client.redis.xrevrange(consumer.dlq_stream, count=1)
     assert last[1][b"dlq_source_id"] == streams_client.redis.xrevrange(stream_name, count=1)[0][0]
 
 
@@ -708,7 +738,11 @@ def test_a_retention_longer_than_the_epoch_dead_letters_and_trims_nothing(
     # an OverflowError. Both mean "keep everything".
     r = streams_client.redis
     cfg = config(stream_name, dlq_retention=retention)
-    r.xadd(cfg.dlq_stream, {"dlq_error": b"old", "dlq_error_type": b"Old"}, id="1-0")
+    r.xadd(
+        streams_client.dlq_stream(stream_name),
+        {"dlq_error": b"old", "dlq_error_type": b"Old"},
+        id="1-0",
+    )
     add(streams_client, stream_name, 2)
 
     def reject(msg: StreamMessage) -> None:

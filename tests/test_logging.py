@@ -39,8 +39,9 @@ def test_dead_letters_retries_reclaims_and_replays_are_logged(
         backoff=Backoff(initial=timedelta(milliseconds=10)),
     )  # fmt: skip
     with caplog.at_level(logging.DEBUG, logger="streamlab"):
-        Consumer(streams_client, cfg).run(handler, burst=True, handle_signals=False)
-        dlq_ids = [i.decode() for i, _ in r.xrange(cfg.dlq_stream)]
+        consumer = Consumer(streams_client, cfg)
+        consumer.run(handler, burst=True, handle_signals=False)
+        dlq_ids = [i.decode() for i, _ in r.xrange(consumer.dlq_stream)]
         report = replay_dlq(streams_client, stream_name)
     records = {(rec.name, rec.getMessage().split(" ")[0]): rec for rec in caplog.records}
     dead = records["streamlab.consumer", "dead-lettered"]
@@ -67,7 +68,8 @@ client.add_to_stream("logging-silent", sl.StreamEvent(event_type="x"))
 cfg = sl.ConsumerConfig(stream="logging-silent", group="g", consumer="w")
 sl.Consumer(client, cfg).run(bad, burst=True, handle_signals=False)
 sl.replay_dlq(client, "logging-silent")
-client.redis.delete("logging-silent", cfg.dlq_stream, *client.redis.keys(cfg.dlq_stream + ":*"))
+dlq = client.dlq_stream("logging-silent")
+client.redis.delete("logging-silent", dlq, *client.redis.keys(dlq + ":*"))
 """
     run = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60

@@ -254,5 +254,6 @@ def test_config_rejects_unknown_keys_and_the_reserved_consumer_name() -> None:
         ConsumerConfig(stream="s", group="g", batchsize=5)  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="reserved"):
         ConsumerConfig(stream="s", group="g", consumer=RETRY_CONSUMER)
-    assert ConsumerConfig(stream="s", group="g").dlq_stream == "s_dlq"
+    # No DLQ of its own: the consumer writes where its client routes the stream.
+    assert ConsumerConfig(stream="s", group="g").dlq_stream is None
     assert ConsumerConfig(stream="s", group="g", dlq_stream="dead").dlq_stream == "dead"

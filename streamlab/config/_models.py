@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamlab._config_model import ConfigModel
+from streamlab._config_model import ConfigModel, Count
 from streamlab.durations import PositiveDuration
 
 
@@ -26,7 +26,7 @@ class RedisSettings(ConfigModel):
     addr: str = "localhost:6379"
     username: str | None = None
     password: SecretStr = SecretStr("")
-    db: int = Field(default=0, ge=0)
+    db: Count = Field(default=0, ge=0)
     cluster: bool = False
 
     @field_validator("url", "username", mode="before")
@@ -78,5 +78,5 @@ class DLQSettings(ConfigModel):
     ``dlq_retention`` unless its own section sets those."""
 
     stream_name: str | None = Field(default=None, min_length=1)
-    max_length: int | None = Field(default=None, ge=1)
+    max_length: Count | None = Field(default=None, ge=1)
     retention: PositiveDuration | None = None

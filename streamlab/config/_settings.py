@@ -45,9 +45,10 @@ class StreamlabSettings(ConfigErrors, BaseSettings):
 
     Each ``streams`` entry is the stream's `ConsumerConfig`: ``stream`` is its name, and the
     ``dlq`` section fills in ``dlq_stream``, ``dlq_maxlen`` and ``dlq_retention`` where the
-    entry does not set them. ``StreamlabSettings()`` reads the environment and the file named
-    by ``STREAMLAB_CONFIG``; `load_settings` also takes a file path. Invalid settings raise
-    `ConfigError`.
+    entry does not set them (a ``dlq_stream`` neither sets stays None: the consumer writes
+    where its client routes, ``<stream>_dlq`` for `client`; `dlq_stream` resolves it).
+    ``StreamlabSettings()`` reads the environment and the file named by ``STREAMLAB_CONFIG``;
+    `load_settings` also takes a file path. Invalid settings raise `ConfigError`.
     """
 
     model_config = SettingsConfigDict(
@@ -90,7 +91,7 @@ class StreamlabSettings(ConfigErrors, BaseSettings):
                     )
                 )
                 continue
-            if shared == name and "dlq_stream" not in stream.model_fields_set:
+            if shared == name and stream.dlq_stream is None:
                 # Not filled in from the dlq section (see _fill_streams): report it there.
                 problems.append(
                     (
@@ -197,7 +198,7 @@ class StreamlabSettings(ConfigErrors, BaseSettings):
         """The DLQ of ``stream``: its ``dlq_stream``, else ``dlq.stream_name``, else
         ``<stream>_dlq``."""
         config = self.streams.get(stream)
-        if config is not None and "dlq_stream" in config.model_fields_set:
+        if config is not None and config.dlq_stream is not None:
             return config.dlq_stream
         return dlq_key(stream, self.dlq.stream_name)
 
