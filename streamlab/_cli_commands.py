@@ -91,6 +91,28 @@ def _emit(renderable: Any) -> None:
         sys.stdout.write(line.rstrip() + "\n")
 
 
+def show_frame(
+    args: argparse.Namespace,
+    df: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    doc: dict[str, Any],
+    rows: str,
+    empty: str,
+    title: str,
+    json_columns: Sequence[str] | None = None,
+) -> int:
+    """A listing command's output: with ``--json``, ``doc`` and the rows under ``rows``;
+    else ``empty`` when there are none, or the table below ``title``."""
+    if args.json:
+        dump({**doc, rows: records(df, json_columns or columns)})
+    elif df.empty:
+        say(empty)
+    else:
+        print_frame(df, columns, title=title)
+    return 0
+
+
 def say(text: str) -> None:
     _emit(text)
 
@@ -147,13 +169,9 @@ def cmd_groups(args: argparse.Namespace) -> int:
         raise StreamNotFoundError(f"no stream {args.stream!r}")
     df = groups_to_dataframe(client, args.stream)
     cols = ["group", "consumers", "pending", "lag", "last_delivered_id", "last_delivered"]
-    if args.json:
-        dump({"stream": args.stream, "groups": records(df, cols)})
-    elif df.empty:
-        say(f"{args.stream}: no consumer groups")
-    else:
-        print_frame(df, cols, title=f"{args.stream}: {len(df)} groups")
-    return 0
+    return show_frame(args, df, cols, doc={"stream": args.stream}, rows="groups",
+                      empty=f"{args.stream}: no consumer groups",
+                      title=f"{args.stream}: {len(df)} groups")  # fmt: skip
 
 
 def cmd_consumers(args: argparse.Namespace) -> int:
@@ -161,13 +179,9 @@ def cmd_consumers(args: argparse.Namespace) -> int:
 
     df = consumers_to_dataframe(_client(args), args.stream, args.group)
     cols = ["consumer", "pending", "idle", "inactive"]
-    if args.json:
-        dump({"stream": args.stream, "group": args.group, "consumers": records(df, cols)})
-    elif df.empty:
-        say(f"{args.stream} {args.group}: no consumers")
-    else:
-        print_frame(df, cols, title=f"{args.stream} {args.group}: {len(df)} consumers")
-    return 0
+    return show_frame(args, df, cols, doc={"stream": args.stream, "group": args.group},
+                      rows="consumers", empty=f"{args.stream} {args.group}: no consumers",
+                      title=f"{args.stream} {args.group}: {len(df)} consumers")  # fmt: skip
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -188,15 +202,12 @@ def cmd_pending(args: argparse.Namespace) -> int:
             summary = PendingSummary.from_reply(client.redis.xpending(args.stream, args.group))
         total = summary.count if args.consumer is None else summary.held_by(args.consumer)
     cols = ["id", "consumer", "state", "idle", "deliveries", "event_type", "tenant_id"]
-    if args.json:
-        dump({"stream": args.stream, "group": args.group, "count": len(df), "total": total,
-              "pending": records(df, cols)})  # fmt: skip
-    elif df.empty:
-        say(f"{args.stream} {args.group}: nothing pending")
-    else:
-        of = "" if total is None else f" of {total}"
-        print_frame(df, cols, title=f"{args.stream} {args.group}: showing {len(df)}{of}")
-    return 0
+    of = "" if total is None else f" of {total}"
+    return show_frame(args, df, cols, rows="pending",
+                      doc={"stream": args.stream, "group": args.group, "count": len(df),
+                           "total": total},
+                      empty=f"{args.stream} {args.group}: nothing pending",
+                      title=f"{args.stream} {args.group}: showing {len(df)}{of}")  # fmt: skip
 
 
 READ_COLUMNS = ["id", "ts", "event_type", "tenant_id", "repository", "retry_count"]
@@ -209,13 +220,9 @@ def cmd_read(args: argparse.Namespace) -> int:
     df = stream_to_dataframe(
         client, args.stream, since=args.since, until=args.until, limit=args.limit
     )
-    if args.json:
-        dump({"stream": args.stream, "count": len(df), "entries": records(df, READ_COLUMNS)})
-    elif df.empty:
-        say(f"{args.stream}: no entries")
-    else:
-        print_frame(df, READ_COLUMNS, title=f"{args.stream}: {len(df)} entries")
-    return 0
+    return show_frame(args, df, READ_COLUMNS, doc={"stream": args.stream, "count": len(df)},
+                      rows="entries", empty=f"{args.stream}: no entries",
+                      title=f"{args.stream}: {len(df)} entries")  # fmt: skip
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -281,16 +288,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print_frame(summary, cols, title=f"{len(selected)} dead letters by {by}")
         return 0
     shown = selected.head(args.limit)
-    if args.json:
-        dump({"stream": args.stream, "count": len(shown), "matching": len(selected),
-              "total": total, "entries": records(shown, [*DLQ_COLUMNS, "error"])})  # fmt: skip
-    elif shown.empty:
-        say(f"{args.stream}: no dead letters" + (" match" if total else ""))
-    else:
-        print_frame(shown, DLQ_COLUMNS,
-                    title=f"showing {len(shown)} of {len(selected)} dead letters"
-                    + (f" ({total} in the DLQ)" if total != len(selected) else ""))  # fmt: skip
-    return 0
+    in_dlq = f" ({total} in the DLQ)" if total != len(selected) else ""
+    return show_frame(args, shown, DLQ_COLUMNS, json_columns=[*DLQ_COLUMNS, "error"],
+                      doc={"stream": args.stream, "count": len(shown),
+                           "matching": len(selected), "total": total},
+                      rows="entries",
+                      empty=f"{args.stream}: no dead letters" + (" match" if total else ""),
+                      title=f"showing {len(shown)} of {len(selected)} dead letters{in_dlq}",
+                      )  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -605,14 +610,11 @@ def cmd_replays(args: argparse.Namespace) -> int:
                      **{str(k): int(v) for k, v in states.items() if v}})  # fmt: skip
     runs.sort(key=lambda r: r["when"] or pd.Timestamp(0, tz="UTC"), reverse=True)
     df = pd.DataFrame(runs)
-    if args.json:
-        dump({"stream": args.stream, "count": len(runs), "replays": records(df)})
-    elif df.empty:
-        say(f"{args.stream}: no replay runs (or their ledgers expired)")
-    else:
-        heading = "1 replay run" if len(df) == 1 else f"{len(df)} replay runs"
-        print_frame(df, list(df.columns), title=f"{args.stream}: {heading}")
-    return 0
+    heading = "1 replay run" if len(df) == 1 else f"{len(df)} replay runs"
+    return show_frame(args, df, list(df.columns), doc={"stream": args.stream, "count": len(runs)},
+                      rows="replays",
+                      empty=f"{args.stream}: no replay runs (or their ledgers expired)",
+                      title=f"{args.stream}: {heading}")  # fmt: skip
 
 
 ARCHIVE_KINDS = (".parquet", ".jsonl")
