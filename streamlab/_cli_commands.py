@@ -113,6 +113,11 @@ def show_frame(
     return 0
 
 
+def counted(n: int, noun: str) -> str:
+    """``"1 group"``, ``"3 groups"``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def say(text: str) -> None:
     _emit(text)
 
@@ -171,7 +176,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
     cols = ["group", "consumers", "pending", "lag", "last_delivered_id", "last_delivered"]
     return show_frame(args, df, cols, doc={"stream": args.stream}, rows="groups",
                       empty=f"{args.stream}: no consumer groups",
-                      title=f"{args.stream}: {len(df)} groups")  # fmt: skip
+                      title=f"{args.stream}: {counted(len(df), 'group')}")  # fmt: skip
 
 
 def cmd_consumers(args: argparse.Namespace) -> int:
@@ -179,9 +184,10 @@ def cmd_consumers(args: argparse.Namespace) -> int:
 
     df = consumers_to_dataframe(_client(args), args.stream, args.group)
     cols = ["consumer", "pending", "idle", "inactive"]
+    where = f"{args.stream} {args.group}"
     return show_frame(args, df, cols, doc={"stream": args.stream, "group": args.group},
-                      rows="consumers", empty=f"{args.stream} {args.group}: no consumers",
-                      title=f"{args.stream} {args.group}: {len(df)} consumers")  # fmt: skip
+                      rows="consumers", empty=f"{where}: no consumers",
+                      title=f"{where}: {counted(len(df), 'consumer')}")  # fmt: skip
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -222,7 +228,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     )
     return show_frame(args, df, READ_COLUMNS, doc={"stream": args.stream, "count": len(df)},
                       rows="entries", empty=f"{args.stream}: no entries",
-                      title=f"{args.stream}: {len(df)} entries")  # fmt: skip
+                      title=f"{args.stream}: {len(df):,} entries")  # fmt: skip
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -610,11 +616,10 @@ def cmd_replays(args: argparse.Namespace) -> int:
                      **{str(k): int(v) for k, v in states.items() if v}})  # fmt: skip
     runs.sort(key=lambda r: r["when"] or pd.Timestamp(0, tz="UTC"), reverse=True)
     df = pd.DataFrame(runs)
-    heading = "1 replay run" if len(df) == 1 else f"{len(df)} replay runs"
     return show_frame(args, df, list(df.columns), doc={"stream": args.stream, "count": len(runs)},
                       rows="replays",
                       empty=f"{args.stream}: no replay runs (or their ledgers expired)",
-                      title=f"{args.stream}: {heading}")  # fmt: skip
+                      title=f"{args.stream}: {counted(len(df), 'replay run')}")  # fmt: skip
 
 
 ARCHIVE_KINDS = (".parquet", ".jsonl")

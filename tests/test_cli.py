@@ -515,8 +515,11 @@ def test_operator_commands_text_json_and_exit_codes(
 
     groups = js("groups", stream_name)["groups"]
     assert {g["group"] for g in groups} == {"audit", "webhook_workers"}
-    assert "lag" in ok("groups", stream_name)
-    assert "\x1b[" not in ok("groups", stream_name)
+    text = ok("groups", stream_name)
+    assert text.startswith(f"{stream_name}: 2 groups\n")
+    assert "lag" in text
+    assert "\x1b[" not in text
+    assert ok("consumers", stream_name, "audit").startswith(f"{stream_name} audit: 1 consumer\n")
     consumers = {c["consumer"]: c["pending"] for c in
                  js("consumers", stream_name, "webhook_workers")["consumers"]}  # fmt: skip
     assert consumers["worker-dead"] == incident.held_by_dead_worker
