@@ -61,6 +61,7 @@ __all__ = [
     "connect",
     "connect_any",
     "connect_cluster",
+    "dlq_name",
     "flat_fields",
     "permission_error",
     "replies_as_sent",
@@ -882,8 +883,7 @@ class RedisStreamsClient:
         The seed took ``start="$"``, which XRANGE reads as nothing; here no ``since`` means
         the oldest entry.
         """
-        name = self.dlq_stream(stream) if dlq is None else _args.name("dlq", dlq)
-        return self.range(name, since, until, limit=limit)
+        return self.range(dlq_name(self, stream, dlq), since, until, limit=limit)
 
     def message(self, stream: str, entry_id: str, delivery_count: int = 1) -> StreamMessage | None:
         """One entry by id, or None when it is not in the stream. A bad ``entry_id`` or a
@@ -929,6 +929,13 @@ def _check_redis(client: object, must: str) -> None:
 
 def _type_name(value: object) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def dlq_name(client: StreamsClient, stream: str, dlq: str | None) -> str:
+    """The DLQ a reader of ``stream``'s dead letters reads: ``dlq`` when given, else where
+    ``client`` routes them (both checked): `read_dlq`, the exporters, selection and replay."""
+    _args.name("stream", stream)
+    return client.dlq_stream(stream) if dlq is None else _args.name("dlq", dlq)
 
 
 def _dlq_names(names: Mapping[str, str] | None) -> dict[str, str]:

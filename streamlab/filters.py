@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from streamlab.events import StreamEvent
 
-__all__ = ["COLUMNS", "KEYWORDS", "DLQFilter"]
+__all__ = ["COLUMNS", "KEYWORDS", "DLQFilter", "check_filter"]
 
 # Keywords matched against a DLQ frame column of the same name.
 COLUMNS = ("event_type", "tenant_id", "repository", "error_type", "error_signature")
@@ -197,6 +197,13 @@ class DLQFilter:
 # ``payload.<path>`` columns); the builder's own (``id``, ``ts``...) `entry_fields` leaves out.
 _DERIVED = "error_signature"
 _PATH_PREFIX = "payload."
+
+
+def check_filter(value: object) -> DLQFilter | None:
+    """A ``filters`` argument: None or a `DLQFilter` (`ArgumentError` naming it otherwise)."""
+    if value is not None and not isinstance(value, DLQFilter):
+        raise ArgumentError(f"filters: expected a DLQFilter (DLQFilter.of(...)), got {value!r}")
+    return value
 
 
 def _where_mask(flt: DLQFilter, df: pd.DataFrame) -> pd.Series:

@@ -200,15 +200,14 @@ def export_parquet(
 
 def _dlq_filter(filters: object, dlq: bool | str) -> DLQFilter | None:
     """``filters`` checked: a `DLQFilter` of the DLQ's entries, None when it filters nothing."""
-    from streamlab.filters import DLQFilter
+    from streamlab.filters import check_filter
 
-    if filters is None:
+    flt = check_filter(filters)
+    if flt is None:
         return None
-    if not isinstance(filters, DLQFilter):
-        raise ArgumentError(f"filters: expected a DLQFilter (DLQFilter.of(...)), got {filters!r}")
     if dlq is False:
         raise ArgumentError("filters: they select dead letters; pass dlq=True (or its name)")
-    return filters or None
+    return flt or None
 
 
 def _to_write(

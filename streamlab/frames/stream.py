@@ -9,7 +9,7 @@ import pandas as pd
 
 from streamlab import _args
 from streamlab._progress import NoProgress, progress_bar
-from streamlab.client import ClientLike, translate_errors
+from streamlab.client import ClientLike, dlq_name, translate_errors
 from streamlab.errors import ArgumentError
 from streamlab.frames._build import (
     DLQ_FRAME_RENAMES,
@@ -216,11 +216,7 @@ def dlq_to_dataframe(
     A RedisStreamsClient's own DLQ names (``dlq_names``) are honoured.
     """
     source = fetcher(client)
-    name = (
-        _args.name("dlq", dlq)
-        if dlq is not None
-        else source.dlq_stream(_args.name("stream", stream))
-    )
+    name = dlq_name(source.client, stream, dlq)
     pages = read_pages(source, name, since=since, until=until, limit=limit, progress=progress)
     return with_signatures(_fill(dlq_builder(payload_fields), pages))
 

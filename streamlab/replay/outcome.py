@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streamlab import _args
-from streamlab.client import ClientLike, RedisStreamsClient, acl_errors, as_client
+from streamlab.client import ClientLike, RedisStreamsClient, acl_errors, as_client, dlq_name
 from streamlab.errors import ArgumentError, NotFoundError
 from streamlab.ids import parse_id as _parse_id
 from streamlab.keys import ledger_key
 from streamlab.records import PendingEntry, ReplayMarker, group_infos
 from streamlab.replay._entries import PAGE, _chunks, _Entry, _page
 from streamlab.replay.run import check_replay_id
-from streamlab.replay.selection import dlq_name
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -21,6 +21,7 @@ from streamlab.client import (
     ClientLike,
     RedisStreamsClient,
     as_client,
+    dlq_name,
     permission_error,
     send_packed,
 )
@@ -29,7 +30,7 @@ from streamlab.filters import KEYWORDS
 from streamlab.keys import check_same_slot, is_cluster, ledger_key, replayed_key
 from streamlab.records import MarkerStamp, valid_replay_id
 from streamlab.replay._entries import _COUNT_FIELD, _Entry
-from streamlab.replay.selection import ReplaySelection, dlq_name, select_dlq
+from streamlab.replay.selection import ReplaySelection, check_selection, select_dlq
 from streamlab.scripts import LUA_MAX_VALUES
 
 if TYPE_CHECKING:
@@ -561,10 +562,7 @@ def _selection(
         )
     if selection is None:
         return select_dlq(c, stream, dlq=dlq, **filters)
-    if not isinstance(selection, ReplaySelection):
-        raise ArgumentError(
-            f"selection: expected a ReplaySelection (select_dlq), got {type(selection).__name__}"
-        )
+    check_selection(selection)
     if filters:
         raise ArgumentError("pass either a selection or filters to replay_dlq, not both")
     if selection.dlq != dlq:

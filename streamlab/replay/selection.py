@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streamlab import _args
-from streamlab.client import ClientLike, RedisStreamsClient, as_client
+from streamlab.client import ClientLike, as_client, dlq_name
 from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage
-from streamlab.filters import DLQFilter
+from streamlab.filters import DLQFilter, check_filter
 from streamlab.ids import Bound, entry_time, id_range, id_text, parse_id
 from streamlab.replay._entries import _COUNT_FIELD, PAGE, _chunks, _Entry, _page
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from streamlab.events import StreamEvent
 
-__all__ = ["ReplaySelection", "select_dlq"]
+__all__ = ["ReplaySelection", "check_selection", "select_dlq"]
 
 
 class ReplaySelection:
@@ -209,8 +209,7 @@ def select_dlq(
     """
     c = as_client(client)
     name = dlq_name(c, stream, dlq)
-    if filters is not None and not isinstance(filters, DLQFilter):
-        raise ArgumentError(f"filters: expected a DLQFilter (DLQFilter.of(...)), got {filters!r}")
+    check_filter(filters)
     limit = _args.optional_count("limit", limit)
     flt = DLQFilter.of(
         filters,
@@ -245,10 +244,13 @@ def select_dlq(
     )  # fmt: skip
 
 
-def dlq_name(c: RedisStreamsClient, stream: str, dlq: str | None) -> str:
-    """The DLQ read: ``dlq`` when given, else the client's DLQ of ``stream`` (both checked)."""
-    _args.name("stream", stream)
-    return c.dlq_stream(stream) if dlq is None else _args.name("dlq", dlq)
+def check_selection(selection: object) -> ReplaySelection:
+    """A ``selection`` argument: a `ReplaySelection` (`ArgumentError` naming it otherwise)."""
+    if not isinstance(selection, ReplaySelection):
+        raise ArgumentError(
+            f"selection: expected a ReplaySelection (select_dlq), got {type(selection).__name__}"
+        )
+    return selection
 
 
 def _absent(r: Any, dlq: str, ids: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamlab.errors import ArgumentError
 from streamlab.events import StreamMessage, decode_message
-from streamlab.replay.selection import ReplaySelection
+from streamlab.replay.selection import ReplaySelection, check_selection
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,10 +34,7 @@ def try_handler(
     """
     if not callable(handler):
         raise ArgumentError(f"handler: expected a function of a StreamMessage, got {handler!r}")
-    if not isinstance(selection, ReplaySelection):
-        raise ArgumentError(
-            f"selection: expected a ReplaySelection (select_dlq), got {type(selection).__name__}"
-        )
+    check_selection(selection)
     import pandas as pd
 
     from streamlab.frames._display import Table
